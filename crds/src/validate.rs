@@ -1,0 +1,126 @@
+//! Semantic checks the OpenAPI schema cannot express (uniqueness, ordering, consistency).
+//! The controller reports these in a status condition; the standalone API refuses the object.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::deployment::{ModelDeploymentSpec, SelectorOperator};
+
+/// One problem, with the path of the offending field as `kubectl` would print it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+const KNOWN_ARCHES: &[&str] = &[
+    "x86_64",
+    "aarch64",
+    "arm",
+    "riscv64",
+    "x86",
+    "powerpc64",
+    "s390x",
+];
+
+pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut push = |path: String, message: String| errors.push(FieldError { path, message });
+
+    if spec.variants.is_empty() {
+        push(
+            "spec.variants".into(),
+            "at least one variant is required".into(),
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, variant) in spec.variants.iter().enumerate() {
+        if !names.insert(variant.name.as_str()) {
+            push(
+                format!("spec.variants[{i}].name"),
+                format!("duplicate variant name {:?}", variant.name),
+            );
+        }
+        for (j, arch) in variant.requires.arch.iter().enumerate() {
+            if !KNOWN_ARCHES.contains(&arch.as_str()) {
+                push(
+                    format!("spec.variants[{i}].requires.arch[{j}]"),
+                    format!(
+                        "unknown architecture {arch:?}; expected one of {}",
+                        KNOWN_ARCHES.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    let mut previous = 0;
+    for (i, step) in spec.rollout.steps.iter().enumerate() {
+        if step.percent <= previous {
+            push(
+                format!("spec.rollout.steps[{i}].percent"),
+                format!("steps must increase: {} follows {previous}", step.percent),
+            );
+        }
+        previous = step.percent;
+    }
+
+    for (i, req) in spec.selector.match_expressions.iter().enumerate() {
+        let needs_values = matches!(req.operator, SelectorOperator::In | SelectorOperator::NotIn);
+        if needs_values == req.values.is_empty() {
+            let message = if needs_values {
+                "In and NotIn need at least one value"
+            } else {
+                "Exists and DoesNotExist take no values"
+            };
+            push(
+                format!("spec.selector.matchExpressions[{i}].values"),
+                message.into(),
+            );
+        }
+    }
+
+    if let Some(self_test) = &spec.self_test {
+        for (i, input) in self_test.inputs.iter().enumerate() {
+            let path = format!("spec.selfTest.inputs[{i}]");
+            let elements: u64 = input.shape.iter().product();
+            match (&input.data, input.fill) {
+                (Some(_), Some(_)) => push(path, "give either data or fill, not both".into()),
+                (None, None) => push(path, "give data or fill".into()),
+                (Some(data), None) if data.len() as u64 != elements => push(
+                    format!("{path}.data"),
+                    format!(
+                        "{} values do not fill shape {:?} ({elements} elements)",
+                        data.len(),
+                        input.shape
+                    ),
+                ),
+                _ if elements > 16 * 1024 * 1024 => {
+                    push(format!("{path}.shape"), "more than 16M elements".into())
+                }
+                _ => {}
+            }
+        }
+    }
+
+    if let Some(min) = spec.selection.min_accuracy {
+        let any_acceptable = spec.variants.iter().any(|v| {
+            v.quality
+                .as_ref()
+                .is_none_or(|q| 1.0 - q.accuracy_drift >= min)
+        });
+        if !any_acceptable {
+            push(
+                "spec.selection.minAccuracy".into(),
+                format!("no variant reaches accuracy {min}; every device would be no-fit"),
+            );
+        }
+    }
+    errors
+}
