@@ -27,7 +27,7 @@ OBJECT_META_FIELDS = {
 @dataclass
 class FieldError:
     path: str
-    kind: str  # Invalid | Required | Unsupported | TooMany
+    kind: str  # Invalid | Required | Unsupported | TooMany | Forbidden
     value: Any = None
     detail: str = ""
     supported: list = field(default_factory=list)
@@ -39,6 +39,8 @@ class FieldError:
         if self.kind == "Unsupported":
             sup = ", ".join(json.dumps(s) for s in self.supported)
             return f"Unsupported value: {go_value(self.value)}: supported values: {sup}"
+        if self.kind == "Forbidden":
+            return f"Forbidden: {self.detail}"
         if self.kind == "TooMany":
             return f"Too many: {self.value}: {self.detail}"
         return f"Invalid value: {go_value(self.value)}: {self.detail}"
@@ -51,6 +53,7 @@ class FieldError:
             "Required": "FieldValueRequired",
             "Unsupported": "FieldValueNotSupported",
             "TooMany": "FieldValueTooMany",
+            "Forbidden": "FieldValueForbidden",
         }.get(self.kind, "FieldValueInvalid")
         return {"reason": reason, "message": self.body(), "field": self.path}
 

@@ -532,9 +532,11 @@ class Store:
         self.registry = Registry()
         self.objects: dict[tuple, dict[tuple, dict]] = {}
         self.rv = 0
-        self.history: deque[Event] = deque()
+        # Per-resource event history, like the real watch cache: every event of
+        # resource `gr` with rv > floors[gr] is still in history[gr].
+        self.history: dict[tuple, deque[Event]] = {}
+        self.floors: dict[tuple, int] = {}
         self.history_limit = history
-        self.floor = 0  # every event with rv > floor is still in history
         self.watchers: set[Watcher] = set()
         self.applied: dict[tuple, dict] = {}  # SSA: (gr, ns, name, sub, manager) -> last applied config
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
@@ -557,15 +559,18 @@ class Store:
     def _emit(self, rt: ResourceType, typ: str, obj: dict, old: dict | None) -> None:
         ev = Event(int(obj["metadata"]["resourceVersion"]), typ, rt.gr, obj["metadata"].get("namespace", ""),
                    obj, old)
-        self.history.append(ev)
-        while len(self.history) > self.history_limit:
-            self.floor = self.history.popleft().rv
+        hist = self.history.setdefault(rt.gr, deque())
+        hist.append(ev)
+        while len(hist) > self.history_limit:
+            self.floors[rt.gr] = hist.popleft().rv
         for w in list(self.watchers):
             w.offer(ev)
 
     def compact(self) -> None:
+        """Forget all watch history: resuming from any older resourceVersion gets 410 Gone."""
+        for gr in set(self.history) | set(self.objects):
+            self.floors[gr] = self.rv
         self.history.clear()
-        self.floor = self.rv
 
     def not_found(self, rt: ResourceType, name: str) -> ApiError:
         return ApiError(404, "NotFound", f'{rt.qualified} "{name}" not found', rt.details(name))
@@ -636,10 +641,11 @@ class Store:
                 since = int(rv_param)
             except ValueError:
                 raise ApiError(400, "BadRequest", f"invalid resource version: {rv_param}") from None
-            if since < self.floor:
-                w.close(ApiError(410, "Expired", f"too old resource version: {since} ({self.floor + 1})").status())
+            floor = self.floors.get(rt.gr, 0)
+            if since < floor:
+                w.close(ApiError(410, "Expired", f"too old resource version: {since} ({floor + 1})").status())
                 return w
-            for ev in self.history:
+            for ev in self.history.get(rt.gr, ()):
                 if ev.rv > since:
                     w.offer(ev)
         self.watchers.add(w)
@@ -712,9 +718,10 @@ class Store:
             if omd.get("deletionTimestamp"):
                 added = [f for f in md.get("finalizers") or [] if f not in (omd.get("finalizers") or [])]
                 if added:
+                    found = "[]string{" + ", ".join(json.dumps(f) for f in added) + "}"
                     raise self._invalid(rt, omd["name"], [kschema.FieldError(
-                        "metadata.finalizers", "Invalid", added,
-                        "Forbidden: no new finalizers can be added if the object is being deleted")])
+                        "metadata.finalizers", "Forbidden", detail="no new finalizers can be added if the object "
+                                                                   f"is being deleted, found new finalizers {found}")])
         else:
             if not md.get("name"):
                 if md.get("generateName"):
@@ -839,8 +846,6 @@ class Store:
     def update(self, rt: ResourceType, ns: str, name: str, body: Any, sub: str | None, opts: dict,
                old: dict | None = None) -> tuple[dict, list]:
         old = old if old is not None else self._stored(rt, ns, name)
-        if sub is None and rt.status_sub and isinstance(body, dict):
-            pass
         new, warnings = self._admit(rt, body, old, ns if rt.namespaced else "", name, sub, opts)
         return self._commit_update(rt, new, old, opts), warnings
 
@@ -916,10 +921,7 @@ class Store:
                                                f"{e}") from None
         if not isinstance(patched, dict):
             raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request")
-        # a resourceVersion present in the patched object acts as a precondition (real server behaviour)
-        pmd = patched.get("metadata") if isinstance(patched.get("metadata"), dict) else {}
-        if pmd.get("resourceVersion") == old["metadata"]["resourceVersion"] and not _mentions_rv(body):
-            pmd.pop("resourceVersion", None)
+        # a resourceVersion the patch put into the object acts as a precondition (as on the real server)
         obj, warnings = self.update(rt, ns, name, patched, sub, opts, old=old)
         return obj, warnings, False
 
@@ -1138,12 +1140,8 @@ class Store:
             self._emit(rt, "DELETED", final, None)
         self.applied = {k: v for k, v in self.applied.items() if k[0] != rt.gr}
         self.close_all_watches(lambda w: w.rt.crd_name == name)
+        self.history.pop(rt.gr, None)
+        self.floors[rt.gr] = self.rv
+        for obj in bucket.values():
+            self._collect_garbage(obj["metadata"]["uid"])
 
-
-def _mentions_rv(body: Any) -> bool:
-    if isinstance(body, dict):
-        md = body.get("metadata")
-        return isinstance(md, dict) and "resourceVersion" in md
-    if isinstance(body, list):
-        return any(isinstance(op, dict) and "resourceVersion" in str(op.get("path", "")) for op in body)
-    return False

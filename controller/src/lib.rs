@@ -1,0 +1,3 @@
+//! The EdgeFleet controller: adapters around the pure decisions in `edgefleet-core`.
+
+pub mod store;

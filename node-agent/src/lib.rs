@@ -1,0 +1,1 @@
+//! The EdgeFleet node agent.
