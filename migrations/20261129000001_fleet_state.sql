@@ -1,5 +1,6 @@
 -- Fleet state kept by the controller. Portable SQL: the same file runs on SQLite (embedded
--- default) and PostgreSQL (production). Times are unix milliseconds (BIGINT), documents JSON text.
+-- default) and PostgreSQL (production). Times are unix milliseconds (BIGINT), documents JSON text,
+-- flags 0/1 BIGINT (sqlx's Any driver cannot decode SQLite's BOOLEAN).
 
 -- Devices and the capabilities they last announced.
 CREATE TABLE devices (
@@ -8,7 +9,7 @@ CREATE TABLE devices (
     labels_json    TEXT    NOT NULL,
     arch           TEXT    NOT NULL,
     device_class   TEXT    NOT NULL,
-    online         BOOLEAN NOT NULL,
+    online         BIGINT  NOT NULL,
     first_seen_ms  BIGINT  NOT NULL,
     last_seen_ms   BIGINT  NOT NULL,
     -- highest telemetry window sequence counted; replays at or below it are duplicates
@@ -24,7 +25,7 @@ CREATE TABLE deployments (
     generation   BIGINT  NOT NULL,
     spec_json    TEXT    NOT NULL,
     status_json  TEXT,
-    deleting     BOOLEAN NOT NULL DEFAULT FALSE,
+    deleting     BIGINT  NOT NULL DEFAULT 0,
     updated_ms   BIGINT  NOT NULL,
     PRIMARY KEY (namespace, name)
 );
@@ -63,7 +64,7 @@ CREATE TABLE rollouts (
     target_version        TEXT    NOT NULL,
     stable_version        TEXT,
     stable_spec_json      TEXT,
-    step                  INTEGER NOT NULL,
+    step                  BIGINT  NOT NULL,
     phase                 TEXT    NOT NULL,
     step_started_ms       BIGINT  NOT NULL,
     last_analysis_ms      BIGINT  NOT NULL DEFAULT 0,

@@ -1,0 +1,228 @@
+//! The store behaves the same on SQLite and PostgreSQL.
+
+use std::collections::BTreeMap;
+
+use edgefleet_controller::store::{AssignmentRow, ModelReport, RolloutRow, Store};
+use edgefleet_crds::wire::{DeviceId, Hello};
+
+mod common;
+
+fn hello(id: &str) -> Hello {
+    Hello {
+        device_id: DeviceId::new(id).expect("id"),
+        agent_version: "0.1.0".into(),
+        labels: BTreeMap::from([("site".into(), "a".into())]),
+        arch: "x86_64".into(),
+        cores: 2,
+        cpu_features: vec!["avx2".into()],
+        memory_total_mib: 2048,
+        memory_available_mib: 1500,
+        disk_free_mib: 9000,
+        accelerators: vec![],
+        runtimes: vec![],
+    }
+}
+
+fn assignment(device: &str, variant: &str, generation: i64) -> AssignmentRow {
+    AssignmentRow {
+        device_id: device.into(),
+        version: "1".into(),
+        variant: variant.into(),
+        role: "stable".into(),
+        reason: "fits".into(),
+        generation,
+        phase: None,
+        phase_reason: None,
+        serving_sha256: None,
+    }
+}
+
+async fn exercise(store: Store) {
+    // devices
+    store
+        .upsert_device(&hello("d1"), "x86_64-none-mem4g", 10)
+        .await
+        .expect("upsert");
+    store
+        .upsert_device(&hello("d1"), "x86_64-none-mem4g", 20)
+        .await
+        .expect("upsert again");
+    store
+        .upsert_device(&hello("d2"), "x86_64-none-mem4g", 20)
+        .await
+        .expect("upsert d2");
+    let d1 = DeviceId::new("d1").expect("id");
+    assert!(
+        store
+            .set_device_online(&d1, false, 30)
+            .await
+            .expect("offline")
+    );
+    assert!(
+        !store
+            .set_device_online(&DeviceId::new("nobody").expect("id"), true, 30)
+            .await
+            .expect("unknown")
+    );
+    let devices = store.load_devices().await.expect("load");
+    assert_eq!(devices.len(), 2);
+    assert_eq!(devices[0].hello, hello("d1"));
+    assert!(!devices[0].online);
+    assert_eq!(devices[0].last_seen_ms, 30);
+
+    // telemetry windows are counted once
+    assert!(store.claim_telemetry_seq(&d1, 1).await.expect("claim"));
+    assert!(store.claim_telemetry_seq(&d1, 2).await.expect("claim"));
+    assert!(!store.claim_telemetry_seq(&d1, 2).await.expect("replay"));
+    assert!(!store.claim_telemetry_seq(&d1, 1).await.expect("old replay"));
+
+    // deployments: generation grows only with the spec
+    let a = store
+        .put_deployment("ns", "md", "uid-1", "{\"a\":1}", 1)
+        .await
+        .expect("put");
+    assert_eq!((a.generation, a.uid.as_str()), (1, "uid-1"));
+    let b = store
+        .put_deployment("ns", "md", "uid-2", "{\"a\":1}", 2)
+        .await
+        .expect("same spec");
+    assert_eq!((b.generation, b.uid.as_str()), (1, "uid-1"));
+    let c = store
+        .put_deployment("ns", "md", "uid-3", "{\"a\":2}", 3)
+        .await
+        .expect("new spec");
+    assert_eq!(c.generation, 2);
+    store
+        .set_deployment_status("ns", "md", "{\"phase\":\"Pending\"}")
+        .await
+        .expect("status");
+    assert_eq!(
+        store.list_deployments().await.expect("list")[0]
+            .status_json
+            .as_deref(),
+        Some("{\"phase\":\"Pending\"}")
+    );
+
+    // assignments keep device reports while unchanged, reset them when the model changes
+    store
+        .replace_assignments(
+            "ns",
+            "md",
+            &[assignment("d1", "fp32", 1), assignment("d2", "int8", 1)],
+            5,
+        )
+        .await
+        .expect("assign");
+    let report = ModelReport {
+        device: "d1",
+        namespace: "ns",
+        name: "md",
+        version: "1",
+        variant: "fp32",
+        phase: "Ready",
+        reason: None,
+        serving_sha256: Some("ab"),
+    };
+    assert!(store.record_model_state(&report, 6).await.expect("report"));
+    assert!(
+        !store
+            .record_model_state(
+                &ModelReport {
+                    variant: "int4",
+                    ..report
+                },
+                6
+            )
+            .await
+            .expect("stale report")
+    );
+    store
+        .replace_assignments(
+            "ns",
+            "md",
+            &[assignment("d1", "fp32", 1), assignment("d2", "fp16", 2)],
+            7,
+        )
+        .await
+        .expect("reassign");
+    let rows = store.assignments("ns", "md").await.expect("rows");
+    assert_eq!(rows[0].phase.as_deref(), Some("Ready"));
+    assert_eq!(rows[1].variant, "fp16");
+    assert_eq!(rows[1].phase, None);
+    store
+        .replace_assignments("ns", "md", &[assignment("d2", "fp16", 2)], 8)
+        .await
+        .expect("drop d1");
+    assert_eq!(store.device_assignments("d1").await.expect("d1").len(), 0);
+    assert_eq!(store.device_assignments("d2").await.expect("d2")[0].1, "md");
+
+    // desired documents
+    assert_eq!(store.desired("d2").await.expect("none"), None);
+    store.put_desired("d2", 3, "{}", 9).await.expect("desired");
+    store
+        .put_desired("d2", 4, "{\"x\":1}", 9)
+        .await
+        .expect("desired");
+    assert_eq!(
+        store.desired("d2").await.expect("some"),
+        Some((4, "{\"x\":1}".into()))
+    );
+
+    // rollouts and history
+    let rollout = RolloutRow {
+        uid: "uid-1".into(),
+        target_version: "2".into(),
+        stable_version: Some("1".into()),
+        stable_spec_json: Some("{}".into()),
+        step: 2,
+        phase: "Progressing".into(),
+        step_started_ms: 100,
+        last_analysis_ms: 0,
+        cohort_state_json: "{}".into(),
+    };
+    store
+        .put_rollout("ns", "md", &rollout, 10)
+        .await
+        .expect("rollout");
+    assert_eq!(store.rollout("ns", "md").await.expect("get"), Some(rollout));
+    store
+        .append_history("ns", "md", "Advance", "to step 2", 11)
+        .await
+        .expect("history");
+    store
+        .append_history("ns", "md", "Promote", "all passed", 12)
+        .await
+        .expect("history");
+    let history = store.history("ns", "md").await.expect("history");
+    assert_eq!(
+        history.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(),
+        ["Advance", "Promote"]
+    );
+
+    store.purge_deployment("ns", "md").await.expect("purge");
+    assert!(
+        store
+            .get_deployment("ns", "md")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(store.rollout("ns", "md").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn store_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+    exercise(Store::connect(&url).await.expect("sqlite store")).await;
+    // state survives a reconnect (a controller restart)
+    let again = Store::connect(&url).await.expect("reopen");
+    assert_eq!(again.load_devices().await.expect("devices").len(), 2);
+}
+
+#[tokio::test]
+async fn store_on_postgres() {
+    let db = common::TempPostgres::create("store").await;
+    exercise(Store::connect(&db.url).await.expect("postgres store")).await;
+    db.drop().await;
+}

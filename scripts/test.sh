@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole EdgeFleet test suite on a fresh machine: installs and starts what the tests need
+# (PostgreSQL, Mosquitto, Prometheus, Python tools, kubectl/helm, real models), then runs
+# the format check, clippy and every test. CI (.ci/run) runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_postgres
+ensure_mosquitto
+ensure_python_deps
+ensure_k8s_tools
+ensure_models
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "Rust tests (nextest)"
+cargo build --workspace --bins --locked
+if ! command -v cargo-nextest >/dev/null; then cargo install --locked cargo-nextest; fi
+cargo nextest run --workspace --locked --no-fail-fast
+
+log "Kubernetes API stand-in tests (pytest, real kubectl)"
+python3 -m pytest -q tests/kube-standin
