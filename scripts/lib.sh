@@ -51,11 +51,6 @@ ensure_prometheus() {
   (service prometheus stop || pkill -x prometheus || true) >/dev/null 2>&1
 }
 
-ensure_python_deps() {
-  log "Python test dependencies"
-  python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
-}
-
 ensure_k8s_tools() {
   bash tests/tools/install-k8s-tools.sh >/dev/null
   export PATH="$EDGEFLEET_TOOLS/bin:$PATH"

@@ -8,7 +8,6 @@ source scripts/lib.sh
 
 ensure_postgres
 ensure_mosquitto
-ensure_python_deps
 ensure_k8s_tools
 ensure_models
 
@@ -23,5 +22,5 @@ cargo build --workspace --bins --locked
 if ! command -v cargo-nextest >/dev/null; then cargo install --locked cargo-nextest; fi
 cargo nextest run --workspace --locked --no-fail-fast
 
-log "Kubernetes API stand-in tests (pytest, real kubectl)"
-python3 -m pytest -q tests/kube-standin
+log "Kubernetes API stand-in tests (pytest, real kubectl and helm)"
+bash tests/kube-standin/run-tests.sh

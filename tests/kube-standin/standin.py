@@ -28,6 +28,7 @@ import yaml
 from aiohttp import web
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kproto  # noqa: E402
 from kstore import ApiError, ResourceType, Store  # noqa: E402
 
 GIT_VERSION = "v1.35.0-standin"
@@ -263,6 +264,9 @@ def resource_entries(rt: ResourceType) -> list[dict]:
     if rt.status_sub:
         out.append({"name": f"{rt.plural}/status", "singularName": "", "namespaced": rt.namespaced,
                     "kind": rt.kind, "verbs": ["get", "patch", "update"]})
+    if rt.scale:
+        out.append({"name": f"{rt.plural}/scale", "singularName": "", "namespaced": rt.namespaced,
+                    "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
     return out
 
 
@@ -283,9 +287,14 @@ def aggregated(store: Store, core: bool) -> dict:
                     r["shortNames"] = rt.short_names
                 if rt.categories:
                     r["categories"] = rt.categories
+                subs = []
                 if rt.status_sub:
-                    r["subresources"] = [{"subresource": "status", "responseKind": gvk,
-                                          "verbs": ["get", "patch", "update"]}]
+                    subs.append({"subresource": "status", "responseKind": gvk, "verbs": ["get", "patch", "update"]})
+                if rt.scale:
+                    subs.append({"subresource": "scale", "verbs": ["get", "patch", "update"],
+                                 "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}})
+                if subs:
+                    r["subresources"] = subs
                 res.append(r)
             vers.append({"version": v, "resources": res, "freshness": "Current"})
         items.append({"metadata": {"name": group, "creationTimestamp": None}, "versions": vers})
@@ -494,10 +503,15 @@ class StandIn:
     async def body(self, request: web.Request) -> Any:
         raw = await request.read()
         ctype = request.content_type
-        if "protobuf" in ctype:
-            raise ApiError(415, "UnsupportedMediaType", "the stand-in only speaks JSON (and YAML)")
         if not raw:
             return None
+        if ctype == "application/vnd.kubernetes.protobuf":
+            try:
+                return kproto.decode(raw)
+            except kproto.UnsupportedProto as e:
+                raise ApiError(415, "UnsupportedMediaType",
+                               f"the Kubernetes API stand-in cannot decode this protobuf body ({e}); "
+                               f"send JSON instead (e.g. kubectl apply)") from None
         try:
             if "yaml" in ctype:
                 return yaml.safe_load(raw)
@@ -511,7 +525,7 @@ class StandIn:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         q = dict(request.query)
         name, sub, m = info["name"], info["subresource"], request.method
-        if sub is not None and (sub != "status" or not rt.status_sub):
+        if sub is not None and not ((sub == "status" and rt.status_sub) or (sub == "scale" and rt.scale)):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         ns = info["namespace"]
         if rt.namespaced and ns is None and (name is not None or m in ("POST",)):
@@ -527,6 +541,8 @@ class StandIn:
                 sel = f"metadata.name={name}"
                 q["fieldSelector"] = f"{q['fieldSelector']},{sel}" if q.get("fieldSelector") else sel
             return await self.watch(request, rt, ns, q)
+        if sub == "scale":
+            return await self.scale(request, rt, ns or "", name, opts)
         if m == "GET" and name:
             obj = self.store.get(rt, ns or "", name)
             return self.render_one(request, rt, obj, q)
@@ -552,9 +568,9 @@ class StandIn:
                      "application/apply-patch+yaml": "apply", "application/apply-patch+cbor": "cbor"}.get(ctype)
             if ptype in (None, "cbor"):
                 raise ApiError(415, "UnsupportedMediaType",
-                               f"the body of the request was in an unknown format - accepted media types include: "
-                               f"application/json-patch+json, application/merge-patch+json, "
-                               f"application/apply-patch+yaml, application/strategic-merge-patch+json")
+                               "the body of the request was in an unknown format - accepted media types include: "
+                               "application/json-patch+json, application/merge-patch+json, "
+                               "application/apply-patch+yaml, application/strategic-merge-patch+json")
             raw = await request.read()
             try:
                 patch = yaml.safe_load(raw) if ptype == "apply" else json.loads(raw or b"null")
@@ -572,7 +588,25 @@ class StandIn:
                 obj, _ = self.store.delete(rt, ns or "", name, opts)
                 return json_response(obj)
             return json_response(self.store.deletecollection(rt, ns, q, opts))
-        raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+
+    async def scale(self, request: web.Request, rt: ResourceType, ns: str, name: str, opts: dict) -> web.Response:
+        if request.method == "GET":
+            return json_response(self.store.get_scale(rt, ns, name))
+        if request.method == "PUT":
+            return json_response(self.store.update_scale(rt, ns, name, await self.body(request), opts))
+        if request.method == "PATCH":
+            from kops import json_patch, merge_patch
+            cur, raw = self.store.get_scale(rt, ns, name), await request.read()
+            try:
+                patch = json.loads(raw or b"null")
+                new = json_patch(cur, patch) if request.content_type == "application/json-patch+json" \
+                    else merge_patch(cur, patch)
+            except ValueError as e:
+                raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: "
+                                               f"{e}") from None
+            return json_response(self.store.update_scale(rt, ns, name, new, opts))
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
     def render_one(self, request, rt, obj, q, status=200, warnings=()) -> web.Response:
         headers = {"Warning": ", ".join(f'299 - {json.dumps(w)}' for w in warnings)} if warnings else {}
@@ -643,7 +677,7 @@ class StandIn:
                         obj = partial(obj)
                     ev = {"type": item[1], "object": obj}
                 await resp.write(dumps(ev) + b"\n")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             pass
         finally:
             self.store.close_watch(w)
