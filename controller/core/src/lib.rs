@@ -1,2 +1,28 @@
 //! EdgeFleet's decisions, as pure functions over plain data: no I/O, no clock, no Kubernetes
 //! client. The controller's adapters feed them inventory and telemetry and carry out the result.
+//!
+//! Time is always passed in (milliseconds since the Unix epoch), so every decision can be
+//! replayed and tested synchronously.
+//!
+//! - [`device`]: device facts, label selectors, the bounded device class;
+//! - [`variant`]: which variant a device gets, with a human-readable reason;
+
+pub mod device;
+pub mod variant;
+
+#[cfg(test)]
+mod testutil;
+
+pub use device::{DeviceFacts, device_class, selector_matches};
+pub use variant::{Choice, Rejection, accuracy, choose_variant, next_best, unmet_requirements};
+
+/// A number for a human: at most four decimals, without trailing zeros (`0.98`, `12.5`, `3`).
+pub(crate) fn fmt_num(value: f64) -> String {
+    let text = format!("{value:.4}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".into()
+    } else {
+        text.into()
+    }
+}

@@ -1,0 +1,128 @@
+//! What the controller knows about a device, which deployments select it, and the bounded
+//! device class that cohorts, canary analysis and Prometheus labels are keyed by.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use edgefleet_crds::wire::{DeviceId, Hello};
+use edgefleet_crds::{DeviceSelector, Runtime, SelectorOperator};
+
+/// A device's capabilities and liveness: the inventory every decision is made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceFacts {
+    pub id: DeviceId,
+    pub labels: BTreeMap<String, String>,
+    /// As Rust's `std::env::consts::ARCH` names it.
+    pub arch: String,
+    pub cores: u32,
+    /// Lower-cased, so that `AVX2` from one agent and `avx2` in a spec agree.
+    pub cpu_features: BTreeSet<String>,
+    pub memory_total_mib: u64,
+    pub memory_available_mib: u64,
+    pub disk_free_mib: u64,
+    /// Lower-cased, like `cpu_features`.
+    pub accelerators: BTreeSet<String>,
+    pub runtimes: BTreeSet<Runtime>,
+    pub online: bool,
+    /// SHA-256 digests of artifacts already on the device (from its state reports). Their size
+    /// is not demanded from free disk again; otherwise a device whose download filled its disk
+    /// would stop fitting the very variant it runs, and the plan would flap on every reconcile.
+    pub installed_sha256: BTreeSet<String>,
+}
+
+impl From<&Hello> for DeviceFacts {
+    /// A device that says hello is online; the controller overrides `online` from `status` and
+    /// fills `installed_sha256` from state reports.
+    fn from(hello: &Hello) -> Self {
+        Self {
+            id: hello.device_id.clone(),
+            labels: hello.labels.clone(),
+            arch: hello.arch.clone(),
+            cores: hello.cores,
+            cpu_features: lower_set(&hello.cpu_features),
+            memory_total_mib: hello.memory_total_mib,
+            memory_available_mib: hello.memory_available_mib,
+            disk_free_mib: hello.disk_free_mib,
+            accelerators: lower_set(&hello.accelerators),
+            runtimes: hello.runtimes.iter().copied().collect(),
+            online: true,
+            installed_sha256: BTreeSet::new(),
+        }
+    }
+}
+
+fn lower_set(items: &[String]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
+impl DeviceFacts {
+    pub fn is_selected_by(&self, selector: &DeviceSelector) -> bool {
+        selector_matches(selector, &self.labels)
+    }
+}
+
+/// Kubernetes label-selector semantics: every `matchLabels` pair and every expression must
+/// hold; an empty selector selects everything. Malformed expressions (which validation
+/// reports) fail closed: `In` without values selects nothing.
+pub fn selector_matches(selector: &DeviceSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_hold = selector
+        .match_labels
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value));
+    labels_hold
+        && selector.match_expressions.iter().all(|req| {
+            let value = labels.get(&req.key);
+            match req.operator {
+                SelectorOperator::In => value.is_some_and(|v| req.values.contains(v)),
+                SelectorOperator::NotIn => value.is_none_or(|v| !req.values.contains(v)),
+                SelectorOperator::Exists => value.is_some(),
+                SelectorOperator::DoesNotExist => value.is_none(),
+            }
+        })
+}
+
+/// Architectures a class may name; anything else is `other`, so a misbehaving agent cannot
+/// mint new label values.
+const CLASS_ARCHES: &[&str] = &[
+    "x86_64",
+    "aarch64",
+    "arm",
+    "riscv64",
+    "x86",
+    "powerpc64",
+    "s390x",
+];
+
+/// Accelerators a class may name, in priority order: the first one a device has is its
+/// primary accelerator. Unknown accelerators are `other`; none at all is `none`.
+const CLASS_ACCELERATORS: &[&str] = &["nvidia", "coral", "hailo", "npu", "dri"];
+
+/// Memory tiers as (upper bound in MiB, label); above the last bound is `memgt4g`.
+const MEMORY_TIERS: &[(u64, &str)] = &[(512, "mem512m"), (1024, "mem1g"), (4096, "mem4g")];
+
+/// `arch-accelerator-memtier`, e.g. `aarch64-none-mem1g`. Devices of one class should perform
+/// alike, which is what makes comparing a canary cohort against the stable one meaningful.
+/// At most 8 arches × 7 accelerators × 4 tiers = 224 classes, whatever devices announce.
+pub fn device_class(device: &DeviceFacts) -> String {
+    let arch = CLASS_ARCHES
+        .iter()
+        .find(|a| **a == device.arch)
+        .copied()
+        .unwrap_or("other");
+    let accelerator = if device.accelerators.is_empty() {
+        "none"
+    } else {
+        CLASS_ACCELERATORS
+            .iter()
+            .find(|a| device.accelerators.contains(**a))
+            .copied()
+            .unwrap_or("other")
+    };
+    let memory = MEMORY_TIERS
+        .iter()
+        .find(|(bound, _)| device.memory_total_mib <= *bound)
+        .map_or("memgt4g", |(_, label)| label);
+    format!("{arch}-{accelerator}-{memory}")
+}
+
+#[cfg(test)]
+mod tests;
