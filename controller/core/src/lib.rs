@@ -6,13 +6,19 @@
 //!
 //! - [`device`]: device facts, label selectors, the bounded device class;
 //! - [`variant`]: which variant a device gets, with a human-readable reason;
+//! - [`cohort`]: (device class, variant) groups that canary analysis compares;
+//! - [`canary`]: which devices run the new version at each step;
 
+pub mod canary;
+pub mod cohort;
 pub mod device;
 pub mod variant;
 
 #[cfg(test)]
 mod testutil;
 
+pub use canary::{canary_count, canary_members, membership_hash};
+pub use cohort::{Cohort, CohortKey, group_by_cohort};
 pub use device::{DeviceFacts, device_class, selector_matches};
 pub use variant::{Choice, Rejection, accuracy, choose_variant, next_best, unmet_requirements};
 
