@@ -8,7 +8,9 @@
 //! - [`variant`]: which variant a device gets, with a human-readable reason;
 //! - [`cohort`]: (device class, variant) groups that canary analysis compares;
 //! - [`canary`]: which devices run the new version at each step;
+//! - [`analysis`]: a canary cohort's verdict for one interval;
 
+pub mod analysis;
 pub mod canary;
 pub mod cohort;
 pub mod device;
@@ -17,6 +19,7 @@ pub mod variant;
 #[cfg(test)]
 mod testutil;
 
+pub use analysis::{CohortVerdict, CohortWindow, Liveness, Thresholds, analyze_cohort};
 pub use canary::{canary_count, canary_members, membership_hash};
 pub use cohort::{Cohort, CohortKey, group_by_cohort};
 pub use device::{DeviceFacts, device_class, selector_matches};

@@ -1,0 +1,217 @@
+//! Canary analysis of one cohort over one interval: enough data? within the thresholds? not
+//! clearly worse than the stable devices of the same class?
+//!
+//! Rules, in order:
+//! 1. fewer than `minSamples` inferences: `Inconclusive` when no device of the cohort is
+//!    online (waiting cannot help), else `Pending` (devices still loading, or little traffic;
+//!    the two look the same from here and the step timeout bounds both);
+//! 2. p95 above `maxP95LatencyMs` (falling back to the SLO's `p95LatencyMs`): `Fail`;
+//! 3. error rate above `maxErrorRate` (falling back to the SLO's): `Fail`;
+//! 4. a regression against the stable cohort of the same class, when that cohort has
+//!    `minSamples` itself: p95 more than [`REGRESSION_FACTOR`] times the stable p95 *and* more
+//!    than [`REGRESSION_SLACK_MS`] above it (so 1 ms vs 2 ms is noise, not a regression), or
+//!    an error rate more than [`ERROR_REGRESSION_FACTOR`] times the stable one *and* more than
+//!    [`ERROR_REGRESSION_SLACK`] above it: `Fail`. This is the only check when no thresholds
+//!    are configured;
+//! 5. otherwise `Pass`.
+//!
+//! Every failed check is named in the message, not just the first.
+
+use edgefleet_crds::{Analysis, LatencyHistogram, Slo, Verdict};
+
+use crate::fmt_num;
+
+/// Canary p95 must exceed this multiple of the stable p95 to count as a regression...
+pub const REGRESSION_FACTOR: f64 = 1.5;
+/// ...and be this many milliseconds above it.
+pub const REGRESSION_SLACK_MS: f64 = 5.0;
+/// Canary error rate must exceed this multiple of the stable error rate...
+pub const ERROR_REGRESSION_FACTOR: f64 = 2.0;
+/// ...and be this much (absolute, 0.01 = one percentage point) above it.
+pub const ERROR_REGRESSION_SLACK: f64 = 0.01;
+
+/// What a cohort's devices reported over the analysis interval, merged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CohortWindow {
+    pub latency: LatencyHistogram,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+impl CohortWindow {
+    /// Adds one device's telemetry window (a `wire::ModelWindow`'s fields).
+    pub fn add(&mut self, requests: u64, errors: u64, latency: &LatencyHistogram) {
+        self.requests = self.requests.saturating_add(requests);
+        self.errors = self.errors.saturating_add(errors);
+        self.latency.merge(latency);
+    }
+
+    /// Inferences observed. Agents count every request in the histogram and in `requests`;
+    /// should they disagree, the larger is the better evidence of traffic.
+    pub fn samples(&self) -> u64 {
+        self.requests.max(self.latency.count())
+    }
+
+    pub fn p95_ms(&self) -> Option<f64> {
+        self.latency.quantile(0.95).map(|seconds| seconds * 1000.0)
+    }
+
+    pub fn error_rate(&self) -> Option<f64> {
+        let samples = self.samples();
+        (samples > 0).then(|| self.errors.min(samples) as f64 / samples as f64)
+    }
+}
+
+/// How many of the cohort's devices are online, of how many.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Liveness {
+    pub online: u32,
+    pub total: u32,
+}
+
+/// The limits a cohort is held to: the analysis' own, else the SLO's.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Thresholds {
+    pub max_p95_ms: Option<f64>,
+    pub max_error_rate: Option<f64>,
+}
+
+impl Thresholds {
+    pub fn new(analysis: &Analysis, slo: Option<&Slo>) -> Self {
+        Self {
+            max_p95_ms: analysis
+                .max_p95_latency_ms
+                .or(slo.map(|s| s.p95_latency_ms)),
+            max_error_rate: analysis
+                .max_error_rate
+                .or(slo.and_then(|s| s.max_error_rate)),
+        }
+    }
+}
+
+/// One cohort's verdict for one interval; maps onto `CohortStatus`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CohortVerdict {
+    pub verdict: Verdict,
+    pub p95_ms: Option<f64>,
+    pub error_rate: Option<f64>,
+    pub samples: u64,
+    pub message: String,
+}
+
+/// Judges a canary cohort's interval, optionally against the stable cohort of its class.
+pub fn analyze_cohort(
+    canary: &CohortWindow,
+    stable: Option<&CohortWindow>,
+    analysis: &Analysis,
+    slo: Option<&Slo>,
+    devices: Liveness,
+) -> CohortVerdict {
+    let samples = canary.samples();
+    let p95_ms = canary.p95_ms();
+    let error_rate = canary.error_rate();
+    let verdict = |verdict, message: String| CohortVerdict {
+        verdict,
+        p95_ms,
+        error_rate,
+        samples,
+        message,
+    };
+
+    if samples < analysis.min_samples {
+        let have = format!("{samples} of {} samples", analysis.min_samples);
+        return if devices.total == 0 {
+            verdict(
+                Verdict::Inconclusive,
+                format!("{have}; cohort has no devices"),
+            )
+        } else if devices.online == 0 {
+            verdict(
+                Verdict::Inconclusive,
+                format!("{have}; all {} devices offline", devices.total),
+            )
+        } else {
+            verdict(
+                Verdict::Pending,
+                format!(
+                    "{have} from {} of {} devices online",
+                    devices.online, devices.total
+                ),
+            )
+        };
+    }
+
+    let limits = Thresholds::new(analysis, slo);
+    let mut failures = Vec::new();
+    let mut checks = Vec::new();
+    if let (Some(p95), Some(max)) = (p95_ms, limits.max_p95_ms) {
+        let line = format!("p95 {} ms", fmt_num(p95));
+        if p95 > max {
+            failures.push(format!("{line} above the {} ms limit", fmt_num(max)));
+        } else {
+            checks.push(format!("{line} within {} ms", fmt_num(max)));
+        }
+    }
+    if let (Some(rate), Some(max)) = (error_rate, limits.max_error_rate) {
+        let line = format!("error rate {}", percent(rate));
+        if rate > max {
+            failures.push(format!("{line} above the {} limit", percent(max)));
+        } else {
+            checks.push(format!("{line} within {}", percent(max)));
+        }
+    }
+    if let Some(stable) = stable.filter(|s| s.samples() >= analysis.min_samples) {
+        regressions(canary, stable, &mut failures, &mut checks);
+    }
+
+    if failures.is_empty() {
+        let checked = if checks.is_empty() {
+            "no thresholds and no stable cohort to compare with".to_string()
+        } else {
+            checks.join(", ")
+        };
+        verdict(Verdict::Pass, format!("{checked} over {samples} samples"))
+    } else {
+        verdict(
+            Verdict::Fail,
+            format!("{} over {samples} samples", failures.join("; ")),
+        )
+    }
+}
+
+fn regressions(
+    canary: &CohortWindow,
+    stable: &CohortWindow,
+    failures: &mut Vec<String>,
+    checks: &mut Vec<String>,
+) {
+    if let (Some(mine), Some(theirs)) = (canary.p95_ms(), stable.p95_ms()) {
+        if mine > theirs * REGRESSION_FACTOR && mine > theirs + REGRESSION_SLACK_MS {
+            failures.push(format!(
+                "p95 {} ms regressed against the stable cohort's {} ms",
+                fmt_num(mine),
+                fmt_num(theirs)
+            ));
+        } else {
+            checks.push(format!("p95 on par with stable {} ms", fmt_num(theirs)));
+        }
+    }
+    if let (Some(mine), Some(theirs)) = (canary.error_rate(), stable.error_rate()) {
+        if mine > theirs * ERROR_REGRESSION_FACTOR && mine > theirs + ERROR_REGRESSION_SLACK {
+            failures.push(format!(
+                "error rate {} regressed against the stable cohort's {}",
+                percent(mine),
+                percent(theirs)
+            ));
+        } else {
+            checks.push(format!("error rate on par with stable {}", percent(theirs)));
+        }
+    }
+}
+
+fn percent(rate: f64) -> String {
+    format!("{}%", fmt_num(rate * 100.0))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+use edgefleet_crds::{Analysis, LatencyHistogram, Slo, Verdict};
+
+use super::*;
+
+/// `n` inferences spread evenly over `(low_ms, high_ms]`, `errors` of them failed.
+fn window(low_ms: f64, high_ms: f64, n: u64, errors: u64) -> CohortWindow {
+    let mut latency = LatencyHistogram::default();
+    for i in 1..=n {
+        latency.observe((low_ms + (high_ms - low_ms) * i as f64 / n as f64) / 1000.0);
+    }
+    CohortWindow {
+        latency,
+        requests: n,
+        errors,
+    }
+}
+
+fn analysis(max_p95: Option<f64>, max_errors: Option<f64>) -> Analysis {
+    Analysis {
+        min_samples: 50,
+        max_p95_latency_ms: max_p95,
+        max_error_rate: max_errors,
+        ..Analysis::default()
+    }
+}
+
+const ALL_ONLINE: Liveness = Liveness {
+    online: 4,
+    total: 4,
+};
+
+fn judge(canary: &CohortWindow, stable: Option<&CohortWindow>, a: &Analysis) -> CohortVerdict {
+    analyze_cohort(canary, stable, a, None, ALL_ONLINE)
+}
+
+#[test]
+fn too_few_samples_from_online_devices_is_pending() {
+    let v = judge(
+        &window(10.0, 15.0, 49, 49),
+        None,
+        &analysis(Some(1.0), Some(0.0)),
+    );
+    assert_eq!(v.verdict, Verdict::Pending);
+    assert_eq!(v.samples, 49);
+    assert_eq!(v.message, "49 of 50 samples from 4 of 4 devices online");
+}
+
+#[test]
+fn no_traffic_at_all_with_devices_online_is_pending() {
+    let v = judge(&CohortWindow::default(), None, &analysis(None, None));
+    assert_eq!(v.verdict, Verdict::Pending);
+    assert_eq!(v.p95_ms, None);
+    assert_eq!(v.error_rate, None);
+}
+
+#[test]
+fn too_few_samples_with_every_device_offline_is_inconclusive() {
+    let offline = Liveness {
+        online: 0,
+        total: 3,
+    };
+    let v = analyze_cohort(
+        &window(10.0, 15.0, 10, 0),
+        None,
+        &analysis(None, None),
+        None,
+        offline,
+    );
+    assert_eq!(v.verdict, Verdict::Inconclusive);
+    assert_eq!(v.message, "10 of 50 samples; all 3 devices offline");
+    let empty = analyze_cohort(
+        &CohortWindow::default(),
+        None,
+        &analysis(None, None),
+        None,
+        Liveness::default(),
+    );
+    assert_eq!(empty.verdict, Verdict::Inconclusive);
+}
+
+#[test]
+fn enough_samples_count_even_when_devices_went_offline_since() {
+    let offline = Liveness {
+        online: 0,
+        total: 3,
+    };
+    let v = analyze_cohort(
+        &window(10.0, 15.0, 100, 0),
+        None,
+        &analysis(Some(50.0), None),
+        None,
+        offline,
+    );
+    assert_eq!(v.verdict, Verdict::Pass);
+}
+
+#[test]
+fn within_thresholds_passes_and_says_so() {
+    // Uniform in (10, 15] ms: p95 interpolates to 14.75 ms.
+    let v = judge(
+        &window(10.0, 15.0, 1000, 1),
+        None,
+        &analysis(Some(20.0), Some(0.01)),
+    );
+    assert_eq!(v.verdict, Verdict::Pass);
+    let p95 = v.p95_ms.expect("data");
+    assert!((p95 - 14.75).abs() < 1e-6, "{p95}");
+    assert_eq!(v.error_rate, Some(0.001));
+    assert_eq!(
+        v.message,
+        "p95 14.75 ms within 20 ms, error rate 0.1% within 1% over 1000 samples"
+    );
+}
+
+#[test]
+fn p95_just_above_the_limit_fails_just_below_passes() {
+    let canary = window(10.0, 15.0, 1000, 0);
+    assert_eq!(
+        judge(&canary, None, &analysis(Some(14.7), None)).verdict,
+        Verdict::Fail
+    );
+    assert_eq!(
+        judge(&canary, None, &analysis(Some(14.8), None)).verdict,
+        Verdict::Pass
+    );
+    let v = judge(&canary, None, &analysis(Some(14.7), None));
+    assert_eq!(
+        v.message,
+        "p95 14.75 ms above the 14.7 ms limit over 1000 samples"
+    );
+}
+
+#[test]
+fn error_rate_above_the_limit_fails() {
+    let v = judge(&window(1.0, 2.0, 200, 3), None, &analysis(None, Some(0.01)));
+    assert_eq!(v.verdict, Verdict::Fail);
+    assert_eq!(
+        v.message,
+        "error rate 1.5% above the 1% limit over 200 samples"
+    );
+    let v = judge(&window(1.0, 2.0, 200, 2), None, &analysis(None, Some(0.01)));
+    assert_eq!(v.verdict, Verdict::Pass);
+}
+
+#[test]
+fn every_failed_check_is_named() {
+    let v = judge(
+        &window(100.0, 150.0, 100, 50),
+        None,
+        &analysis(Some(20.0), Some(0.1)),
+    );
+    assert_eq!(v.verdict, Verdict::Fail);
+    assert!(v.message.contains("p95"), "{}", v.message);
+    assert!(v.message.contains("error rate 50%"), "{}", v.message);
+}
+
+#[test]
+fn the_slo_fills_in_missing_thresholds_but_does_not_override() {
+    let slo = Slo {
+        p95_latency_ms: 10.0,
+        max_error_rate: Some(0.5),
+    };
+    let canary = window(10.0, 15.0, 100, 0);
+    let v = analyze_cohort(&canary, None, &analysis(None, None), Some(&slo), ALL_ONLINE);
+    assert_eq!(v.verdict, Verdict::Fail);
+    let v = analyze_cohort(
+        &canary,
+        None,
+        &analysis(Some(30.0), None),
+        Some(&slo),
+        ALL_ONLINE,
+    );
+    assert_eq!(v.verdict, Verdict::Pass);
+    assert_eq!(
+        Thresholds::new(&analysis(Some(30.0), None), Some(&slo)),
+        Thresholds {
+            max_p95_ms: Some(30.0),
+            max_error_rate: Some(0.5)
+        }
+    );
+}
+
+#[test]
+fn a_clear_latency_regression_against_stable_fails_without_any_threshold() {
+    let stable = window(10.0, 15.0, 500, 0); // p95 14.75
+    let canary = window(20.0, 30.0, 500, 0); // p95 29.5
+    let v = judge(&canary, Some(&stable), &analysis(None, None));
+    assert_eq!(v.verdict, Verdict::Fail);
+    assert_eq!(
+        v.message,
+        "p95 29.5 ms regressed against the stable cohort's 14.75 ms over 500 samples"
+    );
+}
+
+#[test]
+fn small_absolute_differences_are_not_regressions() {
+    // 2x slower but only ~1 ms: noise on a fast model.
+    let stable = window(0.7, 1.0, 500, 0);
+    let canary = window(1.5, 2.0, 500, 0);
+    assert_eq!(
+        judge(&canary, Some(&stable), &analysis(None, None)).verdict,
+        Verdict::Pass
+    );
+    // 1.3x slower and 10 ms more: within the factor.
+    let stable = window(30.0, 50.0, 500, 0);
+    let canary = window(50.0, 70.0, 500, 0);
+    assert_eq!(
+        judge(&canary, Some(&stable), &analysis(None, None)).verdict,
+        Verdict::Pass
+    );
+}
+
+#[test]
+fn an_error_regression_against_stable_fails() {
+    let stable = window(1.0, 2.0, 1000, 5); // 0.5%
+    let bad = window(1.0, 2.0, 1000, 30); // 3%
+    let tolerable = window(1.0, 2.0, 1000, 12); // 1.2%: more than 2x but within one point
+    let a = analysis(None, None);
+    assert_eq!(judge(&bad, Some(&stable), &a).verdict, Verdict::Fail);
+    assert_eq!(judge(&tolerable, Some(&stable), &a).verdict, Verdict::Pass);
+}
+
+#[test]
+fn a_stable_cohort_without_enough_samples_is_not_compared() {
+    let stable = window(1.0, 2.0, 10, 0);
+    let canary = window(100.0, 150.0, 500, 0);
+    let v = judge(&canary, Some(&stable), &analysis(None, None));
+    assert_eq!(v.verdict, Verdict::Pass);
+    assert_eq!(
+        v.message,
+        "no thresholds and no stable cohort to compare with over 500 samples"
+    );
+}
+
+#[test]
+fn latencies_beyond_the_last_bucket_report_the_highest_bound() {
+    let v = judge(
+        &window(20_000.0, 30_000.0, 100, 0),
+        None,
+        &analysis(Some(5000.0), None),
+    );
+    assert_eq!(v.verdict, Verdict::Fail);
+    assert_eq!(v.p95_ms, Some(10_000.0));
+}
+
+#[test]
+fn windows_of_several_devices_merge() {
+    let mut merged = CohortWindow::default();
+    for _ in 0..5 {
+        let w = window(10.0, 15.0, 20, 1);
+        merged.add(w.requests, w.errors, &w.latency);
+    }
+    assert_eq!(merged.samples(), 100);
+    assert_eq!(merged.error_rate(), Some(0.05));
+    let v = judge(&merged, None, &analysis(Some(20.0), Some(0.1)));
+    assert_eq!(v.verdict, Verdict::Pass);
+}
+
+#[test]
+fn samples_fall_back_to_the_histogram_count() {
+    let mut w = window(10.0, 15.0, 80, 0);
+    w.requests = 0;
+    assert_eq!(w.samples(), 80);
+    assert_eq!(w.error_rate(), Some(0.0));
+}
