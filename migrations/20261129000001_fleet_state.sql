@@ -47,6 +47,8 @@ CREATE TABLE assignments (
     variant         TEXT   NOT NULL,
     role            TEXT   NOT NULL,
     reason          TEXT   NOT NULL,
+    -- the wire Assignment sent to the device (artifact, runtime, self-test)
+    assignment_json TEXT   NOT NULL,
     generation      BIGINT NOT NULL,
     phase           TEXT,
     phase_reason    TEXT,

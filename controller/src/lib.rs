@@ -1,3 +1,8 @@
-//! The EdgeFleet controller: adapters around the pure decisions in `edgefleet-core`.
+//! The EdgeFleet controller: thin adapters (SQL, MQTT, Kubernetes, HTTP) around the pure
+//! decisions in `edgefleet-core`.
 
+pub mod http;
+pub mod inventory;
+pub mod metrics;
+pub mod mqtt;
 pub mod store;

@@ -44,6 +44,8 @@ pub struct AssignmentRow {
     pub variant: String,
     pub role: String,
     pub reason: String,
+    /// The wire `Assignment` sent to the device, as JSON.
+    pub assignment_json: String,
     pub generation: i64,
     pub phase: Option<String>,
     pub phase_reason: Option<String>,
@@ -344,7 +346,7 @@ impl Store {
 
     pub async fn assignments(&self, namespace: &str, name: &str) -> Result<Vec<AssignmentRow>> {
         let rows = sqlx::query(
-            "SELECT device_id, version, variant, role, reason, generation, phase, phase_reason, serving_sha256
+            "SELECT device_id, version, variant, role, reason, generation, phase, phase_reason, serving_sha256, assignment_json
              FROM assignments WHERE namespace = $1 AND name = $2 ORDER BY device_id",
         )
         .bind(namespace)
@@ -384,6 +386,7 @@ impl Store {
                     && old.variant == row.variant
                     && old.role == row.role
                     && old.reason == row.reason
+                    && old.assignment_json == row.assignment_json
                     && old.generation == row.generation
             });
             if unchanged {
@@ -395,11 +398,12 @@ impl Store {
                     && old.variant == row.variant
             });
             sqlx::query(
-                "INSERT INTO assignments (namespace, name, device_id, version, variant, role, reason, generation,
-                   phase, phase_reason, serving_sha256, updated_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                "INSERT INTO assignments (namespace, name, device_id, version, variant, role, reason, assignment_json,
+                   generation, phase, phase_reason, serving_sha256, updated_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                  ON CONFLICT (namespace, name, device_id) DO UPDATE SET version = excluded.version,
                    variant = excluded.variant, role = excluded.role, reason = excluded.reason,
+                   assignment_json = excluded.assignment_json,
                    generation = excluded.generation, phase = excluded.phase,
                    phase_reason = excluded.phase_reason, serving_sha256 = excluded.serving_sha256,
                    updated_ms = excluded.updated_ms",
@@ -411,6 +415,7 @@ impl Store {
             .bind(&row.variant)
             .bind(&row.role)
             .bind(&row.reason)
+            .bind(&row.assignment_json)
             .bind(row.generation)
             .bind(same_model.and_then(|o| o.phase.clone()))
             .bind(same_model.and_then(|o| o.phase_reason.clone()))
@@ -430,14 +435,14 @@ impl Store {
     ) -> Result<Vec<(String, String, AssignmentRow)>> {
         let rows = sqlx::query(
             "SELECT device_id, version, variant, role, reason, generation, phase, phase_reason, serving_sha256,
-                    namespace, name
+                    assignment_json, namespace, name
              FROM assignments WHERE device_id = $1 ORDER BY namespace, name",
         )
         .bind(device)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(9)?, r.try_get(10)?, assignment_from_row(r)?)))
+            .map(|r| Ok((r.try_get(10)?, r.try_get(11)?, assignment_from_row(r)?)))
             .collect()
     }
 
@@ -618,6 +623,7 @@ fn assignment_from_row(r: &sqlx::any::AnyRow) -> Result<AssignmentRow> {
         phase: r.try_get(6)?,
         phase_reason: r.try_get(7)?,
         serving_sha256: r.try_get(8)?,
+        assignment_json: r.try_get(9)?,
     })
 }
 

@@ -30,6 +30,7 @@ fn assignment(device: &str, variant: &str, generation: i64) -> AssignmentRow {
         variant: variant.into(),
         role: "stable".into(),
         reason: "fits".into(),
+        assignment_json: format!("{{\"variant\":\"{variant}\"}}"),
         generation,
         phase: None,
         phase_reason: None,

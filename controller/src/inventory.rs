@@ -1,0 +1,212 @@
+//! The fleet inventory: what every device announced, whether it is online, and what it runs.
+//! SQL is the truth (it survives restarts); an in-memory copy serves the planners.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use edgefleet_core::{DeviceFacts, device_class};
+use edgefleet_crds::wire::{DeviceId, DeviceStatus, Hello, ModelPhase, StateReport};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::store::{ModelReport, Store, StoreError};
+
+/// What changed, so that the engine re-plans only when it matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// New device, changed capabilities or labels, or online/offline: deployments re-plan.
+    Fleet,
+    /// A device reported model progress: statuses refresh, rollouts may advance.
+    Progress,
+    Nothing,
+}
+
+pub struct Inventory {
+    devices: RwLock<BTreeMap<DeviceId, DeviceFacts>>,
+    store: Store,
+    metrics: Metrics,
+    /// Bumped on every fleet change; reconcilers watch it.
+    changes: watch::Sender<u64>,
+}
+
+impl Inventory {
+    pub async fn load(store: Store, metrics: Metrics) -> Result<Self, StoreError> {
+        let mut devices = BTreeMap::new();
+        for stored in store.load_devices().await? {
+            let mut facts = DeviceFacts::from(&stored.hello);
+            facts.online = stored.online;
+            devices.insert(facts.id.clone(), facts);
+        }
+        let (changes, _) = watch::channel(0);
+        let inventory = Self {
+            devices: RwLock::new(devices),
+            store,
+            metrics,
+            changes,
+        };
+        inventory.update_gauges();
+        Ok(inventory)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn snapshot(&self) -> Vec<DeviceFacts> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn device(&self, id: &DeviceId) -> Option<DeviceFacts> {
+        self.read().get(id).cloned()
+    }
+
+    pub fn device_class_of(&self, id: &DeviceId) -> Option<String> {
+        self.read().get(id).map(device_class)
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub async fn apply_hello(&self, hello: &Hello, now_ms: i64) -> Result<Change, StoreError> {
+        let mut facts = DeviceFacts::from(hello);
+        let class = device_class(&facts);
+        self.store.upsert_device(hello, &class, now_ms).await?;
+        let changed = {
+            let mut devices = self.write();
+            let previous = devices.get(&facts.id);
+            facts.installed_sha256 = previous
+                .map(|p| p.installed_sha256.clone())
+                .unwrap_or_default();
+            let changed = previous != Some(&facts);
+            devices.insert(facts.id.clone(), facts);
+            changed
+        };
+        Ok(self.changed_if(changed, Change::Fleet))
+    }
+
+    pub async fn apply_status(
+        &self,
+        status: &DeviceStatus,
+        now_ms: i64,
+    ) -> Result<Change, StoreError> {
+        let known = self
+            .store
+            .set_device_online(&status.device_id, status.online, now_ms)
+            .await?;
+        if !known {
+            return Ok(Change::Nothing); // a status before any hello: the hello will follow
+        }
+        let changed = match self.write().get_mut(&status.device_id) {
+            Some(facts) if facts.online != status.online => {
+                facts.online = status.online;
+                true
+            }
+            _ => false,
+        };
+        Ok(self.changed_if(changed, Change::Fleet))
+    }
+
+    /// Records each model's phase against its assignment; reports for assignments the
+    /// controller no longer holds (stale versions) are ignored.
+    pub async fn apply_state(
+        &self,
+        report: &StateReport,
+        now_ms: i64,
+    ) -> Result<Change, StoreError> {
+        let mut any = false;
+        for model in &report.models {
+            let Some((namespace, name)) = model.deployment.split_once('/') else {
+                self.metrics
+                    .mqtt_rejected
+                    .with_label_values(&["invalid"])
+                    .inc();
+                continue;
+            };
+            let phase = phase_name(model.phase);
+            let row = ModelReport {
+                device: report.device_id.as_str(),
+                namespace,
+                name,
+                version: &model.version,
+                variant: &model.variant,
+                phase,
+                reason: model.reason.as_deref(),
+                serving_sha256: model.serving_sha256.as_deref(),
+            };
+            any |= self.store.record_model_state(&row, now_ms).await?;
+        }
+        // Artifacts on the device do not count against its free disk for re-planning.
+        let installed: Vec<String> = report
+            .models
+            .iter()
+            .filter(|m| m.phase == ModelPhase::Ready)
+            .map(|m| m.sha256.clone())
+            .chain(
+                report
+                    .models
+                    .iter()
+                    .filter_map(|m| m.serving_sha256.clone()),
+            )
+            .collect();
+        if let Some(facts) = self.write().get_mut(&report.device_id) {
+            facts.installed_sha256 = installed.into_iter().collect();
+        }
+        Ok(if any {
+            Change::Progress
+        } else {
+            Change::Nothing
+        })
+    }
+
+    fn changed_if(&self, changed: bool, change: Change) -> Change {
+        if !changed {
+            return Change::Nothing;
+        }
+        self.update_gauges();
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        change
+    }
+
+    fn update_gauges(&self) {
+        let devices = self.read();
+        let online = devices.values().filter(|d| d.online).count();
+        self.metrics
+            .devices
+            .with_label_values(&["online"])
+            .set(online as i64);
+        self.metrics
+            .devices
+            .with_label_values(&["offline"])
+            .set((devices.len() - online) as i64);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<DeviceId, DeviceFacts>> {
+        // A poisoned lock means a panic elsewhere already; the map itself is still consistent
+        // because every write is a single insert or field update.
+        self.devices
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<DeviceId, DeviceFacts>> {
+        self.devices
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub fn phase_name(phase: ModelPhase) -> &'static str {
+    match phase {
+        ModelPhase::Downloading => "Downloading",
+        ModelPhase::Verifying => "Verifying",
+        ModelPhase::Loading => "Loading",
+        ModelPhase::Ready => "Ready",
+        ModelPhase::Failed => "Failed",
+        ModelPhase::Removed => "Removed",
+    }
+}
