@@ -1,0 +1,160 @@
+//! Wiring: the store, the local API, the supervisor and the MQTT link, and their shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use edgefleet_crds::Runtime;
+use edgefleet_crds::wire::Hello;
+
+use crate::api::{self, ApiInner};
+use crate::capabilities;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::mqtt::{self, Command};
+use crate::registry::Registry;
+use crate::runtime;
+use crate::spool::Spool;
+use crate::store::{self, Store};
+use crate::supervisor::{InstallContext, Supervisor};
+use crate::telemetry::{SeqCounter, WindowStats, now_ms};
+
+/// Runs the agent until `shutdown` completes, then drains in-flight requests, spools the last
+/// telemetry window, publishes offline and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let store = Store::open(&config.store).with_context(|| {
+        format!(
+            "config field `store`: cannot use {}",
+            config.store.display()
+        )
+    })?;
+    // Fail fast on TLS files that do not load.
+    mqtt::mqtt_options(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(Registry::default());
+    let stats = Arc::new(WindowStats::new(now_ms()));
+    let backends = runtime::available_backends();
+    let runtimes: Vec<Runtime> = backends.iter().map(|b| b.runtime()).collect();
+    let hello: Arc<dyn Fn() -> Hello + Send + Sync> = {
+        let root = store.root().to_path_buf();
+        let (device, labels, overrides) = (
+            config.device_id.clone(),
+            config.labels.clone(),
+            config.capabilities.clone(),
+        );
+        Arc::new(move || {
+            let detected = capabilities::detect(&root, runtimes.clone());
+            capabilities::hello(&device, &labels, detected, &overrides)
+        })
+    };
+
+    let api_state = Arc::new(ApiInner {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        stats: stats.clone(),
+        ready: AtomicBool::new(false),
+        permits: Arc::new(Semaphore::new(config.inference_threads)),
+        test: config.test.clone(),
+        max_body_bytes: config.max_body_bytes,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("config field `listen`: cannot bind {}", config.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    store::write_atomic(
+        &store.root().join("listen-addr"),
+        addr.to_string().as_bytes(),
+    )?;
+    tracing::info!(%addr, device = %config.device_id, "local inference API listening");
+    println!("edgefleet-agent listening on http://{addr}");
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = tokio::spawn(
+        axum::serve(listener, api::router(api_state.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.changed().await;
+            })
+            .into_future(),
+    );
+
+    let persisted = store.load_state().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "persisted state is unreadable; starting empty");
+        Default::default()
+    });
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let ctx = Arc::new(InstallContext {
+        store: store.clone(),
+        registry,
+        metrics: metrics.clone(),
+        http,
+        backends,
+        free_limit: config.capabilities.disk_free_mib.map(|mib| mib << 20),
+    });
+    let (events_tx, mut events_rx) = mpsc::channel(256);
+    let (desired_tx, mut desired_rx) = mpsc::channel(16);
+    let (mqtt_tx, mqtt_rx) = mpsc::channel(64);
+    let mut supervisor = Supervisor::new(
+        config.device_id.clone(),
+        ctx,
+        persisted,
+        events_tx,
+        mqtt_tx.clone(),
+    );
+    supervisor.restore().await;
+    api_state.ready.store(true, Ordering::Release);
+
+    let spool = Spool::open(
+        &store.spool_dir(),
+        config.spool.max_windows,
+        config.spool.max_bytes,
+    )
+    .context("opening the telemetry spool")?;
+    let seq = SeqCounter::open(
+        store.root().join("telemetry-seq"),
+        spool.max_seq().map_or(0, |s| s + 1),
+    )?;
+    let link = tokio::spawn(mqtt::run(
+        config.clone(),
+        hello,
+        desired_tx,
+        mqtt_rx,
+        metrics,
+        stats,
+        spool,
+        seq,
+    ));
+    supervisor.resume();
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(payload) = desired_rx.recv() => supervisor.on_desired(&payload),
+            Some(event) = events_rx.recv() => supervisor.on_event(event),
+        }
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within 10s");
+    }
+    supervisor.abort_all();
+    let (done_tx, done_rx) = oneshot::channel();
+    if mqtt_tx.send(Command::Shutdown(done_tx)).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
+    }
+    link.abort();
+    tracing::info!("stopped");
+    Ok(())
+}

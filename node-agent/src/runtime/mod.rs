@@ -1,0 +1,150 @@
+//! Inference runtimes behind one small trait. A [`Backend`] turns a verified file into a
+//! [`Model`]; a model is immutable after loading and shared (`Arc`) by every request.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use edgefleet_crds::{Runtime, SelfTest};
+
+use crate::tensor::{DataType, Tensor, element_count};
+
+pub mod tract;
+
+/// An input or output as the model declares it; `-1` marks a dimension fixed only at run time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IoSpec {
+    pub name: String,
+    pub dt: DataType,
+    pub shape: Vec<i64>,
+}
+
+impl IoSpec {
+    pub fn accepts_shape(&self, shape: &[usize]) -> bool {
+        shape.len() == self.shape.len()
+            && self
+                .shape
+                .iter()
+                .zip(shape)
+                .all(|(want, got)| *want < 0 || *want as u64 == *got as u64)
+    }
+
+    pub fn concrete_shape(&self) -> Option<Vec<usize>> {
+        self.shape
+            .iter()
+            .map(|d| usize::try_from(*d).ok())
+            .collect()
+    }
+}
+
+pub trait Model: Send + Sync + 'static {
+    fn inputs(&self) -> &[IoSpec];
+    fn outputs(&self) -> &[IoSpec];
+    /// Runs one inference; `inputs` are in the order of [`Model::inputs`], already checked
+    /// against their specs.
+    fn run(&self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>>;
+}
+
+/// Concrete shapes to fix dynamic input dimensions with, by input name (from the self-test).
+pub type ShapeHints = HashMap<String, Vec<usize>>;
+
+pub trait Backend: Send + Sync + 'static {
+    fn runtime(&self) -> Runtime;
+    fn load(&self, path: &Path, hints: &ShapeHints) -> anyhow::Result<Arc<dyn Model>>;
+}
+
+/// The backends compiled in and usable on this machine.
+pub fn available_backends() -> Vec<Arc<dyn Backend>> {
+    vec![Arc::new(tract::TractBackend)]
+}
+
+pub fn shape_hints(self_test: Option<&SelfTest>) -> ShapeHints {
+    self_test
+        .map(|t| {
+            t.inputs
+                .iter()
+                .map(|i| {
+                    let shape = i.shape.iter().map(|d| *d as usize).collect();
+                    (i.name.clone(), shape)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Builds the self-test inputs: the spec's tensors by name, zeros for inputs it leaves out.
+pub fn self_test_inputs(model: &dyn Model, test: Option<&SelfTest>) -> Result<Vec<Tensor>, String> {
+    let mut out = Vec::new();
+    for spec in model.inputs() {
+        let given = test.and_then(|t| t.inputs.iter().find(|i| i.name == spec.name));
+        let tensor = match given {
+            Some(input) => {
+                let shape: Vec<usize> = input.shape.iter().map(|d| *d as usize).collect();
+                let n = element_count(&shape).ok_or("self-test shape overflows")?;
+                let values = match (&input.data, input.fill) {
+                    (Some(data), _) => data.clone(),
+                    (None, fill) => vec![fill.unwrap_or(0.0); n],
+                };
+                let json = serde_json::Value::from(values);
+                Tensor::from_json(input.datatype.into(), shape, &json)
+                    .map_err(|e| format!("self-test input {:?}: {e}", spec.name))?
+            }
+            None => {
+                let shape = spec.concrete_shape().ok_or_else(|| {
+                    format!(
+                        "input {:?} has dynamic shape {:?} and the self-test does not give one",
+                        spec.name, spec.shape
+                    )
+                })?;
+                zeros(spec.dt, shape)
+            }
+        };
+        if tensor.dt != spec.dt || !spec.accepts_shape(&tensor.shape) {
+            return Err(format!(
+                "self-test input {:?} is {} {:?} but the model expects {} {:?}",
+                spec.name, tensor.dt, tensor.shape, spec.dt, spec.shape
+            ));
+        }
+        out.push(tensor);
+    }
+    Ok(out)
+}
+
+fn zeros(dt: DataType, shape: Vec<usize>) -> Tensor {
+    let len = element_count(&shape).unwrap_or(0) * dt.size();
+    Tensor {
+        dt,
+        shape,
+        data: vec![0u8; len].into(),
+    }
+}
+
+/// Warm-up and self-test before a model may serve: runs the self-test input twice and checks
+/// every output is finite.
+pub fn prepare(model: &dyn Model, test: Option<&SelfTest>) -> Result<(), String> {
+    let inputs = self_test_inputs(model, test)?;
+    for round in 0..2 {
+        let outputs = model
+            .run(inputs.clone())
+            .map_err(|e| format!("self-test inference failed: {e:#}"))?;
+        if outputs.len() != model.outputs().len() {
+            return Err(format!(
+                "self-test produced {} outputs, the model declares {}",
+                outputs.len(),
+                model.outputs().len()
+            ));
+        }
+        if let Some((spec, _)) = model
+            .outputs()
+            .iter()
+            .zip(&outputs)
+            .find(|(_, t)| !t.all_finite())
+        {
+            return Err(format!(
+                "self-test output {:?} is not finite (round {round})",
+                spec.name
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,729 @@
+//! Test support: real models and their onnxruntime references, an artifact server with Range
+//! and fault injection, Mosquitto brokers, MQTT observers and agent processes.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use edgefleet_crds::wire::{self, Assignment, Channel, Desired, DeviceId, Role};
+use edgefleet_crds::{
+    Artifact, ModelRef, Precision, Runtime, SelfTest, SelfTestInput, TensorDatatype,
+};
+
+// ------------------------------------------------------------------ models
+
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("EDGEFLEET_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/edgefleet/models")
+        });
+    for m in ["orientation.onnx", "ocr-cls.onnx", "silero-vad.onnx"] {
+        let path = dir.join(m);
+        let reference = dir.join(format!("{m}.reference.json"));
+        assert!(
+            path.is_file() && reference.is_file(),
+            "test model {} or its reference outputs are missing: run tests/tools/fetch-models.sh \
+             (set EDGEFLEET_MODELS to use another cache directory)",
+            path.display()
+        );
+    }
+    dir
+}
+
+pub fn model_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(models_dir().join(name)).unwrap()
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Reference {
+    pub model: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+pub struct Case {
+    pub inputs: Vec<RefInput>,
+    pub outputs: Vec<RefOutput>,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+pub struct RefInput {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub generator: Generator,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+pub struct Generator {
+    pub a: f64,
+    pub b: f64,
+    pub scale: f64,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+pub struct RefOutput {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+impl RefInput {
+    /// `float32(scale * sin(a * i + b))`, exactly as reference_outputs.py generates it.
+    pub fn values(&self) -> Vec<f32> {
+        let n: usize = self.shape.iter().product();
+        (0..n)
+            .map(|i| {
+                (self.generator.scale * (self.generator.a * i as f64 + self.generator.b).sin())
+                    as f32
+            })
+            .collect()
+    }
+}
+
+pub fn reference(model: &str) -> Reference {
+    let path = models_dir().join(format!("{model}.reference.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+pub fn assert_close(name: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: {} values, reference has {}",
+        got.len(),
+        want.len()
+    );
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{name}[{i}] = {g}, onnxruntime reference {w} (tolerance {tol})"
+        );
+    }
+}
+
+/// The self-test a deployment of one of the test models carries.
+pub fn self_test(model: &str) -> SelfTest {
+    let r = reference(model);
+    SelfTest {
+        inputs: r.cases[0]
+            .inputs
+            .iter()
+            .map(|i| SelfTestInput {
+                name: i.name.clone(),
+                shape: i.shape.iter().map(|d| *d as u64).collect(),
+                datatype: TensorDatatype::Fp32,
+                fill: Some(0.1),
+                data: None,
+            })
+            .collect(),
+    }
+}
+
+// ------------------------------------------------------------------ artifact server
+
+/// Serves files from memory, honouring `Range`, with faults to inject.
+#[derive(Default)]
+pub struct Files {
+    pub files: Mutex<HashMap<String, Bytes>>,
+    /// Per file: drop the connection after this many body bytes, once.
+    pub cut_once: Mutex<HashMap<String, usize>>,
+    pub requests: Mutex<Vec<(String, Option<String>)>>,
+    pub served_bytes: AtomicUsize,
+}
+
+pub struct FileServer {
+    pub addr: SocketAddr,
+    pub files: Arc<Files>,
+}
+
+impl FileServer {
+    pub async fn start() -> FileServer {
+        let files = Arc::new(Files::default());
+        let app = axum::Router::new()
+            .route("/{name}", axum::routing::get(serve_file))
+            .with_state(files.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FileServer { addr, files }
+    }
+
+    pub fn add(&self, name: &str, bytes: impl Into<Bytes>) -> String {
+        self.files
+            .files
+            .lock()
+            .unwrap()
+            .insert(name.into(), bytes.into());
+        format!("http://{}/{name}", self.addr)
+    }
+
+    pub fn cut_once(&self, name: &str, after: usize) {
+        self.files
+            .cut_once
+            .lock()
+            .unwrap()
+            .insert(name.into(), after);
+    }
+
+    pub fn ranges(&self, name: &str) -> Vec<Option<String>> {
+        self.files
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+async fn serve_file(
+    State(files): State<Arc<Files>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    files
+        .requests
+        .lock()
+        .unwrap()
+        .push((name.clone(), range.clone()));
+    let Some(data) = files.files.lock().unwrap().get(&name).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let start = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split('-').next())
+        .and_then(|s| s.parse::<usize>().ok());
+    let (status, body) = match start {
+        Some(s) if s >= data.len() => return StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
+        Some(s) => (StatusCode::PARTIAL_CONTENT, data.slice(s..)),
+        None => (StatusCode::OK, data.clone()),
+    };
+    let offset = start.unwrap_or(0);
+    let total = data.len();
+    let len = body.len();
+    let cut = files.cut_once.lock().unwrap().remove(&name);
+    files.served_bytes.fetch_add(len, Ordering::Relaxed);
+    let stream_body = match cut {
+        Some(after) => {
+            // Send `after` bytes, then fail the body so the connection is dropped mid-way.
+            let head = body.slice(..after.min(len));
+            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(head),
+                Err(std::io::Error::other("injected connection drop")),
+            ];
+            Body::from_stream(futures_stream(chunks))
+        }
+        None => Body::from(body),
+    };
+    let mut response = Response::new(stream_body);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, len.into());
+    h.insert(header::ACCEPT_RANGES, "bytes".parse().unwrap());
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            header::CONTENT_RANGE,
+            format!("bytes {offset}-{}/{total}", total - 1)
+                .parse()
+                .unwrap(),
+        );
+    }
+    response
+}
+
+fn futures_stream(
+    items: Vec<Result<Bytes, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    struct Iter(std::vec::IntoIter<Result<Bytes, std::io::Error>>);
+    impl futures_core::Stream for Iter {
+        type Item = Result<Bytes, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(items.into_iter())
+}
+
+// ------------------------------------------------------------------ desired documents
+
+pub fn assignment(
+    deployment: &str,
+    model: &str,
+    variant: &str,
+    uri: &str,
+    bytes: &[u8],
+) -> Assignment {
+    Assignment {
+        deployment: deployment.into(),
+        model: ModelRef {
+            name: model.into(),
+            version: "1.0.0".into(),
+        },
+        variant: variant.into(),
+        precision: Precision::Fp32,
+        runtime: Runtime::Tract,
+        artifact: Artifact {
+            uri: uri.into(),
+            sha256: edgefleet_agent::pull::sha256_hex(bytes),
+            size_bytes: bytes.len() as u64,
+        },
+        role: Role::Stable,
+        self_test: None,
+    }
+}
+
+pub fn desired(device: &str, generation: u64, assignments: Vec<Assignment>) -> Vec<u8> {
+    wire::encode(&Desired {
+        device_id: DeviceId::new(device).unwrap(),
+        generation,
+        assignments,
+    })
+}
+
+pub fn unique_device(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    )
+}
+
+// ------------------------------------------------------------------ brokers
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(300),
+    )
+    .is_ok()
+}
+
+/// A Mosquitto started by the test on a free port, stopped on drop.
+pub struct PrivateBroker {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: String,
+}
+
+impl PrivateBroker {
+    pub fn start() -> PrivateBroker {
+        Self::start_with(free_port(), "")
+    }
+
+    /// `extra` is appended to the listener's configuration (e.g. TLS settings).
+    pub fn start_with(port: u16, extra: &str) -> PrivateBroker {
+        let mut b = PrivateBroker {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra: extra.to_string(),
+        };
+        b.restart();
+        b
+    }
+
+    pub fn restart(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}\n",
+                self.port, self.extra
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed at /usr/sbin/mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !port_open(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The shared broker at 127.0.0.1:1883 when it runs, else a private one.
+pub enum TestBroker {
+    Shared,
+    Private(PrivateBroker),
+}
+
+impl TestBroker {
+    pub fn get() -> TestBroker {
+        if port_open(1883) {
+            TestBroker::Shared
+        } else {
+            TestBroker::Private(PrivateBroker::start())
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            TestBroker::Shared => 1883,
+            TestBroker::Private(b) => b.port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port())
+    }
+}
+
+/// An MQTT client that records every message on a device's topics.
+pub struct Observer {
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<(String, Bytes, bool)>,
+    pub seen: Vec<(String, Bytes, bool)>,
+}
+
+impl Observer {
+    pub async fn connect(port: u16, device: &str) -> Observer {
+        let mut o = MqttOptions::new(unique_device("observer"), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(10));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(o, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.clone(), p.retain));
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = sub_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        let topic = format!("{}/{device}/#", wire::TOPIC_PREFIX);
+        client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), sub_rx.recv())
+            .await
+            .expect("observer subscribed");
+        Observer {
+            client,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a message on `channel` satisfying `pred`; returns its payload.
+    pub async fn wait_for(
+        &mut self,
+        channel: Channel,
+        timeout: Duration,
+        mut pred: impl FnMut(&[u8]) -> bool,
+    ) -> Bytes {
+        let suffix = format!("/{}", channel.as_str());
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Some((_, p, _)) = self
+            .seen
+            .iter()
+            .find(|(t, p, _)| t.ends_with(&suffix) && pred(p))
+        {
+            return p.clone();
+        }
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "timed out waiting for a matching {} message; saw {:?}",
+                        channel.as_str(),
+                        self.seen
+                            .iter()
+                            .map(|(t, p, _)| format!("{t}: {}", String::from_utf8_lossy(p)))
+                            .collect::<Vec<_>>()
+                    )
+                })
+                .expect("observer running");
+            self.seen.push(msg.clone());
+            if msg.0.ends_with(&suffix) && pred(&msg.1) {
+                return msg.1;
+            }
+        }
+    }
+
+    /// Drains what arrived so far into `seen`.
+    pub fn drain(&mut self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            self.seen.push(msg);
+        }
+    }
+
+    pub async fn publish_desired(&self, device: &str, payload: Vec<u8>) {
+        let topic = wire::topic(&DeviceId::new(device).unwrap(), Channel::Desired);
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .unwrap();
+    }
+
+    /// Clears the retained desired message so the shared broker does not keep it.
+    pub async fn clear_retained(&self, device: &str) {
+        for channel in [Channel::Desired, Channel::Hello, Channel::Status] {
+            let topic = wire::topic(&DeviceId::new(device).unwrap(), channel);
+            let _ = self
+                .client
+                .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// ------------------------------------------------------------------ agent process
+
+pub struct AgentProcess {
+    pub child: Child,
+    pub store: PathBuf,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_edgefleet-agent")
+}
+
+impl AgentProcess {
+    pub fn spawn(store: &Path, args: &[&str]) -> AgentProcess {
+        std::fs::create_dir_all(store).unwrap();
+        let _ = std::fs::remove_file(store.join("listen-addr"));
+        let log = store.with_extension("log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(agent_bin())
+            .arg("--store")
+            .arg(store)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .env("EDGEFLEET_AGENT_LOG", "info,edgefleet_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Ok(s) = std::fs::read_to_string(store.join("listen-addr"))
+                && let Ok(addr) = s.trim().parse()
+            {
+                break addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        AgentProcess {
+            child,
+            store: store.to_path_buf(),
+            addr,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("agent ignored SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `GET /v2/models/{name}` until it reports `sha256`.
+pub async fn wait_serving(
+    agent: &AgentProcess,
+    name: &str,
+    sha256: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = client
+            .get(agent.url(&format!("/v2/models/{name}")))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            if v["sha256"] == sha256 {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "model {name} with sha {sha256} not serving in time; agent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// JSON inference request for a reference case.
+pub fn infer_json(case: &Case) -> serde_json::Value {
+    serde_json::json!({
+        "inputs": case.inputs.iter().map(|i| serde_json::json!({
+            "name": i.name,
+            "shape": i.shape,
+            "datatype": "FP32",
+            "data": i.values(),
+        })).collect::<Vec<_>>()
+    })
+}
+
+/// Binary-extension inference request for a reference case: (header length, body).
+pub fn infer_binary(case: &Case) -> (usize, Vec<u8>) {
+    let header = serde_json::json!({
+        "inputs": case.inputs.iter().map(|i| serde_json::json!({
+            "name": i.name,
+            "shape": i.shape,
+            "datatype": "FP32",
+            "parameters": {"binary_data_size": i.values().len() * 4},
+        })).collect::<Vec<_>>(),
+    });
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let len = body.len();
+    for i in &case.inputs {
+        for v in i.values() {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    (len, body)
+}
+
+/// Parses a binary-extension response into output name -> f32 values.
+pub fn parse_binary_response(header_len: usize, body: &[u8]) -> HashMap<String, Vec<f64>> {
+    let header: serde_json::Value = serde_json::from_slice(&body[..header_len]).unwrap();
+    let mut offset = header_len;
+    let mut out = HashMap::new();
+    for o in header["outputs"].as_array().unwrap() {
+        let name = o["name"].as_str().unwrap().to_string();
+        if let Some(data) = o.get("data") {
+            out.insert(
+                name,
+                data.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect(),
+            );
+            continue;
+        }
+        let size = o["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+        let values = body[offset..offset + size]
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect();
+        offset += size;
+        out.insert(name, values);
+    }
+    assert_eq!(offset, body.len(), "binary response has trailing bytes");
+    out
+}
