@@ -9,11 +9,13 @@
 //! - [`cohort`]: (device class, variant) groups that canary analysis compares;
 //! - [`canary`]: which devices run the new version at each step;
 //! - [`analysis`]: a canary cohort's verdict for one interval;
+//! - [`progression`]: hold, advance, promote, roll back or demote a step;
 
 pub mod analysis;
 pub mod canary;
 pub mod cohort;
 pub mod device;
+pub mod progression;
 pub mod variant;
 
 #[cfg(test)]
@@ -23,6 +25,10 @@ pub use analysis::{CohortVerdict, CohortWindow, Liveness, Thresholds, analyze_co
 pub use canary::{canary_count, canary_members, membership_hash};
 pub use cohort::{Cohort, CohortKey, group_by_cohort};
 pub use device::{DeviceFacts, device_class, selector_matches};
+pub use progression::{
+    CanaryReadiness, CohortRecord, StepCohort, StepDecision, StepState, decide_step, ready_since,
+    step_percent,
+};
 pub use variant::{Choice, Rejection, accuracy, choose_variant, next_best, unmet_requirements};
 
 /// A number for a human: at most four decimals, without trailing zeros (`0.98`, `12.5`, `3`).
