@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1.7
+# EdgeFleet node agent image (binary `edgefleet-agent`), for the chart's optional DaemonSet
+# (agent.enabled) on k3s edge nodes. Not built in this repository's CI (no container engine
+# there); see charts/edgefleet/README.md.
+#
+#   docker buildx build --platform linux/amd64,linux/arm64 \
+#     -f docker/agent.Dockerfile -t ghcr.io/edgefleet/edgefleet-agent:0.1.0 .
+#
+# Built with the default features (tract runtime only). The optional `onnxruntime` feature
+# loads libonnxruntime at run time; an image with it would also have to ship that library.
+
+ARG RUST_VERSION=1.95
+
+FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-trixie AS build
+ARG TARGETARCH
+WORKDIR /src
+RUN set -eu; \
+    case "$TARGETARCH" in \
+      amd64) t=x86_64-unknown-linux-gnu; g=x86_64-linux-gnu; p=gcc-x86-64-linux-gnu ;; \
+      arm64) t=aarch64-unknown-linux-gnu; g=aarch64-linux-gnu; p=gcc-aarch64-linux-gnu ;; \
+      *) echo "unsupported TARGETARCH=$TARGETARCH" >&2; exit 1 ;; \
+    esac; \
+    echo "$t" > /rust-target; \
+    if [ "$(dpkg --print-architecture)" != "$TARGETARCH" ]; then \
+      apt-get update; \
+      apt-get install -y --no-install-recommends "$p" "libc6-dev-$TARGETARCH-cross"; \
+      rm -rf /var/lib/apt/lists/*; \
+      echo "$g" > /cross-gcc; \
+    fi; \
+    rustup target add "$t"
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target,id=edgefleet-target-$TARGETARCH \
+    set -eu; t="$(cat /rust-target)"; \
+    if [ -f /cross-gcc ]; then \
+      g="$(cat /cross-gcc)"; \
+      export "CC_$(echo "$t" | tr - _)=$g-gcc"; \
+      export "CARGO_TARGET_$(echo "$t" | tr a-z- A-Z_)_LINKER=$g-gcc"; \
+    fi; \
+    cargo build --release --locked --target "$t" -p edgefleet-agent --bin edgefleet-agent; \
+    cp "target/$t/release/edgefleet-agent" /edgefleet-agent
+
+FROM debian:trixie-slim
+# ca-certificates: without EDGEFLEET_AGENT_TLS_CA_FILE the agent trusts the platform roots.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 65532 nonroot \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nonroot \
+ && install -d -o 65532 -g 65532 /var/lib/edgefleet-agent
+COPY --from=build /edgefleet-agent /usr/local/bin/edgefleet-agent
+USER 65532:65532
+ENV EDGEFLEET_AGENT_STORE=/var/lib/edgefleet-agent \
+    EDGEFLEET_AGENT_LISTEN=127.0.0.1:8081
+ENTRYPOINT ["/usr/local/bin/edgefleet-agent"]
