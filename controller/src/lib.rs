@@ -6,3 +6,4 @@ pub mod inventory;
 pub mod metrics;
 pub mod mqtt;
 pub mod store;
+pub mod telemetry;
