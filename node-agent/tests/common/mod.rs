@@ -727,3 +727,106 @@ pub fn parse_binary_response(header_len: usize, body: &[u8]) -> HashMap<String, 
     assert_eq!(offset, body.len(), "binary response has trailing bytes");
     out
 }
+
+// ------------------------------------------------------------------ state reports
+
+pub fn state_report(payload: &[u8]) -> edgefleet_crds::wire::StateReport {
+    wire::decode(payload).expect("agent publishes valid state reports")
+}
+
+/// Waits for a state report of `generation` where `deployment` is in `phase`.
+pub async fn wait_phase(
+    obs: &mut Observer,
+    generation: u64,
+    deployment: &str,
+    phase: edgefleet_crds::wire::ModelPhase,
+    timeout: Duration,
+) -> edgefleet_crds::wire::ModelState {
+    let payload = obs
+        .wait_for(Channel::State, timeout, |p| {
+            let r = state_report(p);
+            r.generation == generation
+                && r.models
+                    .iter()
+                    .any(|m| m.deployment == deployment && m.phase == phase)
+        })
+        .await;
+    state_report(&payload)
+        .models
+        .into_iter()
+        .find(|m| m.deployment == deployment)
+        .unwrap()
+}
+
+// ------------------------------------------------------------------ TCP proxy
+
+/// Forwards connections to a broker; `cut` makes the broker unreachable (live connections are
+/// dropped, new ones closed at once) until `restore`.
+pub struct Proxy {
+    pub port: u16,
+    enabled: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let enabled = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (en, cs) = (enabled.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !en.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                cs.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            enabled,
+            conns,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.enabled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Reads one metric's value from the agent's `/metrics`.
+pub async fn metric(agent: &AgentProcess, series: &str) -> Option<f64> {
+    let text = reqwest::get(agent.url("/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
