@@ -10,11 +10,13 @@
 //! - [`canary`]: which devices run the new version at each step;
 //! - [`analysis`]: a canary cohort's verdict for one interval;
 //! - [`progression`]: hold, advance, promote, roll back or demote a step;
+//! - [`plan`]: the glue: every selected device's version, variant and role.
 
 pub mod analysis;
 pub mod canary;
 pub mod cohort;
 pub mod device;
+pub mod plan;
 pub mod progression;
 pub mod variant;
 
@@ -25,6 +27,10 @@ pub use analysis::{CohortVerdict, CohortWindow, Liveness, Thresholds, analyze_co
 pub use canary::{canary_count, canary_members, membership_hash};
 pub use cohort::{Cohort, CohortKey, group_by_cohort};
 pub use device::{DeviceFacts, device_class, selector_matches};
+pub use plan::{
+    DevicePlan, PlanCounts, PlannedAssignment, RolloutPlan, Source, Stage, needs_rollout,
+    plan_rollout,
+};
 pub use progression::{
     CanaryReadiness, CohortRecord, StepCohort, StepDecision, StepState, decide_step, ready_since,
     step_percent,

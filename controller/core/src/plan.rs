@@ -1,0 +1,364 @@
+//! The rollout plan: for every selected device, which version and variant it runs, in which
+//! role, and why. Pure glue over variant choice, cohorts and canary membership; the controller
+//! turns it into `desired` documents and status.
+//!
+//! - First deployment (no previous version): every selected device gets the target directly,
+//!   as stable. There is nothing to compare a canary against and nothing to protect, so a
+//!   canary would only delay it.
+//! - Canary step: the canaries of the step (see [`crate::canary`], over cohorts of the target
+//!   choice after demotions) run the target as canary; every other device keeps the variant it
+//!   gets under the previous spec, as stable. A device the previous spec does not select or fit
+//!   gets nothing until the rollout reaches it, rather than the unproven target.
+//!   Devices whose every fitting variant was demoted keep the previous version.
+//! - Promoted: every device runs the target as stable; a device it does not fit gets nothing.
+//! - Rolled back: the previous spec is in force again, including its selector.
+//!
+//! Devices the selector in force does not select are not in the plan at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use edgefleet_crds::wire::{Assignment, DeviceId, Role};
+use edgefleet_crds::{ModelDeploymentSpec, ModelRef, SelfTest, Variant};
+
+use crate::canary::canary_members;
+use crate::cohort::{Cohort, CohortKey, group_by_cohort};
+use crate::device::{DeviceFacts, device_class};
+use crate::progression::step_percent;
+use crate::variant::{Choice, choose_variant, next_best};
+
+/// Where the rollout of the target spec stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Canary step `step`, 0-based into `spec.rollout.steps`; past the last step it is
+    /// [`Stage::Promoted`].
+    Canary {
+        step: usize,
+    },
+    Promoted,
+    RolledBack,
+}
+
+/// Which spec a device's assignment comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    Target,
+    Previous,
+}
+
+/// What one device should run for this deployment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedAssignment {
+    pub source: Source,
+    pub model: ModelRef,
+    pub variant: Variant,
+    pub role: Role,
+    pub self_test: Option<SelfTest>,
+    /// Why this variant (the variant choice's explanation).
+    pub variant_reason: String,
+}
+
+impl PlannedAssignment {
+    /// The wire form, for the device's `desired` document; `deployment` is `namespace/name`.
+    pub fn to_wire(&self, deployment: &str) -> Assignment {
+        Assignment {
+            deployment: deployment.to_string(),
+            model: self.model.clone(),
+            variant: self.variant.name.clone(),
+            precision: self.variant.precision,
+            runtime: self.variant.runtime,
+            artifact: self.variant.artifact.clone(),
+            role: self.role,
+            self_test: self.self_test.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DevicePlan {
+    pub device: DeviceId,
+    pub device_class: String,
+    pub online: bool,
+    /// The target spec's variant choice for this device, after demotions.
+    pub target: Choice,
+    /// `None`: the device should run nothing of this deployment.
+    pub assignment: Option<PlannedAssignment>,
+    /// Why this role and version (or why nothing), in one line.
+    pub reason: String,
+}
+
+impl DevicePlan {
+    /// The cohort the device's assignment puts it in.
+    pub fn cohort(&self) -> Option<Cohort> {
+        self.assignment.as_ref().map(|a| Cohort {
+            role: a.role,
+            key: CohortKey::new(&self.device_class, &a.variant.name),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanCounts {
+    /// Selected by the selector in force.
+    pub matched: u32,
+    /// With an assignment (canary or stable).
+    pub assigned: u32,
+    pub canary: u32,
+    pub stable: u32,
+    /// No variant of the target fits (including after demotions).
+    pub no_fit: u32,
+    /// Selected but running nothing of this deployment.
+    pub unassigned: u32,
+    pub offline: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutPlan {
+    /// Sorted by device id, one entry per selected device.
+    pub devices: Vec<DevicePlan>,
+    /// Devices by cohort and role, for analysis and `status.cohorts`.
+    pub cohorts: BTreeMap<Cohort, Vec<DeviceId>>,
+    /// Devices running the target, per target variant name (`status.variants`).
+    pub target_variants: BTreeMap<String, u32>,
+    pub counts: PlanCounts,
+}
+
+impl RolloutPlan {
+    /// The canary cohorts of the step, with their devices.
+    pub fn canary_cohorts(&self) -> BTreeMap<CohortKey, Vec<DeviceId>> {
+        self.role_cohorts(Role::Canary)
+            .map(|(key, devices)| (key.clone(), devices.clone()))
+            .collect()
+    }
+
+    /// Stable devices of `device_class`, whatever their variant: the baseline a canary cohort
+    /// of that class is compared with.
+    pub fn stable_devices_of_class(&self, device_class: &str) -> Vec<DeviceId> {
+        self.role_cohorts(Role::Stable)
+            .filter(|(key, _)| key.device_class == device_class)
+            .flat_map(|(_, devices)| devices.iter().cloned())
+            .collect()
+    }
+
+    fn role_cohorts(&self, role: Role) -> impl Iterator<Item = (&CohortKey, &Vec<DeviceId>)> {
+        self.cohorts
+            .iter()
+            .filter(move |(c, _)| c.role == role)
+            .map(|(c, devices)| (&c.key, devices))
+    }
+
+    pub fn device(&self, id: &DeviceId) -> Option<&DevicePlan> {
+        self.devices
+            .binary_search_by(|d| d.device.cmp(id))
+            .ok()
+            .and_then(|i| self.devices.get(i))
+    }
+}
+
+/// Whether moving from `previous` to `spec` changes what devices run (model, variants or
+/// selection), and therefore deserves a canary rollout. Selector, rollout, SLO and self-test
+/// edits apply directly.
+pub fn needs_rollout(spec: &ModelDeploymentSpec, previous: Option<&ModelDeploymentSpec>) -> bool {
+    previous.is_some_and(|p| {
+        p.model != spec.model || p.variants != spec.variants || p.selection != spec.selection
+    })
+}
+
+/// Plans every device the selector in force selects. `uid` is the deployment's UID (the canary
+/// seed); `previous` the spec last promoted, if any; `demotions` the target cohorts demoted so
+/// far (their variants are excluded for devices of that class).
+pub fn plan_rollout(
+    uid: &str,
+    spec: &ModelDeploymentSpec,
+    previous: Option<&ModelDeploymentSpec>,
+    stage: Stage,
+    devices: &[DeviceFacts],
+    demotions: &BTreeSet<CohortKey>,
+) -> RolloutPlan {
+    let stage = match stage {
+        Stage::Canary { step } if step >= spec.rollout.steps.len() => Stage::Promoted,
+        other => other,
+    };
+    let selector = match (stage, previous) {
+        (Stage::RolledBack, Some(p)) => &p.selector,
+        _ => &spec.selector,
+    };
+    let mut selected: Vec<&DeviceFacts> = devices
+        .iter()
+        .filter(|d| d.is_selected_by(selector))
+        .collect();
+    selected.sort_by(|a, b| a.id.cmp(&b.id));
+    selected.dedup_by(|a, b| a.id == b.id);
+
+    let classified: Vec<(&DeviceFacts, String, Choice)> = selected
+        .into_iter()
+        .map(|d| {
+            let class = device_class(d);
+            let excluded: Vec<&str> = demotions
+                .iter()
+                .filter(|k| k.device_class == class)
+                .map(|k| k.variant.as_str())
+                .collect();
+            let choice = next_best(d, spec, &excluded);
+            (d, class, choice)
+        })
+        .collect();
+
+    let canaries = match (stage, previous) {
+        (Stage::Canary { step }, Some(_)) => {
+            let population = group_by_cohort(classified.iter().filter_map(|(d, class, c)| {
+                let variant = c.variant_name()?;
+                Some((CohortKey::new(class, variant), d.id.clone()))
+            }));
+            canary_members(uid, step_percent(&spec.rollout, step), &population)
+        }
+        _ => BTreeSet::new(),
+    };
+
+    let plans: Vec<DevicePlan> = classified
+        .into_iter()
+        .map(|(device, class, target)| {
+            let (assignment, reason) = assign(spec, previous, stage, device, &target, &canaries);
+            DevicePlan {
+                device: device.id.clone(),
+                device_class: class,
+                online: device.online,
+                target,
+                assignment,
+                reason,
+            }
+        })
+        .collect();
+    summarize(plans)
+}
+
+type Assigned = (Option<PlannedAssignment>, String);
+
+fn assign(
+    spec: &ModelDeploymentSpec,
+    previous: Option<&ModelDeploymentSpec>,
+    stage: Stage,
+    device: &DeviceFacts,
+    target: &Choice,
+    canaries: &BTreeSet<DeviceId>,
+) -> Assigned {
+    let version = &spec.model.version;
+    let Some(previous) = previous else {
+        return match stage {
+            Stage::RolledBack => (None, "rolled back, and there is no previous version".into()),
+            _ => with_target(
+                spec,
+                target,
+                Role::Stable,
+                format!("first deployment: runs {version} directly"),
+            ),
+        };
+    };
+    match stage {
+        Stage::Promoted => {
+            with_target(spec, target, Role::Stable, format!("promoted to {version}"))
+        }
+        Stage::RolledBack => with_previous(previous, device, "rolled back".into()),
+        Stage::Canary { step } if canaries.contains(&device.id) => with_target(
+            spec,
+            target,
+            Role::Canary,
+            format!(
+                "canary for {version} at step {} ({}%)",
+                step + 1,
+                step_percent(&spec.rollout, step)
+            ),
+        ),
+        Stage::Canary { .. } => {
+            let why = if target.variant_index().is_some() {
+                format!("not a canary yet for {version}")
+            } else {
+                format!("no variant of {version} fits")
+            };
+            with_previous(previous, device, why)
+        }
+    }
+}
+
+fn with_target(spec: &ModelDeploymentSpec, choice: &Choice, role: Role, why: String) -> Assigned {
+    match choice {
+        Choice::Fits { index, reason, .. } => match spec.variants.get(*index) {
+            Some(variant) => (
+                Some(PlannedAssignment {
+                    source: Source::Target,
+                    model: spec.model.clone(),
+                    variant: variant.clone(),
+                    role,
+                    self_test: spec.self_test.clone(),
+                    variant_reason: reason.clone(),
+                }),
+                why,
+            ),
+            None => (None, format!("{why}, but variant {index} does not exist")),
+        },
+        Choice::NoFit { .. } => (None, format!("no variant of {} fits", spec.model.version)),
+    }
+}
+
+fn with_previous(previous: &ModelDeploymentSpec, device: &DeviceFacts, why: String) -> Assigned {
+    let version = &previous.model.version;
+    if !device.is_selected_by(&previous.selector) {
+        return (None, format!("{why}; {version} did not select it"));
+    }
+    match choose_variant(device, previous) {
+        Choice::Fits { index, reason, .. } => match previous.variants.get(index) {
+            Some(variant) => (
+                Some(PlannedAssignment {
+                    source: Source::Previous,
+                    model: previous.model.clone(),
+                    variant: variant.clone(),
+                    role: Role::Stable,
+                    self_test: previous.self_test.clone(),
+                    variant_reason: reason,
+                }),
+                format!("{why}; keeps {version}"),
+            ),
+            None => (
+                None,
+                format!("{why}; {version} variant {index} does not exist"),
+            ),
+        },
+        Choice::NoFit { .. } => (None, format!("{why}; no variant of {version} fits either")),
+    }
+}
+
+fn summarize(devices: Vec<DevicePlan>) -> RolloutPlan {
+    let mut counts = PlanCounts::default();
+    let mut target_variants = BTreeMap::new();
+    for d in &devices {
+        counts.matched += 1;
+        counts.offline += u32::from(!d.online);
+        counts.no_fit += u32::from(d.target.variant_index().is_none());
+        match &d.assignment {
+            None => counts.unassigned += 1,
+            Some(a) => {
+                counts.assigned += 1;
+                match a.role {
+                    Role::Canary => counts.canary += 1,
+                    Role::Stable => counts.stable += 1,
+                }
+                if a.source == Source::Target {
+                    *target_variants.entry(a.variant.name.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    let cohorts = group_by_cohort(
+        devices
+            .iter()
+            .filter_map(|d| Some((d.cohort()?, d.device.clone()))),
+    );
+    RolloutPlan {
+        devices,
+        cohorts,
+        target_variants,
+        counts,
+    }
+}
+
+#[cfg(test)]
+mod tests;
