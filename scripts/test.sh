@@ -24,3 +24,6 @@ cargo nextest run --workspace --locked --no-fail-fast
 
 log "Kubernetes API stand-in tests (pytest, real kubectl and helm)"
 bash tests/kube-standin/run-tests.sh
+
+log "Helm chart tests (real helm, kubernetes-validate, promtool, API stand-in)"
+bash tests/helm/run-tests.sh
