@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use edgefleet_crds::wire::{DeviceId, Role};
+use serde::{Deserialize, Serialize};
 
-/// `(device class, variant)`, displayed as `class/variant` (the `CohortStatus.name`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `(device class, variant)`, displayed, parsed and serialized as `class/variant` (the
+/// `CohortStatus.name`), so demotions persist as plain strings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct CohortKey {
     pub device_class: String,
     pub variant: String,
@@ -30,6 +33,19 @@ impl CohortKey {
             return None;
         }
         Some(Self::new(class, variant))
+    }
+}
+
+impl TryFrom<String> for CohortKey {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        Self::parse(&name).ok_or_else(|| format!("cohort {name:?} is not class/variant"))
+    }
+}
+
+impl From<CohortKey> for String {
+    fn from(key: CohortKey) -> Self {
+        key.to_string()
     }
 }
 
@@ -82,6 +98,17 @@ mod tests {
         assert_eq!(CohortKey::parse("no-slash"), None);
         assert_eq!(CohortKey::parse("/int8"), None);
         assert_eq!(CohortKey::parse("a/b/c"), None);
+    }
+
+    #[test]
+    fn key_serializes_through_its_name() {
+        let key = CohortKey::new("x86_64-none-mem4g", "fp16");
+        assert_eq!(String::from(key.clone()), "x86_64-none-mem4g/fp16");
+        assert_eq!(
+            CohortKey::try_from("x86_64-none-mem4g/fp16".to_string()),
+            Ok(key)
+        );
+        assert!(CohortKey::try_from("fp16".to_string()).is_err());
     }
 
     #[test]

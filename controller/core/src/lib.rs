@@ -47,3 +47,19 @@ pub(crate) fn fmt_num(value: f64) -> String {
         text.into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_num;
+
+    #[test]
+    fn numbers_print_without_noise() {
+        assert_eq!(fmt_num(0.98), "0.98");
+        assert_eq!(fmt_num(1.0 - 0.02), "0.98");
+        assert_eq!(fmt_num(100.0), "100");
+        assert_eq!(fmt_num(0.0), "0");
+        assert_eq!(fmt_num(-0.00001), "0");
+        assert_eq!(fmt_num(14.75), "14.75");
+        assert_eq!(fmt_num(1.0 / 3.0), "0.3333");
+    }
+}

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use edgefleet_crds::wire::{Assignment, DeviceId, Role};
 use edgefleet_crds::{ModelDeploymentSpec, ModelRef, SelfTest, Variant};
+use serde::{Deserialize, Serialize};
 
 use crate::canary::canary_members;
 use crate::cohort::{Cohort, CohortKey, group_by_cohort};
@@ -26,8 +27,10 @@ use crate::device::{DeviceFacts, device_class};
 use crate::progression::step_percent;
 use crate::variant::{Choice, choose_variant, next_best};
 
-/// Where the rollout of the target spec stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the rollout of the target spec stands. `status.currentStep` is `step + 1` during the
+/// canary and `steps.len() + 1` once promoted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Stage {
     /// Canary step `step`, 0-based into `spec.rollout.steps`; past the last step it is
     /// [`Stage::Promoted`].

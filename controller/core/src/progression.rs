@@ -19,13 +19,15 @@
 use std::collections::BTreeMap;
 
 use edgefleet_crds::{FailureAction, RolloutSpec, Verdict};
+use serde::{Deserialize, Serialize};
 
 use crate::cohort::CohortKey;
 
 /// A cohort's analysis history; persist it with the rollout (`CohortStatus` carries the
 /// verdict and the failure count) and keep it across steps, so a step change does not erase
 /// failures.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CohortRecord {
     /// The latest verdict.
     pub verdict: Verdict,
