@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::deployment::{ModelDeploymentSpec, SelectorOperator};
+use crate::deployment::{ModelDeploymentSpec, Precision, SelectorOperator};
 
 /// One problem, with the path of the offending field as `kubectl` would print it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,10 +110,10 @@ pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
     }
 
     if let Some(min) = spec.selection.min_accuracy {
-        let any_acceptable = spec.variants.iter().any(|v| {
-            v.quality
-                .as_ref()
-                .is_none_or(|q| 1.0 - q.accuracy_drift >= min)
+        // As variant choice counts it: unmeasured variants qualify only as the fp32 reference.
+        let any_acceptable = spec.variants.iter().any(|v| match &v.quality {
+            Some(q) => 1.0 - q.accuracy_drift >= min,
+            None => v.precision == Precision::Fp32,
         });
         if !any_acceptable {
             push(

@@ -1,0 +1,67 @@
+//! Which role a device's telemetry window counts for. A canary's windows count as canary only
+//! once the device serves the canary artifact; until its swap completes it still serves the
+//! previous model, and those windows belong to the stable baseline.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use edgefleet_crds::wire::Role;
+
+use crate::store::AssignmentRow;
+
+#[derive(Default)]
+pub struct Attribution {
+    /// (deployment key, device) → (assigned sha256, role)
+    assigned: RwLock<HashMap<(String, String), (String, Role)>>,
+    /// (deployment key, device) → sha256 the device last said it serves
+    serving: RwLock<HashMap<(String, String), String>>,
+}
+
+impl Attribution {
+    /// Replaces the assignments of one deployment (`namespace/name`).
+    pub fn assign(&self, deployment: &str, rows: &[AssignmentRow]) {
+        let mut assigned = self.assigned.write().unwrap_or_else(|p| p.into_inner());
+        assigned.retain(|(d, _), _| d != deployment);
+        for row in rows {
+            let sha =
+                serde_json::from_str::<edgefleet_crds::wire::Assignment>(&row.assignment_json)
+                    .map(|a| a.artifact.sha256)
+                    .unwrap_or_default();
+            let role = if row.role == "canary" {
+                Role::Canary
+            } else {
+                Role::Stable
+            };
+            assigned.insert((deployment.to_string(), row.device_id.clone()), (sha, role));
+        }
+    }
+
+    pub fn serving(&self, deployment: &str, device: &str, sha256: Option<&str>) {
+        let mut serving = self.serving.write().unwrap_or_else(|p| p.into_inner());
+        let key = (deployment.to_string(), device.to_string());
+        match sha256 {
+            Some(sha) => {
+                serving.insert(key, sha.to_string());
+            }
+            None => {
+                serving.remove(&key);
+            }
+        }
+    }
+
+    pub fn role_of(&self, deployment: &str, device: &str) -> Role {
+        let key = (deployment.to_string(), device.to_string());
+        let assigned = self.assigned.read().unwrap_or_else(|p| p.into_inner());
+        match assigned.get(&key) {
+            Some((sha, Role::Canary)) => {
+                let serving = self.serving.read().unwrap_or_else(|p| p.into_inner());
+                if serving.get(&key) == Some(sha) {
+                    Role::Canary
+                } else {
+                    Role::Stable
+                }
+            }
+            _ => Role::Stable,
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The reconcile engine end to end, without a network: SQLite, an inventory fed with device
+//! messages, and a recorder in place of the broker. Time is passed in, so rollouts run fast.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use edgefleet_controller::engine::{DeploymentInput, Engine, Publisher};
+use edgefleet_controller::inventory::Inventory;
+use edgefleet_controller::metrics::Metrics;
+use edgefleet_controller::store::Store;
+use edgefleet_controller::telemetry::{CohortLabels, Telemetry};
+use edgefleet_crds::wire::{
+    Desired, DeviceId, Hello, ModelPhase, ModelState, ModelWindow, Role, StateReport,
+};
+use edgefleet_crds::{
+    LatencyHistogram, ModelDeploymentSpec, ModelDeploymentStatus, Phase, Runtime,
+};
+
+struct Fleet {
+    engine: Engine,
+    sent: Arc<Mutex<Vec<Desired>>>,
+    status: Option<ModelDeploymentStatus>,
+}
+
+fn hello(id: &str, arch: &str, memory_mib: u64) -> Hello {
+    Hello {
+        device_id: DeviceId::new(id).expect("id"),
+        agent_version: "test".into(),
+        labels: BTreeMap::from([("site".into(), "lab".into())]),
+        arch: arch.into(),
+        cores: 4,
+        cpu_features: vec![],
+        memory_total_mib: memory_mib,
+        memory_available_mib: memory_mib / 2,
+        disk_free_mib: 10_000,
+        accelerators: vec![],
+        runtimes: vec![Runtime::Tract],
+    }
+}
+
+fn spec(version: &str, steps: &str) -> ModelDeploymentSpec {
+    let sha = |n: u8| format!("{:02x}", n).repeat(32);
+    let yaml = format!(
+        r#"
+model: {{name: vad, version: "{version}"}}
+selector: {{matchLabels: {{site: lab}}}}
+variants:
+- name: fp32
+  precision: fp32
+  artifact: {{uri: "http://a/{version}/fp32", sha256: "{}", sizeBytes: 1000}}
+  requires: {{arch: [x86_64], minMemoryMib: 2048}}
+- name: int8
+  precision: int8
+  artifact: {{uri: "http://a/{version}/int8", sha256: "{}", sizeBytes: 300}}
+  requires: {{minMemoryMib: 256}}
+  quality: {{accuracyDrift: 0.01}}
+rollout:
+  steps: {steps}
+  analysis: {{intervalSeconds: 1, minSamples: 20, failureThreshold: 2, maxP95LatencyMs: 50, stepTimeoutSeconds: 600}}
+"#,
+        sha(version.len() as u8),
+        sha(version.len() as u8 + 100),
+    );
+    serde_yaml::from_str(&yaml).expect("spec")
+}
+
+impl Fleet {
+    async fn new() -> Self {
+        let metrics = Metrics::new();
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        let inventory = Arc::new(
+            Inventory::load(store.clone(), metrics.clone())
+                .await
+                .expect("inventory"),
+        );
+        let telemetry = Arc::new(Telemetry::new(1000, 3_600_000));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let engine = Engine::new(
+            store,
+            inventory,
+            telemetry,
+            metrics,
+            Publisher::Recorder(sent.clone()),
+        );
+        Self {
+            engine,
+            sent,
+            status: None,
+        }
+    }
+
+    async fn reconcile(
+        &mut self,
+        spec: &ModelDeploymentSpec,
+        now_ms: i64,
+    ) -> ModelDeploymentStatus {
+        let input = DeploymentInput {
+            namespace: "default",
+            name: "vad",
+            uid: "uid-1",
+            generation: Some(1),
+            spec,
+            status: self.status.as_ref(),
+        };
+        let output = self
+            .engine
+            .reconcile(&input, now_ms)
+            .await
+            .expect("reconcile");
+        self.status = Some(output.status.clone());
+        output.status
+    }
+
+    /// The last desired document each device received.
+    fn desired(&self) -> BTreeMap<String, Desired> {
+        let sent = self.sent.lock().expect("lock");
+        sent.iter()
+            .map(|d| (d.device_id.to_string(), d.clone()))
+            .collect()
+    }
+
+    /// Every device reports Ready for what it was last told to run.
+    async fn devices_become_ready(&self, now_ms: i64) {
+        for (device, doc) in self.desired() {
+            let report = StateReport {
+                device_id: DeviceId::new(device).expect("id"),
+                generation: doc.generation,
+                models: doc
+                    .assignments
+                    .iter()
+                    .map(|a| ModelState {
+                        deployment: a.deployment.clone(),
+                        variant: a.variant.clone(),
+                        version: a.model.version.clone(),
+                        sha256: a.artifact.sha256.clone(),
+                        phase: ModelPhase::Ready,
+                        bytes_done: None,
+                        bytes_total: None,
+                        reason: None,
+                        serving_sha256: Some(a.artifact.sha256.clone()),
+                    })
+                    .collect(),
+            };
+            self.engine
+                .inventory
+                .apply_state(&report, now_ms)
+                .await
+                .expect("state");
+            for model in &report.models {
+                self.engine.attribution.serving(
+                    &model.deployment,
+                    report.device_id.as_str(),
+                    model.serving_sha256.as_deref(),
+                );
+            }
+        }
+    }
+
+    /// Devices report latency windows, attributed the way the ingest path does it.
+    fn report_latency(&self, now_ms: i64, latency_for: impl Fn(&str, Role) -> f64) {
+        for (device, doc) in self.desired() {
+            let class = self
+                .engine
+                .inventory
+                .device_class_of(&DeviceId::new(&device).expect("id"))
+                .expect("known");
+            for a in &doc.assignments {
+                let role = self.engine.attribution.role_of(&a.deployment, &device);
+                let mut latency = LatencyHistogram::default();
+                for _ in 0..30 {
+                    latency.observe(latency_for(&a.variant, role));
+                }
+                let window = ModelWindow {
+                    deployment: a.deployment.clone(),
+                    variant: a.variant.clone(),
+                    requests: 30,
+                    errors: 0,
+                    latency,
+                };
+                let labels = CohortLabels {
+                    namespace: "default".into(),
+                    deployment: "vad".into(),
+                    variant: a.variant.clone(),
+                    device_class: class.clone(),
+                    role: role.as_str().into(),
+                };
+                self.engine.telemetry.record(labels, now_ms, &window);
+            }
+        }
+    }
+}
+
+async fn fleet_of_ten() -> Fleet {
+    let fleet = Fleet::new().await;
+    for i in 0..5 {
+        fleet
+            .engine
+            .inventory
+            .apply_hello(&hello(&format!("x86-{i}"), "x86_64", 8192), 0)
+            .await
+            .expect("hello");
+        fleet
+            .engine
+            .inventory
+            .apply_hello(&hello(&format!("pi-{i}"), "aarch64", 512), 0)
+            .await
+            .expect("hello");
+    }
+    let mut tiny = hello("tiny", "aarch64", 128);
+    tiny.labels.insert("site".into(), "lab".into());
+    fleet
+        .engine
+        .inventory
+        .apply_hello(&tiny, 0)
+        .await
+        .expect("hello");
+    fleet
+}
+
+#[tokio::test]
+async fn first_deployment_assigns_each_device_its_variant_and_explains_no_fit() {
+    let mut fleet = fleet_of_ten().await;
+    let status = fleet.reconcile(&spec("1", "[{percent: 20}]"), 1_000).await;
+    let desired = fleet.desired();
+    assert_eq!(desired["x86-0"].assignments[0].variant, "fp32");
+    assert_eq!(desired["pi-0"].assignments[0].variant, "int8");
+    assert!(!desired.contains_key("tiny"), "nothing fits 128 MiB");
+    assert_eq!(status.devices.matched, 11);
+    assert_eq!(status.devices.no_fit, 1);
+    assert_eq!(status.devices.assigned, 10);
+    assert_eq!(status.phase, Phase::Progressing);
+
+    fleet.devices_become_ready(2_000).await;
+    let status = fleet.reconcile(&spec("1", "[{percent: 20}]"), 3_000).await;
+    assert_eq!(status.phase, Phase::Succeeded);
+    assert_eq!(status.devices.ready, 10);
+
+    // an unchanged reconcile publishes nothing and yields the identical status
+    let published = fleet.sent.lock().expect("lock").len();
+    let again = fleet.reconcile(&spec("1", "[{percent: 20}]"), 60_000).await;
+    assert_eq!(fleet.sent.lock().expect("lock").len(), published);
+    assert_eq!(again, status);
+}
+
+#[tokio::test]
+async fn a_good_version_is_promoted_step_by_step() {
+    let mut fleet = fleet_of_ten().await;
+    let steps = "[{percent: 20}, {percent: 60}]";
+    fleet.reconcile(&spec("1", steps), 0).await;
+    fleet.devices_become_ready(10).await;
+    fleet.reconcile(&spec("1", steps), 20).await;
+
+    let mut now = 1_000;
+    let status = fleet.reconcile(&spec("2", steps), now).await;
+    assert_eq!((status.phase, status.current_step), (Phase::Progressing, 1));
+    let canaries: Vec<String> = fleet
+        .desired()
+        .into_iter()
+        .filter(|(_, d)| d.assignments[0].role == Role::Canary)
+        .map(|(id, _)| id)
+        .collect();
+    // 20% of each cohort (5 x86/fp32 and 5 pi/int8), at least one each
+    assert_eq!(canaries.len(), 2, "{canaries:?}");
+
+    for _ in 0..20 {
+        fleet.devices_become_ready(now).await;
+        fleet.report_latency(now, |_, _| 0.010);
+        now += 1_500;
+        let status = fleet.reconcile(&spec("2", steps), now).await;
+        if status.phase == Phase::Succeeded {
+            assert_eq!(status.current_step, 3);
+            assert!(
+                fleet
+                    .desired()
+                    .values()
+                    .all(|d| d.assignments[0].model.version == "2"
+                        && d.assignments[0].role == Role::Stable)
+            );
+            let history = fleet
+                .engine
+                .store
+                .history("default", "vad")
+                .await
+                .expect("history");
+            let events: Vec<&str> = history.iter().map(|h| h.1.as_str()).collect();
+            assert_eq!(events, ["StepAdvanced", "Promoted"]);
+            return;
+        }
+    }
+    panic!("not promoted: {:?}", fleet.status);
+}
+
+#[tokio::test]
+async fn a_slow_version_is_rolled_back_before_it_leaves_the_canaries() {
+    let mut fleet = fleet_of_ten().await;
+    let steps = "[{percent: 20}, {percent: 60}]";
+    fleet.reconcile(&spec("1", steps), 0).await;
+    fleet.devices_become_ready(10).await;
+    fleet.reconcile(&spec("1", steps), 20).await;
+
+    let mut now = 1_000;
+    fleet.reconcile(&spec("2", steps), now).await;
+    let canaries: Vec<String> = fleet
+        .desired()
+        .into_iter()
+        .filter(|(_, d)| d.assignments[0].role == Role::Canary)
+        .map(|(id, _)| id)
+        .collect();
+    for _ in 0..20 {
+        fleet.devices_become_ready(now).await;
+        // the new version is 20x slower than the 50 ms limit
+        fleet.report_latency(
+            now,
+            |_, role| if role == Role::Canary { 1.0 } else { 0.010 },
+        );
+        now += 1_500;
+        let status = fleet.reconcile(&spec("2", steps), now).await;
+        assert!(
+            status.current_step <= 1,
+            "never advanced past the first step"
+        );
+        if status.phase == Phase::RolledBack {
+            let desired = fleet.desired();
+            assert!(
+                desired
+                    .values()
+                    .all(|d| d.assignments[0].model.version == "1"),
+                "all back on version 1"
+            );
+            // only the first step's canaries ever received version 2
+            let got_v2: Vec<String> = fleet
+                .sent
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|d| d.assignments.iter().any(|a| a.model.version == "2"))
+                .map(|d| d.device_id.to_string())
+                .collect();
+            assert!(
+                got_v2.iter().all(|d| canaries.contains(d)),
+                "{got_v2:?} vs {canaries:?}"
+            );
+            assert!(status.cohorts.iter().any(|c| c.consecutive_failures >= 2));
+            return;
+        }
+    }
+    panic!("not rolled back: {:?}", fleet.status);
+}
+
+#[tokio::test]
+async fn deleting_removes_the_model_from_every_device() {
+    let mut fleet = fleet_of_ten().await;
+    fleet.reconcile(&spec("1", "[{percent: 20}]"), 0).await;
+    fleet
+        .engine
+        .remove("default", "vad", 100)
+        .await
+        .expect("remove");
+    assert!(fleet.desired().values().all(|d| d.assignments.is_empty()));
+    assert!(
+        fleet
+            .engine
+            .store
+            .rollout("default", "vad")
+            .await
+            .expect("rollout")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_touches_no_device() {
+    let mut fleet = fleet_of_ten().await;
+    let mut bad = spec("1", "[{percent: 50}, {percent: 20}]");
+    bad.variants[1].name = "fp32".into();
+    let status = fleet.reconcile(&bad, 0).await;
+    assert_eq!(status.phase, Phase::Failed);
+    let condition = &status.conditions[0];
+    assert_eq!(
+        (condition.type_.as_str(), condition.status.as_str()),
+        ("SpecValid", "False")
+    );
+    assert!(
+        condition.message.contains("spec.variants[1].name"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        condition.message.contains("spec.rollout.steps[1].percent"),
+        "{}",
+        condition.message
+    );
+    assert!(fleet.desired().is_empty());
+}
