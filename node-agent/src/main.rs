@@ -19,13 +19,16 @@ fn main() -> ExitCode {
     let filter =
         EnvFilter::try_from_env("EDGEFLEET_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("EDGEFLEET_AGENT_LOG_FORMAT").is_ok_and(|f| f == "json");
+    // Logs go to stderr (stdout carries only the listen address line), colored on a terminal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
+        builder.json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        builder.init();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let workers = config.inference_threads.clamp(1, 2);

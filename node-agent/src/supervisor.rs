@@ -379,6 +379,7 @@ impl Supervisor {
                     .with_label_values(&["failed"])
                     .inc();
                 tracing::error!(%deployment, %sha, %reason, serving = ?serving, "install failed; keeping the previous model");
+                self.gc();
             }
         }
         self.report();

@@ -74,6 +74,17 @@ pub fn shape_hints(self_test: Option<&SelfTest>) -> ShapeHints {
 
 /// Builds the self-test inputs: the spec's tensors by name, zeros for inputs it leaves out.
 pub fn self_test_inputs(model: &dyn Model, test: Option<&SelfTest>) -> Result<Vec<Tensor>, String> {
+    if let Some(unknown) = test
+        .into_iter()
+        .flat_map(|t| &t.inputs)
+        .find(|i| !model.inputs().iter().any(|spec| spec.name == i.name))
+    {
+        let names: Vec<&str> = model.inputs().iter().map(|s| s.name.as_str()).collect();
+        return Err(format!(
+            "self-test input {:?} is not an input of the model (it takes {names:?})",
+            unknown.name
+        ));
+    }
     let mut out = Vec::new();
     for spec in model.inputs() {
         let given = test.and_then(|t| t.inputs.iter().find(|i| i.name == spec.name));
@@ -120,8 +131,20 @@ fn zeros(dt: DataType, shape: Vec<usize>) -> Tensor {
 }
 
 /// Warm-up and self-test before a model may serve: runs the self-test input twice and checks
-/// every output is finite.
+/// every output is finite. Without a self-test, zeros of the declared shapes are used; a model
+/// whose input shapes are only known at run time and that has no self-test cannot be warmed
+/// up, which is logged and accepted.
 pub fn prepare(model: &dyn Model, test: Option<&SelfTest>) -> Result<(), String> {
+    if test.is_none()
+        && let Some(spec) = model.inputs().iter().find(|s| s.concrete_shape().is_none())
+    {
+        tracing::warn!(
+            input = %spec.name,
+            shape = ?spec.shape,
+            "no self-test and a dynamic input shape: skipping warm-up"
+        );
+        return Ok(());
+    }
     let inputs = self_test_inputs(model, test)?;
     for round in 0..2 {
         let outputs = model
