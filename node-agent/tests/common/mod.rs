@@ -368,7 +368,7 @@ impl PrivateBroker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}\n",
+                "allow_anonymous true\npersistence false\nlistener {} 127.0.0.1\n{}\n",
                 self.port, self.extra
             ),
         )
