@@ -2,7 +2,7 @@
 //! once the device serves the canary artifact; until its swap completes it still serves the
 //! previous model, and those windows belong to the stable baseline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 
 use edgefleet_crds::wire::Role;
@@ -15,6 +15,9 @@ pub struct Attribution {
     assigned: RwLock<HashMap<(String, String), (String, Role)>>,
     /// (deployment key, device) → sha256 the device last said it serves
     serving: RwLock<HashMap<(String, String), String>>,
+    /// deployment key → variant names of its target and previous specs: the only values the
+    /// `variant` label may take, whatever a device sends.
+    variants: RwLock<HashMap<String, BTreeSet<String>>>,
 }
 
 impl Attribution {
@@ -34,6 +37,23 @@ impl Attribution {
             };
             assigned.insert((deployment.to_string(), row.device_id.clone()), (sha, role));
         }
+    }
+
+    pub fn set_variants(&self, deployment: &str, names: BTreeSet<String>) {
+        let mut variants = self.variants.write().unwrap_or_else(|p| p.into_inner());
+        if names.is_empty() {
+            variants.remove(deployment);
+        } else {
+            variants.insert(deployment.to_string(), names);
+        }
+    }
+
+    /// Whether telemetry for this deployment and variant may become a series.
+    pub fn is_known(&self, deployment: &str, variant: &str) -> bool {
+        let variants = self.variants.read().unwrap_or_else(|p| p.into_inner());
+        variants
+            .get(deployment)
+            .is_some_and(|names| names.contains(variant))
     }
 
     pub fn serving(&self, deployment: &str, device: &str, sha256: Option<&str>) {

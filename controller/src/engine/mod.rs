@@ -192,6 +192,13 @@ impl Engine {
         let devices = self.inventory.snapshot();
         let mut plan = self.plan(input.uid, &state, &devices);
         let key = format!("{}/{}", input.namespace, input.name);
+        let variant_names = state
+            .target
+            .variants
+            .iter()
+            .chain(state.previous.iter().flat_map(|p| &p.variants));
+        self.attribution
+            .set_variants(&key, variant_names.map(|v| v.name.clone()).collect());
         self.apply(input, &key, &plan, now_ms).await?;
         let mut rows = self.store.assignments(input.namespace, input.name).await?;
 
@@ -360,6 +367,7 @@ impl Engine {
         self.store.purge_deployment(namespace, name).await?;
         let key = format!("{namespace}/{name}");
         self.attribution.assign(&key, &[]);
+        self.attribution.set_variants(&key, BTreeSet::new());
         self.telemetry.forget_deployment(namespace, name);
         for state in [
             "matched", "assigned", "updated", "ready", "failed", "offline", "no_fit",

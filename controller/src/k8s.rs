@@ -1,0 +1,227 @@
+//! Kubernetes mode: `ModelDeployment`s come from the API server through a kube-rs
+//! `Controller`; status goes back through the status subresource, decisions as Events. Only
+//! the holder of the Lease acts; other replicas keep watching, ready to take over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_crds::ModelDeployment;
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
+
+use crate::engine::{DeploymentInput, Engine, ReconcileError, now_ms};
+
+/// Removed only after the deployment's models left every device.
+pub const FINALIZER: &str = "edgefleet.io/cleanup";
+const FIELD_MANAGER: &str = "edgefleet-controller";
+
+pub struct Context {
+    pub engine: Arc<Engine>,
+    pub client: Client,
+    pub recorder: Recorder,
+    /// True while this replica holds the Lease.
+    pub leader: watch::Receiver<bool>,
+}
+
+impl Context {
+    pub fn new(engine: Arc<Engine>, client: Client, leader: watch::Receiver<bool>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("EDGEFLEET_IDENTITY").ok(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            engine,
+            client,
+            recorder,
+            leader,
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `kick` fires a reconcile of every
+/// deployment (device joined or left, devices made progress).
+pub async fn run(
+    context: Arc<Context>,
+    watch_namespace: Option<String>,
+    kick: impl futures::Stream<Item = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<ModelDeployment> = match &watch_namespace {
+        Some(ns) => Api::namespaced(context.client.clone(), ns),
+        None => Api::all(context.client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    // Status patches must not wake the controller: only spec changes, deletion and finalizers do.
+    let deployments = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
+    Controller::for_stream(deployments, reader)
+        .reconcile_all_on(kick)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(%err, "reconcile round ended with an error");
+            }
+        })
+        .await;
+}
+
+fn spec_or_lifecycle(md: &ModelDeployment) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    md.metadata.uid.hash(&mut hasher);
+    md.metadata.generation.hash(&mut hasher);
+    md.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    md.finalizers().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+#[tracing::instrument(skip_all, fields(deployment = %format!("{}/{}", md.namespace().unwrap_or_default(), md.name_any())))]
+async fn reconcile(
+    md: Arc<ModelDeployment>,
+    context: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    if !*context.leader.borrow() {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let namespace = md.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<ModelDeployment> = Api::namespaced(context.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, md, |event| async {
+        match event {
+            Finalizer::Apply(md) => apply(&md, &context).await,
+            Finalizer::Cleanup(md) => cleanup(&md, &context).await,
+        }
+    })
+    .await
+    .map_err(|err| match err {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => ReconcileError::Kube(other.to_string()),
+    })
+}
+
+async fn apply(md: &ModelDeployment, context: &Context) -> Result<Action, ReconcileError> {
+    let namespace = md.namespace().unwrap_or_else(|| "default".into());
+    let name = md.name_any();
+    let uid = md.uid().unwrap_or_default();
+    let input = DeploymentInput {
+        namespace: &namespace,
+        name: &name,
+        uid: &uid,
+        generation: md.metadata.generation,
+        spec: &md.spec,
+        status: md.status.as_ref(),
+    };
+    let output = context.engine.reconcile(&input, now_ms()).await?;
+    if md.status.as_ref() != Some(&output.status) {
+        let api: Api<ModelDeployment> = Api::namespaced(context.client.clone(), &namespace);
+        let patch = serde_json::json!({ "status": output.status });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| ReconcileError::Kube(format!("patching status: {e}")))?;
+    }
+    for event in output.events {
+        publish_event(context, md, event.reason, event.message, event.warning).await;
+    }
+    Ok(Action::requeue(output.requeue_after))
+}
+
+async fn cleanup(md: &ModelDeployment, context: &Context) -> Result<Action, ReconcileError> {
+    let namespace = md.namespace().unwrap_or_else(|| "default".into());
+    context
+        .engine
+        .remove(&namespace, &md.name_any(), now_ms())
+        .await?;
+    publish_event(
+        context,
+        md,
+        "ModelsRemoved",
+        "the model was removed from every device".into(),
+        false,
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Events are best effort: a failure to record one never fails the reconcile.
+async fn publish_event(
+    context: &Context,
+    md: &ModelDeployment,
+    reason: &str,
+    note: String,
+    warning: bool,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = context.recorder.publish(&event, &md.object_ref(&())).await {
+        tracing::warn!(%err, reason, "could not record an Event");
+    }
+}
+
+fn error_policy(md: Arc<ModelDeployment>, error: &ReconcileError, context: Arc<Context>) -> Action {
+    tracing::warn!(deployment = %md.name_any(), category = error.category(), %error, "reconcile failed");
+    context
+        .engine
+        .metrics
+        .reconcile_errors
+        .with_label_values(&[error.category()])
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Holds the Lease (or pretends to, when leader election is off) and reports leadership.
+pub async fn leadership(
+    client: Client,
+    lease_name: &str,
+    lease_namespace: &str,
+    identity: &str,
+    metrics: crate::metrics::Metrics,
+) -> Result<
+    (watch::Receiver<bool>, tokio::task::JoinHandle<()>),
+    kube_lease_manager::LeaseManagerError,
+> {
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, lease_name)
+        .with_namespace(lease_namespace)
+        .with_identity(identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await?;
+    let (mut leader, task) = manager.watch().await;
+    let (tx, rx) = watch::channel(false);
+    let relay = tokio::spawn(async move {
+        loop {
+            let is_leader = *leader.borrow_and_update();
+            metrics.leader.set(i64::from(is_leader));
+            tracing::info!(is_leader, "leadership");
+            if tx.send(is_leader).is_err() || leader.changed().await.is_err() {
+                break;
+            }
+        }
+        metrics.leader.set(0);
+        drop(leader);
+        if let Ok(Err(err)) = task.await {
+            tracing::warn!(%err, "lease manager stopped");
+        }
+    });
+    Ok((rx, relay))
+}
