@@ -261,3 +261,100 @@ async fn check_inference(agent: &AgentProcess, assignments: &[edgefleet_crds::wi
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolls_back_from_disk_collects_old_artifacts_and_adds_test_latency() {
+    let server = FileServer::start().await;
+    let files = ["ocr-cls.onnx", "silero-vad.onnx", "orientation.onnx"];
+    let versions: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let bytes = model_bytes(f);
+            let uri = server.add(f, bytes.clone());
+            let mut a = assignment("team/model", "model", "slow", &uri, &bytes);
+            a.self_test = Some(self_test(f));
+            a
+        })
+        .collect();
+    let broker = TestBroker::get();
+    let device = unique_device("rollback");
+    let mut obs = Observer::connect(broker.port(), &device).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let agent = AgentProcess::spawn(
+        &store,
+        &[
+            "--device-id",
+            &device,
+            "--broker",
+            &broker.url(),
+            "--telemetry-interval-secs",
+            "1",
+            "--extra-latency-ms-by-variant",
+            "slow=150",
+        ],
+    );
+    let stored = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(store.join("sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let sha = |i: usize| versions[i].artifact.sha256.clone();
+    for (generation, i) in [(1u64, 0usize), (2, 1)] {
+        obs.publish_desired(
+            &device,
+            desired(&device, generation, vec![versions[i].clone()]),
+        )
+        .await;
+        wait_phase(&mut obs, generation, "team/model", ModelPhase::Ready, T).await;
+    }
+    assert_eq!(
+        stored(),
+        [sha(0), sha(1)].into(),
+        "current and previous are kept"
+    );
+
+    // Rolling back to the previous version needs no download.
+    let requests = server.files.requests.lock().unwrap().len();
+    obs.publish_desired(&device, desired(&device, 3, vec![versions[0].clone()]))
+        .await;
+    let m = wait_phase(&mut obs, 3, "team/model", ModelPhase::Ready, T).await;
+    assert_eq!(m.serving_sha256, Some(sha(0)));
+    assert_eq!(server.files.requests.lock().unwrap().len(), requests);
+    wait_serving(&agent, "model", &sha(0), T).await;
+
+    // A third version: the oldest one is garbage-collected.
+    obs.publish_desired(&device, desired(&device, 4, vec![versions[2].clone()]))
+        .await;
+    wait_phase(&mut obs, 4, "team/model", ModelPhase::Ready, T).await;
+    assert_eq!(stored(), [sha(0), sha(2)].into());
+
+    // The test knob: every inference of variant "slow" takes at least 150 ms, and the
+    // telemetry histogram says so.
+    let case = &reference("orientation.onnx").cases[0];
+    let (header_len, body) = infer_binary(case);
+    let start = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .post(agent.url("/v2/models/model/infer"))
+        .header("Inference-Header-Content-Length", header_len)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(start.elapsed() >= Duration::from_millis(150));
+    let window = obs
+        .wait_for(Channel::Telemetry, T, |p| {
+            wire::decode::<Telemetry>(p).is_ok_and(|t| t.models.iter().any(|m| m.requests > 0))
+        })
+        .await;
+    let window: Telemetry = wire::decode(&window).unwrap();
+    let m = &window.models[0];
+    assert_eq!(
+        (m.deployment.as_str(), m.variant.as_str()),
+        ("team/model", "slow")
+    );
+    assert!(m.latency.quantile(0.5).unwrap() >= 0.15, "{:?}", m.latency);
+    obs.clear_retained(&device).await;
+}

@@ -1,1 +1,460 @@
-fn main() {}
+//! `agent-bench`: footprint and latency of the agent, printed as a markdown table.
+//!
+//! ```text
+//! tests/tools/fetch-models.sh
+//! cargo build --release -p edgefleet-agent --bins
+//! target/release/agent-bench [--iterations 1000] [--broker mqtt://127.0.0.1:1883]
+//! ```
+//!
+//! It starts the release `edgefleet-agent` next to it with an empty store, measures idle RSS,
+//! deploys the test models one after another over MQTT (from an HTTP server it runs), measures
+//! RSS after each, then times sequential requests through the local API (binary and JSON
+//! tensors, one keep-alive connection) against direct tract calls on the same model and input
+//! in this process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+use edgefleet_agent::pull::sha256_hex;
+use edgefleet_agent::runtime::{Backend, tract::TractBackend};
+use edgefleet_agent::tensor::Tensor;
+use edgefleet_crds::wire::{self, Assignment, Channel, Desired, DeviceId, Role};
+use edgefleet_crds::{
+    Artifact, ModelRef, Precision, Runtime, SelfTest, SelfTestInput, TensorDatatype,
+};
+
+struct BenchModel {
+    file: &'static str,
+    name: &'static str,
+    /// Input name, shape.
+    inputs: &'static [(&'static str, &'static [usize])],
+}
+
+const MODELS: &[BenchModel] = &[
+    BenchModel {
+        file: "silero-vad.onnx",
+        name: "silero-vad",
+        inputs: &[("input", &[1, 576]), ("state", &[2, 1, 128])],
+    },
+    BenchModel {
+        file: "ocr-cls.onnx",
+        name: "ocr-cls",
+        inputs: &[("x", &[1, 3, 48, 192])],
+    },
+    BenchModel {
+        file: "orientation.onnx",
+        name: "orientation",
+        inputs: &[("x", &[1, 3, 224, 224])],
+    },
+];
+
+fn values(shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|i| (0.5 * (0.37 * i as f64).sin()) as f32)
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+}
+
+fn stats(mut samples: Vec<f64>) -> Stats {
+    samples.sort_by(f64::total_cmp);
+    Stats {
+        p50: percentile(&samples, 0.5),
+        p99: percentile(&samples, 0.99),
+    }
+}
+
+struct Args {
+    iterations: usize,
+    broker: Option<String>,
+    models: PathBuf,
+    agent: PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        iterations: 1000,
+        broker: None,
+        models: std::env::var_os("EDGEFLEET_MODELS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/edgefleet/models")
+            }),
+        agent: std::env::current_exe()?.with_file_name("edgefleet-agent"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--iterations" => args.iterations = value.parse()?,
+            "--broker" => args.broker = Some(value),
+            "--models" => args.models = value.into(),
+            "--agent" => args.agent = value.into(),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(args)
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    for m in MODELS {
+        if !args.models.join(m.file).is_file() {
+            bail!(
+                "{} is missing: run tests/tools/fetch-models.sh",
+                args.models.join(m.file).display()
+            );
+        }
+    }
+    let work = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+
+    // A broker: the given one, the usual local one, or a private Mosquitto.
+    let mut _private = None;
+    let broker = match args.broker.clone() {
+        Some(b) => b,
+        None if std::net::TcpStream::connect("127.0.0.1:1883").is_ok() => {
+            "mqtt://127.0.0.1:1883".into()
+        }
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let conf = work.join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+            )?;
+            _private = Some(Kill(
+                Command::new("/usr/sbin/mosquitto")
+                    .arg("-c")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            ));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            format!("mqtt://127.0.0.1:{port}")
+        }
+    };
+    let broker_port: u16 = broker.rsplit(':').next().unwrap_or("1883").parse()?;
+
+    // Artifact server.
+    let mut files = std::collections::HashMap::new();
+    for m in MODELS {
+        files.insert(
+            m.file.to_string(),
+            Bytes::from(std::fs::read(args.models.join(m.file))?),
+        );
+    }
+    let files = std::sync::Arc::new(files);
+    let app = axum::Router::new().route(
+        "/{name}",
+        axum::routing::get({
+            let files = files.clone();
+            move |axum::extract::Path(name): axum::extract::Path<String>| {
+                let files = files.clone();
+                async move {
+                    files
+                        .get(&name)
+                        .cloned()
+                        .ok_or(axum::http::StatusCode::NOT_FOUND)
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let file_addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let binary_size = std::fs::metadata(&args.agent)
+        .with_context(|| format!("agent binary {}", args.agent.display()))?
+        .len();
+    let device = format!("bench-{}", std::process::id());
+    let store = work.join("store");
+    let agent = Kill(
+        Command::new(&args.agent)
+            .args([
+                "--device-id",
+                &device,
+                "--broker",
+                &broker,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--store")
+            .arg(&store)
+            .env("EDGEFLEET_AGENT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let pid = agent.0.id();
+    let addr = loop {
+        if let Ok(s) = std::fs::read_to_string(store.join("listen-addr")) {
+            break s.trim().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = rss_kib(pid)?;
+
+    let mut o = MqttOptions::new(format!("{device}-ctl"), "127.0.0.1", broker_port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(o, 16);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let http = reqwest::Client::new();
+    let mut assignments = Vec::new();
+    let mut rss_rows = Vec::new();
+    for (generation, m) in MODELS.iter().enumerate() {
+        let bytes = &files[m.file];
+        assignments.push(Assignment {
+            deployment: format!("bench/{}", m.name),
+            model: ModelRef {
+                name: m.name.into(),
+                version: "1".into(),
+            },
+            variant: "fp32".into(),
+            precision: Precision::Fp32,
+            runtime: Runtime::Tract,
+            artifact: Artifact {
+                uri: format!("http://{file_addr}/{}", m.file),
+                sha256: sha256_hex(bytes),
+                size_bytes: bytes.len() as u64,
+            },
+            role: Role::Stable,
+            self_test: Some(SelfTest {
+                inputs: m
+                    .inputs
+                    .iter()
+                    .map(|(name, shape)| SelfTestInput {
+                        name: name.to_string(),
+                        shape: shape.iter().map(|d| *d as u64).collect(),
+                        datatype: TensorDatatype::Fp32,
+                        fill: Some(0.1),
+                        data: None,
+                    })
+                    .collect(),
+            }),
+        });
+        let doc = Desired {
+            device_id: DeviceId::new(device.clone())?,
+            generation: generation as u64 + 1,
+            assignments: assignments.clone(),
+        };
+        let topic = wire::topic(&doc.device_id, Channel::Desired);
+        client
+            .publish(topic, QoS::AtLeastOnce, false, wire::encode(&doc))
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = http
+                .get(format!("http://{addr}/v2/models/{}", m.name))
+                .send()
+                .await?;
+            if r.status().is_success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not become ready", m.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_rows.push((m.name, rss_kib(pid)?));
+    }
+
+    let mut latency_rows = Vec::new();
+    for m in MODELS.iter().filter(|m| m.name != "ocr-cls") {
+        let row = bench_model(&http, &addr, &args.models, m, args.iterations).await?;
+        latency_rows.push(row);
+    }
+    let _ = client
+        .publish(
+            wire::topic(&DeviceId::new(device.clone())?, Channel::Desired),
+            QoS::AtLeastOnce,
+            true,
+            Vec::new(),
+        )
+        .await;
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&work);
+
+    println!("| measurement | value |");
+    println!("| --- | --- |");
+    println!(
+        "| release binary `edgefleet-agent` (stripped) | {:.1} MiB ({binary_size} bytes) |",
+        binary_size as f64 / 1048576.0
+    );
+    println!(
+        "| idle RSS, no model, connected to the broker | {:.1} MiB |",
+        idle as f64 / 1024.0
+    );
+    let mut before = idle;
+    for (name, rss) in &rss_rows {
+        println!(
+            "| RSS after loading {name} (cumulative) | {:.1} MiB (+{:.1} MiB) |",
+            *rss as f64 / 1024.0,
+            (*rss as f64 - before as f64) / 1024.0
+        );
+        before = *rss;
+    }
+    println!();
+    println!(
+        "| model | tensors | direct tract p50 / p99 (ms) | local API p50 / p99 (ms) | API overhead p50 (ms) | overhead / inference p50 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for r in latency_rows {
+        for (kind, api) in [("binary", &r.binary), ("JSON", &r.json)] {
+            let overhead = api.p50 - r.direct.p50;
+            println!(
+                "| {} | {kind} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} | {:.1}% |",
+                r.name,
+                r.direct.p50,
+                r.direct.p99,
+                api.p50,
+                api.p99,
+                overhead,
+                100.0 * overhead / r.direct.p50
+            );
+        }
+    }
+    println!();
+    println!(
+        "{} sequential requests per row after 50 warm-up ones, one keep-alive HTTP/1.1 connection (reqwest), agent and client on the same {}-core machine.",
+        args.iterations,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    Ok(())
+}
+
+struct LatencyRow {
+    name: &'static str,
+    direct: Stats,
+    binary: Stats,
+    json: Stats,
+}
+
+async fn bench_model(
+    http: &reqwest::Client,
+    addr: &str,
+    models: &Path,
+    m: &BenchModel,
+    iterations: usize,
+) -> anyhow::Result<LatencyRow> {
+    let hints = m
+        .inputs
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_vec()))
+        .collect();
+    let model = TractBackend.load(&models.join(m.file), &hints)?;
+    let tensors: Vec<Tensor> = model
+        .inputs()
+        .iter()
+        .map(|spec| {
+            let shape = m
+                .inputs
+                .iter()
+                .find(|(n, _)| *n == spec.name)
+                .map(|(_, s)| s.to_vec())
+                .unwrap_or_default();
+            Tensor::from_f32(shape.clone(), &values(&shape))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut direct = Vec::with_capacity(iterations);
+    for i in 0..iterations + 50 {
+        let inputs = tensors.clone();
+        let start = Instant::now();
+        model.run(inputs)?;
+        if i >= 50 {
+            direct.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+
+    let header = serde_json::json!({
+        "inputs": m.inputs.iter().map(|(n, s)| serde_json::json!({
+            "name": n, "shape": s, "datatype": "FP32",
+            "parameters": {"binary_data_size": s.iter().product::<usize>() * 4}
+        })).collect::<Vec<_>>()
+    });
+    let mut binary_body = serde_json::to_vec(&header)?;
+    let header_len = binary_body.len();
+    for (_, s) in m.inputs {
+        for v in values(s) {
+            binary_body.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let binary_body = Bytes::from(binary_body);
+    let json_body = Bytes::from(serde_json::to_vec(&serde_json::json!({
+        "inputs": m.inputs.iter().map(|(n, s)| serde_json::json!({
+            "name": n, "shape": s, "datatype": "FP32", "data": values(s)
+        })).collect::<Vec<_>>()
+    }))?);
+    let url = format!("http://{addr}/v2/models/{}/infer", m.name);
+    let time = async |binary: bool| -> anyhow::Result<Vec<f64>> {
+        let mut samples = Vec::with_capacity(iterations);
+        for i in 0..iterations + 50 {
+            let mut req = http.post(&url);
+            req = if binary {
+                req.header("Inference-Header-Content-Length", header_len)
+                    .body(binary_body.clone())
+            } else {
+                req.header("Content-Type", "application/json")
+                    .body(json_body.clone())
+            };
+            let start = Instant::now();
+            let r = req.send().await?;
+            let status = r.status();
+            let _ = r.bytes().await?;
+            let elapsed = start.elapsed().as_secs_f64() * 1000.0;
+            if !status.is_success() {
+                bail!("{url}: HTTP {status}");
+            }
+            if i >= 50 {
+                samples.push(elapsed);
+            }
+        }
+        Ok(samples)
+    };
+    let binary = time(true).await?;
+    let json = time(false).await?;
+    Ok(LatencyRow {
+        name: m.name,
+        direct: stats(direct),
+        binary: stats(binary),
+        json: stats(json),
+    })
+}
