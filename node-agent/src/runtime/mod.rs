@@ -9,6 +9,8 @@ use edgefleet_crds::{Runtime, SelfTest};
 
 use crate::tensor::{DataType, Tensor, element_count};
 
+#[cfg(feature = "onnxruntime")]
+pub mod ort;
 pub mod tract;
 
 /// An input or output as the model declares it; `-1` marks a dimension fixed only at run time.
@@ -53,9 +55,15 @@ pub trait Backend: Send + Sync + 'static {
     fn load(&self, path: &Path, hints: &ShapeHints) -> anyhow::Result<Arc<dyn Model>>;
 }
 
-/// The backends compiled in and usable on this machine.
+/// The backends compiled in and usable on this machine, tract first.
 pub fn available_backends() -> Vec<Arc<dyn Backend>> {
-    vec![Arc::new(tract::TractBackend)]
+    #[allow(unused_mut)]
+    let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(tract::TractBackend)];
+    #[cfg(feature = "onnxruntime")]
+    if let Some(b) = ort::OrtBackend::try_new() {
+        backends.push(Arc::new(b));
+    }
+    backends
 }
 
 pub fn shape_hints(self_test: Option<&SelfTest>) -> ShapeHints {

@@ -1,0 +1,200 @@
+//! Optional ONNX Runtime backend (cargo feature `onnxruntime`): `libonnxruntime` is loaded at
+//! run time (`ort`'s load-dynamic), from `EDGEFLEET_AGENT_ONNXRUNTIME_LIB`, `ORT_DYLIB_PATH`,
+//! or the library search path. The runtime is announced only if the library loads.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use edgefleet_crds::Runtime;
+use ort::session::Session;
+use ort::value::{DynValue, TensorElementType, ValueType};
+
+use super::{Backend, IoSpec, Model, ShapeHints};
+use crate::tensor::{DataType, Tensor};
+
+pub struct OrtBackend {
+    env: ort::environment::Environment,
+}
+
+impl OrtBackend {
+    /// The library named by the environment, or `None` (logged) when it cannot be loaded.
+    pub fn try_new() -> Option<OrtBackend> {
+        let lib = std::env::var("EDGEFLEET_AGENT_ONNXRUNTIME_LIB")
+            .or_else(|_| std::env::var("ORT_DYLIB_PATH"))
+            .unwrap_or_else(|_| "libonnxruntime.so".into());
+        match OrtBackend::from_library(&lib) {
+            Ok(backend) => Some(backend),
+            Err(e) => {
+                tracing::info!(%lib, error = %e, "onnxruntime is not available");
+                None
+            }
+        }
+    }
+
+    /// Loads `libonnxruntime` from `lib` (a path or a name on the library search path).
+    pub fn from_library(lib: &str) -> anyhow::Result<OrtBackend> {
+        let env = ort::init_from(lib)?
+            .with_name("edgefleet-agent")
+            .build()
+            .map_err(|e| anyhow::anyhow!("onnxruntime environment: {e}"))?;
+        Ok(OrtBackend { env })
+    }
+}
+
+pub struct OrtModel {
+    session: Mutex<Session>,
+    inputs: Vec<IoSpec>,
+    outputs: Vec<IoSpec>,
+}
+
+fn spec(outlet: &ort::value::Outlet) -> anyhow::Result<IoSpec> {
+    let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
+        bail!("{:?} is not a tensor", outlet.name());
+    };
+    Ok(IoSpec {
+        name: outlet.name().to_string(),
+        dt: from_element(*ty).with_context(|| format!("{:?} has type {ty:?}", outlet.name()))?,
+        shape: shape.iter().map(|d| if *d < 0 { -1 } else { *d }).collect(),
+    })
+}
+
+fn from_element(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        _ => return None,
+    })
+}
+
+impl Backend for OrtBackend {
+    fn runtime(&self) -> Runtime {
+        Runtime::Onnxruntime
+    }
+
+    fn load(&self, path: &Path, _hints: &ShapeHints) -> anyhow::Result<Arc<dyn Model>> {
+        let session = Session::builder(&self.env)?
+            .with_intra_threads(1)
+            .map_err(|e| anyhow::anyhow!("onnxruntime session options: {e}"))?
+            .commit_from_file(path)
+            .with_context(|| format!("onnxruntime loading {}", path.display()))?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(spec)
+            .collect::<anyhow::Result<_>>()?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(spec)
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Arc::new(OrtModel {
+            session: Mutex::new(session),
+            inputs,
+            outputs,
+        }))
+    }
+}
+
+fn le<const N: usize>(c: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(c);
+    a
+}
+
+fn to_value(t: Tensor) -> anyhow::Result<DynValue> {
+    let shape: Vec<i64> = t.shape.iter().map(|d| *d as i64).collect();
+    let d = &t.data;
+    Ok(match t.dt {
+        DataType::Fp32 => {
+            let v: Vec<f32> = d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(le(c)))
+                .collect();
+            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+        }
+        DataType::Fp64 => {
+            let v: Vec<f64> = d
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(le(c)))
+                .collect();
+            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+        }
+        DataType::Int64 => {
+            let v: Vec<i64> = d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(le(c)))
+                .collect();
+            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+        }
+        DataType::Int32 => {
+            let v: Vec<i32> = d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(le(c)))
+                .collect();
+            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+        }
+        DataType::Uint8 => ort::value::Tensor::from_array((shape, d.to_vec()))?.into_dyn(),
+        DataType::Int8 => {
+            let v: Vec<i8> = d.iter().map(|b| *b as i8).collect();
+            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+        }
+        DataType::Bool => {
+            let v: Vec<bool> = d.iter().map(|b| *b != 0).collect();
+            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+        }
+    })
+}
+
+fn from_value(value: &DynValue, dt: DataType) -> anyhow::Result<Tensor> {
+    fn bytes<T: ort::value::PrimitiveTensorElementType + Copy>(
+        value: &DynValue,
+        encode: impl Fn(T) -> Vec<u8>,
+    ) -> anyhow::Result<(Vec<usize>, Bytes)> {
+        let (shape, data) = value.try_extract_tensor::<T>()?;
+        let shape = shape.iter().map(|d| *d as usize).collect();
+        Ok((shape, data.iter().flat_map(|v| encode(*v)).collect()))
+    }
+    let (shape, data) = match dt {
+        DataType::Fp32 => bytes::<f32>(value, |v| v.to_le_bytes().to_vec())?,
+        DataType::Fp64 => bytes::<f64>(value, |v| v.to_le_bytes().to_vec())?,
+        DataType::Int64 => bytes::<i64>(value, |v| v.to_le_bytes().to_vec())?,
+        DataType::Int32 => bytes::<i32>(value, |v| v.to_le_bytes().to_vec())?,
+        DataType::Uint8 => bytes::<u8>(value, |v| vec![v])?,
+        DataType::Int8 => bytes::<i8>(value, |v| vec![v as u8])?,
+        DataType::Bool => bytes::<bool>(value, |v| vec![u8::from(v)])?,
+    };
+    Ok(Tensor { dt, shape, data })
+}
+
+impl Model for OrtModel {
+    fn inputs(&self) -> &[IoSpec] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[IoSpec] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
+        let named: Vec<(String, DynValue)> = self
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(spec, t)| Ok((spec.name.clone(), to_value(t)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(named)?;
+        self.outputs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| from_value(&outputs[i], spec.dt))
+            .collect()
+    }
+}
