@@ -250,7 +250,13 @@ def json_patch(doc: Any, ops: Any) -> Any:
                     remove(src)
                 add(toks, val)
             elif kind == "test":
-                if get(toks) != op.get("value"):
+                # As the API server's json-patch library does: a missing path tests equal to
+                # null (kube-rs' finalizer helper relies on it when adding the first finalizer).
+                try:
+                    current = get(toks)
+                except ValueError:
+                    current = None
+                if current != op.get("value"):
                     raise ValueError(f"testing value /{'/'.join(toks)} failed")
             else:
                 raise ValueError(f"unexpected operation {kind!r}")

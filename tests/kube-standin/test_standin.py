@@ -711,3 +711,17 @@ def test_scale_subresource(crd_srv):
     srv.kubectl("scale", "deploy/agent", "--replicas=4")
     assert srv.kget("deploy", "agent")["spec"]["replicas"] == 4
     assert srv.api("GET", "/api/v1/namespaces/default/configmaps/agent-config/scale")[0] == 404
+
+
+def test_json_patch_test_of_missing_path_equals_null(crd_srv):
+    """kube-rs adds the first finalizer with [test /metadata/finalizers == null, add ...]."""
+    crd_srv.kubectl("apply", "-f", "-", input=md("fin"))
+    ops = [{"op": "test", "path": "/metadata/finalizers", "value": None},
+           {"op": "add", "path": "/metadata/finalizers", "value": ["edgefleet.io/cleanup"]}]
+    code, body, _ = crd_srv.api("PATCH", f"{MD_BASE}/fin", ops, ctype="application/json-patch+json")
+    assert code == 200, body
+    assert body["metadata"]["finalizers"] == ["edgefleet.io/cleanup"]
+    # a test against a present, different value still fails
+    ops = [{"op": "test", "path": "/metadata/finalizers", "value": None}]
+    code, body, _ = crd_srv.api("PATCH", f"{MD_BASE}/fin", ops, ctype="application/json-patch+json")
+    assert code == 422, body
