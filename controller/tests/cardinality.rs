@@ -1,0 +1,167 @@
+//! Bounded labels: the number of series on /metrics does not grow with the number of devices,
+//! and device-supplied strings cannot create series.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use edgefleet_controller::engine::{DeploymentInput, Engine, Publisher};
+use edgefleet_controller::ingest;
+use edgefleet_controller::inventory::Inventory;
+use edgefleet_controller::metrics::Metrics;
+use edgefleet_controller::mqtt::DeviceMessage;
+use edgefleet_controller::store::Store;
+use edgefleet_controller::telemetry::Telemetry;
+use edgefleet_crds::wire::{DeviceId, Hello, ModelWindow, Telemetry as Window};
+use edgefleet_crds::{LatencyHistogram, ModelDeploymentSpec, Runtime};
+
+struct TelemetryCollector(Arc<Telemetry>);
+
+impl prometheus::core::Collector for TelemetryCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
+
+fn spec() -> ModelDeploymentSpec {
+    let yaml = format!(
+        "model: {{name: vad, version: '1'}}\nvariants:\n- name: fp32\n  precision: fp32\n  artifact: {{uri: 'http://a/fp32', sha256: '{}', sizeBytes: 10}}\n  requires: {{minMemoryMib: 1024}}\n- name: int8\n  precision: int8\n  artifact: {{uri: 'http://a/int8', sha256: '{}', sizeBytes: 5}}\n",
+        "aa".repeat(32),
+        "bb".repeat(32)
+    );
+    serde_yaml::from_str(&yaml).expect("spec")
+}
+
+/// Series exported after `devices` devices said hello and reported a window each.
+async fn series_after(devices: usize) -> (usize, String) {
+    let metrics = Metrics::new();
+    let store = Store::connect("sqlite::memory:").await.expect("store");
+    let inventory = Arc::new(
+        Inventory::load(store.clone(), metrics.clone())
+            .await
+            .expect("inventory"),
+    );
+    let telemetry = Arc::new(Telemetry::new(1000, 60_000));
+    metrics
+        .registry
+        .register(Box::new(TelemetryCollector(telemetry.clone())))
+        .expect("register");
+    let engine = Engine::new(
+        store,
+        inventory,
+        telemetry,
+        metrics.clone(),
+        Publisher::Recorder(Arc::new(Mutex::new(Vec::new()))),
+    );
+
+    let archs = ["x86_64", "aarch64"];
+    let memories = [256, 2048, 8192];
+    for i in 0..devices {
+        let hello = Hello {
+            device_id: DeviceId::new(format!("dev-{i:05}")).expect("id"),
+            agent_version: "sim".into(),
+            labels: BTreeMap::from([("serial".into(), format!("sn-{i}"))]),
+            arch: archs[i % 2].into(),
+            cores: 4,
+            cpu_features: vec![],
+            memory_total_mib: memories[i % 3],
+            memory_available_mib: 100,
+            disk_free_mib: 1000,
+            accelerators: vec![],
+            runtimes: vec![Runtime::Tract],
+        };
+        ingest::handle(&engine, &DeviceMessage::Hello(hello))
+            .await
+            .expect("hello");
+    }
+    let spec = spec();
+    let input = DeploymentInput {
+        namespace: "default",
+        name: "vad",
+        uid: "u",
+        generation: Some(1),
+        spec: &spec,
+        status: None,
+    };
+    engine.reconcile(&input, 0).await.expect("reconcile");
+
+    for i in 0..devices {
+        let mut latency = LatencyHistogram::default();
+        latency.observe(0.001 * (i % 50) as f64);
+        let variant = if memories[i % 3] >= 1024 {
+            "fp32"
+        } else {
+            "int8"
+        };
+        let window = Window {
+            device_id: DeviceId::new(format!("dev-{i:05}")).expect("id"),
+            seq: 1,
+            window_start_ms: 1_000,
+            window_seconds: 10,
+            models: vec![
+                ModelWindow {
+                    deployment: "default/vad".into(),
+                    variant: variant.into(),
+                    requests: 1,
+                    errors: 0,
+                    latency: latency.clone(),
+                },
+                // a device inventing names must not create series
+                ModelWindow {
+                    deployment: "default/vad".into(),
+                    variant: format!("made-up-{i}"),
+                    requests: 1,
+                    errors: 0,
+                    latency: latency.clone(),
+                },
+                ModelWindow {
+                    deployment: format!("ns/dep-{i}"),
+                    variant: "fp32".into(),
+                    requests: 1,
+                    errors: 0,
+                    latency,
+                },
+            ],
+        };
+        ingest::handle(&engine, &DeviceMessage::Telemetry(window))
+            .await
+            .expect("telemetry");
+    }
+    let text = metrics.render();
+    let series = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    (series, text)
+}
+
+#[tokio::test]
+async fn series_do_not_grow_with_devices() {
+    let (small, _) = series_after(60).await;
+    let (large, text) = series_after(1000).await;
+    assert_eq!(
+        small, large,
+        "series must not depend on the number of devices"
+    );
+    assert!(!text.contains("dev-0"), "no device id in any label");
+    assert!(
+        !text.contains("made-up"),
+        "device-invented variants are not exported"
+    );
+    assert!(
+        !text.contains("dep-1"),
+        "device-invented deployments are not exported"
+    );
+    assert!(
+        text.contains("edgefleet_inference_latency_seconds_bucket"),
+        "{text}"
+    );
+    let latency_series = text
+        .lines()
+        .filter(|l| l.starts_with("edgefleet_inference_requests_total"))
+        .count();
+    // 2 arches x 3 memory tiers, each on exactly one variant, all stable
+    assert_eq!(latency_series, 6, "{text}");
+}
