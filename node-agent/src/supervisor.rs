@@ -12,7 +12,7 @@ use tokio::task::AbortHandle;
 use edgefleet_crds::Runtime;
 use edgefleet_crds::wire::{Assignment, Desired, DeviceId, ModelPhase, ModelState, StateReport};
 
-use crate::assignments::{self, Action};
+use crate::assignments::{self, Action, Rejection};
 use crate::metrics::Metrics;
 use crate::mqtt::Command;
 use crate::pull;
@@ -167,6 +167,13 @@ impl Supervisor {
                 );
                 self.ctx.metrics.desired_applied.inc();
                 self.apply(desired);
+            }
+            // The retained document comes again on every reconnect: expected, not a problem.
+            Err(Rejection::Stale {
+                generation,
+                applied,
+            }) if generation == applied => {
+                tracing::debug!(generation, "desired document already applied");
             }
             Err(rejection) => {
                 self.ctx
