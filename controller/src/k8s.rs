@@ -87,7 +87,7 @@ fn spec_or_lifecycle(md: &ModelDeployment) -> Option<u64> {
 }
 
 #[tracing::instrument(skip_all, fields(deployment = %format!("{}/{}", md.namespace().unwrap_or_default(), md.name_any())))]
-async fn reconcile(
+pub async fn reconcile(
     md: Arc<ModelDeployment>,
     context: Arc<Context>,
 ) -> Result<Action, ReconcileError> {

@@ -107,6 +107,30 @@ impl Metrics {
             registry,
         };
         metrics.register_all();
+        // Known label values start at zero, so rates and dashboards have a series before the
+        // first event (Prometheus practice for bounded label sets).
+        for category in ["store", "publish", "kube"] {
+            metrics.reconcile_errors.with_label_values(&[category]);
+        }
+        for reason in [
+            "too_large",
+            "not_json",
+            "missing_version",
+            "unsupported_version",
+            "malformed",
+            "invalid",
+            "bad_topic",
+            "device_mismatch",
+        ] {
+            metrics.mqtt_rejected.with_label_values(&[reason]);
+        }
+        for channel in ["hello", "status", "state", "telemetry"] {
+            metrics.mqtt_received.with_label_values(&[channel]);
+        }
+        metrics.mqtt_published.with_label_values(&["desired"]);
+        for result in ["counted", "duplicate", "unknown_device", "unknown_model"] {
+            metrics.telemetry_windows.with_label_values(&[result]);
+        }
         metrics
     }
 

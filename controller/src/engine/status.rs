@@ -153,6 +153,13 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
             phase_reason(phase),
             input.state.last_decision.clone(),
         ),
+        condition(
+            input,
+            "Degraded",
+            devices.failed > 0,
+            if devices.failed > 0 { "DevicesFailed" } else { "NoFailures" },
+            failed_devices(input.rows),
+        ),
     ];
 
     ModelDeploymentStatus {
@@ -198,6 +205,20 @@ pub fn invalid_status(
         observed_generation: generation,
     }];
     status
+}
+
+/// Which devices failed and why (the first few), for the Degraded condition.
+fn failed_devices(rows: &[AssignmentRow]) -> String {
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.phase.as_deref() == Some("Failed"))
+        .map(|r| format!("{}: {}", r.device_id, r.phase_reason.as_deref().unwrap_or("no reason given")))
+        .collect();
+    match failed.len() {
+        0 => "no device reports a failure".into(),
+        n if n <= 3 => failed.join("; "),
+        n => format!("{} and {} more", failed[..3].join("; "), n - 3),
+    }
 }
 
 fn phase_reason(phase: Phase) -> &'static str {
