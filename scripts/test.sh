@@ -8,6 +8,7 @@ source scripts/lib.sh
 
 ensure_postgres
 ensure_mosquitto
+ensure_prometheus
 ensure_k8s_tools
 ensure_models
 
