@@ -63,3 +63,8 @@ else
     echo "fetch-models: reference outputs present"
 fi
 echo "fetch-models: models in $dest"
+
+# edgefleet-compress's extra model (a transformer) and its onnxruntime venv; see that script.
+if [[ -z "${EDGEFLEET_FETCH_NESTED:-}" ]]; then
+    EDGEFLEET_FETCH_NESTED=1 bash "$here/fetch-compress-models.sh"
+fi

@@ -1,0 +1,43 @@
+//! `edgefleet compress`: compression variants of an ONNX model (int8 weight-only, fp16 weight
+//! storage), measured against the fp32 model (size, sha256, tract latency, drift) and written as
+//! a `variants:` block for a `ModelDeployment`; `edgefleet compress measure` does the same for a
+//! variant made by another tool. See README.md.
+//!
+//! Library entry points:
+//! - [`quantize_int8`], [`convert_fp16`]: bytes → bytes rewrites of the ONNX protobuf;
+//! - [`rehydrate`]: the agent-side inverse that folds the int8/fp16 weights back to fp32;
+//! - [`compress`], [`measure_import`]: the measured pipelines behind the CLI, returning a
+//!   [`Report`]; [`variants_yaml`] turns a report into CRD variants;
+//! - [`run`] with [`CompressArgs`]: the CLI.
+
+mod cli;
+pub mod measure;
+pub mod onnx;
+pub mod quantize;
+pub mod rehydrate;
+pub mod report;
+pub mod tensor;
+
+pub use cli::{CompressArgs, CompressCommand, ImportArgs, MeasureArgs, run};
+pub use measure::{Drift, OrtOptions, OrtRunner, Task, TractRunner};
+pub use quantize::{Options as QuantizeOptions, RewriteSummary, convert_fp16, quantize_int8};
+pub use rehydrate::rehydrate;
+pub use report::{
+    CompressOptions, ImportOptions, MeasureOptions, Report, VariantKind, VariantReport, compress,
+    detect_precision, markdown, measure_import, variants, variants_yaml,
+};
+
+/// Why a model cannot be compressed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    #[error("not a valid ONNX model: {0}")]
+    Malformed(String),
+    #[error(
+        "models with external data are not supported: tensor {0}; re-save the model with its \
+         weights inside the .onnx file (onnx.save(model, path, save_as_external_data=False), \
+         possible below 2 GiB)"
+    )]
+    ExternalData(String),
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+}

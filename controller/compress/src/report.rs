@@ -1,0 +1,794 @@
+//! The measured pipelines ([`compress`], [`measure_import`]) and what they produce: `report.json`,
+//! a markdown table and the `variants:` YAML block.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, ensure};
+use edgefleet_crds::{Artifact, ModelFormat, Precision, Quality, Requirements, Runtime, Variant};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tract_onnx::pb::ModelProto;
+use tract_onnx::pb::tensor_proto::DataType;
+
+use crate::measure::{self, Drift, OrtOptions, OrtRunner, Outputs, Task, TractRunner};
+use crate::quantize::{self, RewriteSummary};
+use crate::tensor::{self, InputSpec, Sample, ShapeOptions};
+use crate::{CompressError, onnx};
+
+/// A variant `compress` can make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VariantKind {
+    Fp16,
+    Int8,
+}
+
+impl VariantKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            VariantKind::Fp16 => "fp16",
+            VariantKind::Int8 => "int8",
+        }
+    }
+
+    pub fn precision(self) -> Precision {
+        match self {
+            VariantKind::Fp16 => Precision::Fp16,
+            VariantKind::Int8 => Precision::Int8,
+        }
+    }
+}
+
+/// How variants are measured.
+#[derive(Clone, Debug)]
+pub struct MeasureOptions {
+    /// Inputs for drift (generated, or the first `samples` of `inputs`).
+    pub samples: usize,
+    /// Latency: median of this many runs of the first sample, after 2 warm-up runs.
+    pub runs: usize,
+    pub seed: u64,
+    pub shapes: ShapeOptions,
+    /// A `.npy` or JSON input set instead of generated inputs.
+    pub inputs: Option<PathBuf>,
+    pub task: Task,
+    /// Also measure with the Python onnxruntime (single intra-op thread).
+    pub ort: Option<OrtRunner>,
+    pub ort_options: OrtOptions,
+}
+
+impl Default for MeasureOptions {
+    fn default() -> Self {
+        MeasureOptions {
+            samples: 16,
+            runs: 20,
+            seed: 0x5EED,
+            shapes: ShapeOptions::default(),
+            inputs: None,
+            task: Task::Auto,
+            ort: None,
+            ort_options: OrtOptions {
+                disable_quant_qdq: true,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CompressOptions {
+    pub variants: Vec<VariantKind>,
+    pub quantize: quantize::Options,
+    pub measure: MeasureOptions,
+    /// `{model}` and `{variant}` are replaced; must give an http(s) URL.
+    pub uri_template: String,
+    /// `{model}` in the template; default: the file stem, lower-cased.
+    pub model_name: Option<String>,
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions {
+            variants: vec![VariantKind::Fp16, VariantKind::Int8],
+            quantize: quantize::Options::default(),
+            measure: MeasureOptions::default(),
+            uri_template: DEFAULT_URI_TEMPLATE.into(),
+            model_name: None,
+        }
+    }
+}
+
+pub const DEFAULT_URI_TEMPLATE: &str = "http://artifacts.local/{model}/{variant}.onnx";
+
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// Variant name; default: the file stem, sanitized.
+    pub name: Option<String>,
+    pub runtime: Runtime,
+    /// Default: detected from the graph ([`detect_precision`]).
+    pub precision: Option<Precision>,
+    pub measure: MeasureOptions,
+    pub uri_template: String,
+    pub model_name: Option<String>,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            name: None,
+            runtime: Runtime::Tract,
+            precision: None,
+            measure: MeasureOptions::default(),
+            uri_template: DEFAULT_URI_TEMPLATE.into(),
+            model_name: None,
+        }
+    }
+}
+
+/// One runtime's measurement of one variant.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeMeasurement {
+    pub loaded: bool,
+    /// Why it was not measured (load or run failure, reference not measurable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantReport {
+    pub name: String,
+    pub precision: Precision,
+    pub runtime: Runtime,
+    pub file: PathBuf,
+    pub uri: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    /// Size relative to the reference (fp32) model.
+    pub size_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteSummary>,
+    pub tract: RuntimeMeasurement,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onnxruntime: Option<RuntimeMeasurement>,
+    /// `quality.accuracyDrift`: from tract if it ran the variant, else from onnxruntime.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_drift: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub model: String,
+    pub reference: PathBuf,
+    pub opset: i64,
+    pub ir_version: i64,
+    pub inputs: serde_json::Value,
+    /// `generated (seed N)` or the input file.
+    pub input_source: String,
+    pub samples: usize,
+    pub latency_runs: usize,
+    /// tract runs single-threaded; onnxruntime is given 1 intra-op thread.
+    pub threads: usize,
+    pub host: String,
+    pub variants: Vec<VariantReport>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Lower-case `[a-z0-9-]`, as the CRD wants names.
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let s = s.trim_matches('-').to_string();
+    let s: String = s.chars().take(63).collect();
+    if s.is_empty() { "model".into() } else { s }
+}
+
+fn stem(path: &Path) -> String {
+    sanitize(
+        &path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default(),
+    )
+}
+
+fn uri(template: &str, model: &str, variant: &str) -> anyhow::Result<String> {
+    let uri = template
+        .replace("{model}", model)
+        .replace("{variant}", variant);
+    ensure!(
+        uri.starts_with("http://") || uri.starts_with("https://"),
+        "--uri-template must give an http(s) URL, got {uri:?}"
+    );
+    Ok(uri)
+}
+
+/// onnxruntime's reference outputs, latency and version.
+type OrtBaseline = (Vec<Outputs>, f64, String);
+
+/// What the reference produced, shared by every variant's measurement.
+struct Baseline {
+    specs: Vec<InputSpec>,
+    classifier: Vec<bool>,
+    samples: Vec<Sample>,
+    input_source: String,
+    tract: Result<(Vec<Outputs>, f64), String>,
+    ort: Option<Result<OrtBaseline, String>>,
+}
+
+fn baseline(
+    reference_path: &Path,
+    reference: &ModelProto,
+    reference_bytes: &[u8],
+    options: &MeasureOptions,
+) -> anyhow::Result<Baseline> {
+    let specs = tensor::input_specs(reference, &options.shapes)?;
+    let (samples, input_source) = match &options.inputs {
+        Some(path) => (
+            tensor::load_inputs(path, &specs, options.samples)?,
+            path.display().to_string(),
+        ),
+        None => (
+            tensor::generate(&specs, options.samples.max(1), options.seed),
+            format!("generated (seed {})", options.seed),
+        ),
+    };
+    let tract = run_tract(reference_bytes, &specs, &samples, options.runs)
+        .map_err(|e| format!("reference: {e:#}"));
+    let ort = options.ort.as_ref().map(|runner| {
+        runner
+            .run(reference_path, &samples, options.runs, options.ort_options)
+            .map(|r| (r.outputs, r.latency_ms, r.version))
+            .map_err(|e| format!("reference: {e:#}"))
+    });
+    let first = match (&tract, &ort) {
+        (Ok((outputs, _)), _) | (_, Some(Ok((outputs, _, _)))) => outputs.first().cloned(),
+        _ => None,
+    };
+    let classifier = first
+        .map(|o| measure::classifier_outputs(reference, &o, options.task))
+        .unwrap_or_default();
+    Ok(Baseline {
+        specs,
+        classifier,
+        samples,
+        input_source,
+        tract,
+        ort,
+    })
+}
+
+fn run_tract(
+    bytes: &[u8],
+    specs: &[InputSpec],
+    samples: &[Sample],
+    runs: usize,
+) -> anyhow::Result<(Vec<Outputs>, f64)> {
+    let runner = TractRunner::load(bytes, specs)?;
+    let outputs = samples
+        .iter()
+        .map(|s| runner.run(s))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("tract could not run the model")?;
+    let latency = runner.latency_ms(&samples[0], runs)?;
+    Ok((outputs, latency))
+}
+
+fn measure_tract(bytes: &[u8], base: &Baseline, options: &MeasureOptions) -> RuntimeMeasurement {
+    match run_tract(bytes, &base.specs, &base.samples, options.runs) {
+        Err(e) => RuntimeMeasurement {
+            loaded: false,
+            error: Some(format!("{e:#}")),
+            ..Default::default()
+        },
+        Ok((outputs, latency)) => {
+            let (drift, error) = match &base.tract {
+                Ok((reference, _)) => match measure::drift(reference, &outputs, &base.classifier) {
+                    Ok(d) => (Some(d), None),
+                    Err(e) => (None, Some(format!("drift: {e:#}"))),
+                },
+                Err(e) => (None, Some(e.clone())),
+            };
+            RuntimeMeasurement {
+                loaded: true,
+                error,
+                latency_ms: Some(latency),
+                drift,
+                version: Some("tract-onnx 0.23".into()),
+            }
+        }
+    }
+}
+
+fn measure_ort(
+    path: &Path,
+    base: &Baseline,
+    options: &MeasureOptions,
+) -> Option<RuntimeMeasurement> {
+    let runner = options.ort.as_ref()?;
+    Some(
+        match runner.run(path, &base.samples, options.runs, options.ort_options) {
+            Err(e) => RuntimeMeasurement {
+                loaded: false,
+                error: Some(format!("{e:#}")),
+                ..Default::default()
+            },
+            Ok(r) => {
+                let (drift, error) = match &base.ort {
+                    Some(Ok((reference, _, _))) => {
+                        match measure::drift(reference, &r.outputs, &base.classifier) {
+                            Ok(d) => (Some(d), None),
+                            Err(e) => (None, Some(format!("drift: {e:#}"))),
+                        }
+                    }
+                    Some(Err(e)) => (None, Some(e.clone())),
+                    None => (None, None),
+                };
+                RuntimeMeasurement {
+                    loaded: true,
+                    error,
+                    latency_ms: Some(r.latency_ms),
+                    drift,
+                    version: Some(format!("onnxruntime {}", r.version)),
+                }
+            }
+        },
+    )
+}
+
+fn reference_report(
+    path: &Path,
+    file: PathBuf,
+    bytes: &[u8],
+    base: &Baseline,
+    uri: String,
+) -> VariantReport {
+    let tract = match &base.tract {
+        Ok((outputs, latency)) => RuntimeMeasurement {
+            loaded: true,
+            error: None,
+            latency_ms: Some(*latency),
+            drift: measure::drift(outputs, outputs, &base.classifier).ok(),
+            version: Some("tract-onnx 0.23".into()),
+        },
+        Err(e) => RuntimeMeasurement {
+            loaded: false,
+            error: Some(e.clone()),
+            ..Default::default()
+        },
+    };
+    let onnxruntime = base.ort.as_ref().map(|r| match r {
+        Ok((outputs, latency, version)) => RuntimeMeasurement {
+            loaded: true,
+            error: None,
+            latency_ms: Some(*latency),
+            drift: measure::drift(outputs, outputs, &base.classifier).ok(),
+            version: Some(format!("onnxruntime {version}")),
+        },
+        Err(e) => RuntimeMeasurement {
+            loaded: false,
+            error: Some(e.clone()),
+            ..Default::default()
+        },
+    });
+    let _ = path;
+    VariantReport {
+        name: "fp32".into(),
+        precision: Precision::Fp32,
+        runtime: Runtime::Tract,
+        file,
+        uri,
+        size_bytes: bytes.len() as u64,
+        sha256: sha256_hex(bytes),
+        size_ratio: 1.0,
+        rewrite: None,
+        tract,
+        onnxruntime,
+        accuracy_drift: Some(0.0),
+        notes: vec!["reference".into()],
+    }
+}
+
+fn accuracy_drift(v: &VariantReport) -> Option<f64> {
+    v.tract
+        .drift
+        .as_ref()
+        .or(v.onnxruntime.as_ref().and_then(|o| o.drift.as_ref()))
+        .map(Drift::accuracy_drift)
+}
+
+fn host() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{} {}, {cpu}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+fn read_model(path: &Path) -> anyhow::Result<(Vec<u8>, ModelProto)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let model = onnx::decode(&bytes).with_context(|| format!("{}", path.display()))?;
+    Ok((bytes, model))
+}
+
+/// Writes the fp32 reference and each requested variant into `out_dir`, measures them all and
+/// writes `report.json` and `variants.yaml` there.
+pub fn compress(
+    model_path: &Path,
+    out_dir: &Path,
+    options: &CompressOptions,
+) -> anyhow::Result<Report> {
+    let (bytes, model) = read_model(model_path)?;
+    let model_name = options
+        .model_name
+        .clone()
+        .map(|n| sanitize(&n))
+        .unwrap_or_else(|| stem(model_path));
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let fp32_path = out_dir.join("fp32.onnx");
+    std::fs::write(&fp32_path, &bytes)?;
+    let base = baseline(model_path, &model, &bytes, &options.measure)?;
+    let mut variants = vec![reference_report(
+        model_path,
+        fp32_path,
+        &bytes,
+        &base,
+        uri(&options.uri_template, &model_name, "fp32")?,
+    )];
+    let mut kinds = options.variants.clone();
+    kinds.dedup();
+    for kind in kinds {
+        let made = match kind {
+            VariantKind::Fp16 => quantize::convert_fp16(&bytes, options.quantize),
+            VariantKind::Int8 => quantize::quantize_int8(&bytes, options.quantize),
+        };
+        let (out, summary) = match made {
+            Ok(made) => made,
+            Err(CompressError::Unsupported(why)) => {
+                eprintln!("compress: no {} variant: {why}", kind.name());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let path = out_dir.join(format!("{}.onnx", kind.name()));
+        std::fs::write(&path, &out)?;
+        let mut report = VariantReport {
+            name: kind.name().into(),
+            precision: kind.precision(),
+            runtime: Runtime::Tract,
+            file: path.clone(),
+            uri: uri(&options.uri_template, &model_name, kind.name())?,
+            size_bytes: out.len() as u64,
+            sha256: sha256_hex(&out),
+            size_ratio: out.len() as f64 / bytes.len().max(1) as f64,
+            notes: summary.notes.clone(),
+            rewrite: Some(summary),
+            tract: measure_tract(&out, &base, &options.measure),
+            onnxruntime: measure_ort(&path, &base, &options.measure),
+            accuracy_drift: None,
+        };
+        report.accuracy_drift = accuracy_drift(&report);
+        variants.push(report);
+    }
+    let report = Report {
+        model: model_name,
+        reference: model_path.to_path_buf(),
+        opset: onnx::opset(&model),
+        ir_version: model.ir_version,
+        inputs: serde_json::to_value(&base.specs)?,
+        input_source: base.input_source.clone(),
+        samples: base.samples.len(),
+        latency_runs: options.measure.runs,
+        threads: 1,
+        host: host(),
+        variants,
+    };
+    write_outputs(&report, out_dir)?;
+    Ok(report)
+}
+
+/// The precision a model's graph suggests: quantized operators → int8 (int4 when its
+/// quantized weights are 4-bit), fp16 initializers → fp16, else fp32.
+pub fn detect_precision(model: &ModelProto) -> Precision {
+    let Some(graph) = model.graph.as_ref() else {
+        return Precision::Fp32;
+    };
+    const QUANT_OPS: [&str; 8] = [
+        "DequantizeLinear",
+        "QuantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulNBits",
+    ];
+    let quantized = graph
+        .node
+        .iter()
+        .any(|n| QUANT_OPS.contains(&n.op_type.as_str()));
+    let int4 = graph
+        .initializer
+        .iter()
+        .any(|t| t.data_type == DataType::Int4 as i32 || t.data_type == DataType::Uint4 as i32)
+        || graph
+            .node
+            .iter()
+            .any(|n| n.op_type == "MatMulNBits" && onnx::get_attr_int(n, "bits").unwrap_or(4) == 4);
+    let fp16 = graph
+        .initializer
+        .iter()
+        .any(|t| t.data_type == DataType::Float16 as i32);
+    match (quantized, int4, fp16) {
+        (true, true, _) => Precision::Int4,
+        (true, false, true) => Precision::Mixed,
+        (true, false, false) => Precision::Int8,
+        (false, _, true) => Precision::Fp16,
+        _ => Precision::Fp32,
+    }
+}
+
+/// Measures a variant made elsewhere against its fp32 reference. A variant tract cannot load is
+/// still reported (size, sha256, and why it was not measured); with `--ort-python` it is measured
+/// with onnxruntime instead. Writes `report.json` and `variants.yaml` when `out_dir` is given.
+pub fn measure_import(
+    variant_path: &Path,
+    reference_path: &Path,
+    out_dir: Option<&Path>,
+    options: &ImportOptions,
+) -> anyhow::Result<Report> {
+    let (ref_bytes, reference) = read_model(reference_path)?;
+    let (bytes, variant) = read_model(variant_path)?;
+    let model_name = options
+        .model_name
+        .clone()
+        .map(|n| sanitize(&n))
+        .unwrap_or_else(|| stem(reference_path));
+    let name = options
+        .name
+        .clone()
+        .map(|n| sanitize(&n))
+        .unwrap_or_else(|| stem(variant_path));
+    let base = baseline(reference_path, &reference, &ref_bytes, &options.measure)?;
+    let mut notes = Vec::new();
+    let tract = measure_tract(&bytes, &base, &options.measure);
+    if !tract.loaded {
+        notes.push(format!(
+            "not measured with tract: {}",
+            tract.error.clone().unwrap_or_default()
+        ));
+        if options.runtime == Runtime::Tract {
+            notes.push(
+                "runtime is tract but tract cannot run this variant: pass --runtime onnxruntime"
+                    .into(),
+            );
+        }
+    }
+    let onnxruntime = measure_ort(variant_path, &base, &options.measure);
+    if onnxruntime.is_none() && !tract.loaded {
+        notes.push("no --ort-python: latency and drift not measured".into());
+    }
+    let mut report = VariantReport {
+        name: name.clone(),
+        precision: options
+            .precision
+            .unwrap_or_else(|| detect_precision(&variant)),
+        runtime: options.runtime,
+        file: variant_path.to_path_buf(),
+        uri: uri(&options.uri_template, &model_name, &name)?,
+        size_bytes: bytes.len() as u64,
+        sha256: sha256_hex(&bytes),
+        size_ratio: bytes.len() as f64 / ref_bytes.len().max(1) as f64,
+        rewrite: None,
+        tract,
+        onnxruntime,
+        accuracy_drift: None,
+        notes,
+    };
+    report.accuracy_drift = accuracy_drift(&report);
+    let report = Report {
+        model: model_name.clone(),
+        reference: reference_path.to_path_buf(),
+        opset: onnx::opset(&reference),
+        ir_version: reference.ir_version,
+        inputs: serde_json::to_value(&base.specs)?,
+        input_source: base.input_source.clone(),
+        samples: base.samples.len(),
+        latency_runs: options.measure.runs,
+        threads: 1,
+        host: host(),
+        variants: vec![
+            reference_report(
+                reference_path,
+                reference_path.to_path_buf(),
+                &ref_bytes,
+                &base,
+                uri(&options.uri_template, &model_name, "fp32")?,
+            ),
+            report,
+        ],
+    };
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_outputs(&report, dir)?;
+    }
+    Ok(report)
+}
+
+fn write_outputs(report: &Report, dir: &Path) -> anyhow::Result<()> {
+    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(dir.join("variants.yaml"), variants_yaml(report)?)?;
+    Ok(())
+}
+
+/// Memory a device needs for a variant: an estimate, not a measurement. 64 MiB for the agent and
+/// runtime, plus 3× the artifact (file buffer, parsed graph, runtime weights).
+pub fn min_memory_mib(size_bytes: u64) -> u64 {
+    64 + (3 * size_bytes).div_ceil(1 << 20)
+}
+
+/// The report's variants as CRD variants (those a runtime could run, or that were not measured).
+pub fn variants(report: &Report) -> Vec<Variant> {
+    report
+        .variants
+        .iter()
+        .filter(|v| {
+            // A variant we made that tract cannot run is a bug, not a deployable artifact.
+            v.tract.loaded || v.runtime != Runtime::Tract || v.rewrite.is_none()
+        })
+        .map(|v| {
+            let latency = match v.runtime {
+                Runtime::Tract => v.tract.latency_ms,
+                Runtime::Onnxruntime => v.onnxruntime.as_ref().and_then(|o| o.latency_ms),
+            };
+            Variant {
+                name: v.name.clone(),
+                artifact: Artifact {
+                    uri: v.uri.clone(),
+                    sha256: v.sha256.clone(),
+                    size_bytes: v.size_bytes,
+                },
+                format: ModelFormat::Onnx,
+                precision: v.precision,
+                runtime: v.runtime,
+                requires: Requirements {
+                    min_memory_mib: min_memory_mib(v.size_bytes),
+                    min_free_disk_mib: (2 * v.size_bytes).div_ceil(1 << 20).max(1),
+                    ..Default::default()
+                },
+                quality: v.accuracy_drift.map(|d| Quality {
+                    accuracy_drift: (d * 1e6).round() / 1e6,
+                    latency_hint_ms: latency.map(|l| (l * 100.0).round() / 100.0),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// A `variants:` block ready to paste under a `ModelDeployment`'s `spec`.
+pub fn variants_yaml(report: &Report) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Block {
+        variants: Vec<Variant>,
+    }
+    let mut out = format!(
+        "# edgefleet compress: {} ({} samples, {}; latency: median of {} runs on {}).\n\
+         # requires.minMemoryMib is an estimate (64 MiB + 3 x size); quality.accuracyDrift is\n\
+         # 1 - top-1 agreement for classifiers, else 1 - mean cosine, against fp32.\n",
+        report.model, report.samples, report.input_source, report.latency_runs, report.host
+    );
+    out.push_str(&serde_yaml::to_string(&Block {
+        variants: variants(report),
+    })?);
+    Ok(out)
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
+}
+
+fn drift_cell(m: Option<&RuntimeMeasurement>) -> String {
+    match m.and_then(|m| m.drift.as_ref()) {
+        Some(d) => match d.top1_agreement {
+            Some(a) => format!("cos {:.4}, top-1 {:.1}%", d.mean_cosine, a * 100.0),
+            None => format!("cos {:.4}", d.mean_cosine),
+        },
+        None => match m {
+            Some(m) if !m.loaded => "does not load".into(),
+            _ => "-".into(),
+        },
+    }
+}
+
+/// The report as a markdown table.
+pub fn markdown(report: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: {} samples ({}), latency median of {} runs, 1 thread, {}\n",
+        report.model, report.samples, report.input_source, report.latency_runs, report.host
+    );
+    let _ = writeln!(
+        s,
+        "| variant | precision | runtime | size | vs fp32 | sha256 | tract ms | tract drift | ort ms | ort drift | accuracyDrift |"
+    );
+    let _ = writeln!(s, "|---|---|---|---:|---:|---|---:|---|---:|---|---:|");
+    for v in &report.variants {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} MB | {:.0}% | {}… | {} | {} | {} | {} | {} |",
+            v.name,
+            serde_json::to_value(v.precision)
+                .ok()
+                .and_then(|p| p.as_str().map(String::from))
+                .unwrap_or_default(),
+            v.runtime.as_str(),
+            v.size_bytes as f64 / 1e6,
+            v.size_ratio * 100.0,
+            &v.sha256[..12],
+            ms(v.tract.latency_ms),
+            drift_cell(Some(&v.tract)),
+            ms(v.onnxruntime.as_ref().and_then(|o| o.latency_ms)),
+            drift_cell(v.onnxruntime.as_ref()),
+            v.accuracy_drift
+                .map(|d| format!("{d:.4}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    for v in &report.variants {
+        for note in &v.notes {
+            if note != "reference" {
+                let _ = writeln!(s, "\n- {}: {note}", v.name);
+            }
+        }
+        if let Some(e) = v.tract.error.as_ref().filter(|_| v.tract.loaded) {
+            let _ = writeln!(s, "\n- {}: tract drift not measured: {e}", v.name);
+        }
+        if let Some(o) = &v.onnxruntime
+            && let Some(e) = &o.error
+        {
+            let _ = writeln!(s, "\n- {}: onnxruntime: {e}", v.name);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_uris() {
+        assert_eq!(
+            sanitize("paraphrase-MiniLM_L3.v2"),
+            "paraphrase-minilm-l3-v2"
+        );
+        assert_eq!(sanitize("__"), "model");
+        assert_eq!(
+            uri("https://h/{model}/{variant}.onnx", "m", "int8").expect("uri"),
+            "https://h/m/int8.onnx"
+        );
+        assert!(uri("s3://bucket/{variant}", "m", "int8").is_err());
+        assert_eq!(min_memory_mib(1 << 20), 67);
+    }
+}
