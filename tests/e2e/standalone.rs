@@ -1,0 +1,286 @@
+//! Standalone mode end to end: `edgefleet demo --short` (embedded broker, SQLite, artifact
+//! server, real agents, the real CNN in three variants, a canary rollout), and the CLI verbs
+//! against `edgefleet up`, including refused manifests.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use edgefleet_e2e::*;
+
+/// The variant each demo device's capabilities call for (fp32 on x86_64 with >= 2 GiB, the
+/// fp32 build on an nvidia accelerator, fp16 from 512 MiB, int8 on x86_64/aarch64 from 256 MiB).
+fn expected_variant(arch: &str, memory_mib: u64, accelerators: &[&str]) -> Option<&'static str> {
+    match (arch, memory_mib) {
+        ("x86_64", m) if m >= 2048 => Some("fp32"),
+        (_, m) if m >= 2048 && accelerators.contains(&"nvidia") => Some("fp32-accel"),
+        (_, m) if m >= 512 => Some("fp16"),
+        ("x86_64" | "aarch64", m) if m >= 256 => Some("int8"),
+        _ => None,
+    }
+}
+
+#[test]
+fn demo_short_rolls_out_every_variant_and_reports_the_no_fit_device() {
+    model("orientation.onnx");
+    let (edgefleet, agent) = binaries();
+    let out = Command::new(edgefleet)
+        .args([
+            "demo",
+            "--short",
+            "--output",
+            "json",
+            "--timeout-seconds",
+            "300",
+        ])
+        .arg("--agent-bin")
+        .arg(agent)
+        .env("EDGEFLEET_MODELS", models_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+
+    assert_eq!(summary["deployment"]["phase"], "Succeeded", "{summary:#}");
+    assert_eq!(
+        summary["deployment"]["targetVersion"], "2.0.0",
+        "{summary:#}"
+    );
+    let steps: Vec<u64> = summary["stepsObserved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_u64())
+        .collect();
+    assert!(
+        steps.contains(&1) && steps.contains(&2),
+        "both canary steps observed: {steps:?}"
+    );
+
+    let devices = summary["devices"].as_array().unwrap();
+    assert!(devices.len() >= 5, "{summary:#}");
+    let mut no_fit = 0;
+    for device in devices {
+        let accelerators: Vec<&str> = device["accelerators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let expected = expected_variant(
+            device["arch"].as_str().unwrap(),
+            device["memoryMib"].as_u64().unwrap(),
+            &accelerators,
+        );
+        match expected {
+            Some(variant) => {
+                assert_eq!(device["variant"], variant, "{device:#}");
+                assert_eq!(device["state"], "Ready", "{device:#}");
+                assert_eq!(device["version"], "2.0.0", "{device:#}");
+                assert!(
+                    device["requests"].as_u64().unwrap() > 0,
+                    "load reached {device:#}"
+                );
+            }
+            None => {
+                no_fit += 1;
+                assert_eq!(device["noFit"], true, "{device:#}");
+                assert!(
+                    device["noFitReason"]
+                        .as_str()
+                        .unwrap()
+                        .contains("no variant fits"),
+                    "{device:#}"
+                );
+                assert!(device["variant"].is_null(), "{device:#}");
+            }
+        }
+    }
+    assert_eq!(no_fit, 1, "exactly one device fits nothing: {summary:#}");
+    assert_eq!(summary["deployment"]["devices"]["noFit"], 1);
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "edgefleet up did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cli(data_dir: &Path, server: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let (edgefleet, _) = binaries();
+    let mut child = Command::new(edgefleet)
+        .args(args)
+        .env("EDGEFLEET_SERVER", server)
+        .env("EDGEFLEET_DATA_DIR", data_dir)
+        .env_remove("EDGEFLEET_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+const VALID: &str = r#"apiVersion: edgefleet.io/v1alpha1
+kind: ModelDeployment
+metadata: {name: cli-demo}
+spec:
+  model: {name: m, version: "1.0.0"}
+  variants:
+  - name: fp32
+    precision: fp32
+    artifact: {uri: "http://127.0.0.1:1/m.onnx", sha256: "0000000000000000000000000000000000000000000000000000000000000000", sizeBytes: 10}
+"#;
+
+#[test]
+fn cli_refuses_bad_manifests_naming_the_field_and_stores_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let (edgefleet, _) = binaries();
+    let port = free_port();
+    let mut command = Command::new(edgefleet);
+    command
+        .arg("up")
+        .env("EDGEFLEET_DATA_DIR", data.path())
+        .env("EDGEFLEET_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "EDGEFLEET_MQTT_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        );
+    let up = Proc::spawn("edgefleet-up", &mut command, data.path());
+    wait_port(port);
+    let server = format!("http://127.0.0.1:{port}");
+    let fail = |what: &str| format!("{what}\n{}", up.log_tail());
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.path().join("token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "token is private");
+    }
+
+    let cases = [
+        ("spec: [unclosed", "not valid YAML"),
+        (
+            &*VALID.replace("  variants:", "  replicas: 3\n  variants:"),
+            "replicas",
+        ),
+        (
+            &*format!("{VALID}  rollout:\n    steps: [{{percent: 150}}]\n"),
+            "spec.rollout.steps[0].percent",
+        ),
+    ];
+    for (manifest, field) in cases {
+        let out = cli(data.path(), &server, &["apply", "-f", "-"], Some(manifest));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{}",
+            fail(&format!("accepted: {manifest}"))
+        );
+        assert!(
+            stderr.contains(field),
+            "{}",
+            fail(&format!("error does not name {field}: {stderr}"))
+        );
+        assert!(stderr.contains("nothing was stored"), "{stderr}");
+    }
+    let out = cli(data.path(), &server, &["get", "md"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        fail(&String::from_utf8_lossy(&out.stderr))
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "nothing stored"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No resources found"));
+
+    // a wrong token is refused
+    let out = cli(
+        data.path(),
+        &server,
+        &["get", "md", "--token", "nope"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+
+    // the good manifest goes in, shows up, and goes away
+    let file = data.path().join("md.yaml");
+    std::fs::write(&file, VALID).unwrap();
+    let out = cli(
+        data.path(),
+        &server,
+        &["apply", "-f", file.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        fail(&String::from_utf8_lossy(&out.stderr))
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("modeldeployment.edgefleet.io/cli-demo created")
+    );
+    let out = cli(data.path(), &server, &["get", "md"], None);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("NAME") && table.contains("cli-demo"),
+        "{table}"
+    );
+    for column in ["PHASE", "STEP", "MATCHED", "UPDATED", "READY", "AGE"] {
+        assert!(table.contains(column), "{table}");
+    }
+    let out = cli(
+        data.path(),
+        &server,
+        &["get", "md", "cli-demo", "-o", "json"],
+        None,
+    );
+    let md: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(md["metadata"]["generation"], 1);
+    let out = cli(data.path(), &server, &["describe", "md", "cli-demo"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        fail(&String::from_utf8_lossy(&out.stderr))
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Rollout history:"));
+    let out = cli(data.path(), &server, &["get", "devices"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ID"));
+    let out = cli(data.path(), &server, &["delete", "md", "cli-demo"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        fail(&String::from_utf8_lossy(&out.stderr))
+    );
+    let out = cli(data.path(), &server, &["get", "md", "cli-demo"], None);
+    assert!(!out.status.success(), "deleted");
+}

@@ -1,0 +1,136 @@
+//! Harness for EdgeFleet's end-to-end tests: real processes (controller, agents, Mosquitto,
+//! the Kubernetes API stand-in, kubectl) on loopback, each on a free port, killed on drop.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod procs;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use procs::*;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("EDGEFLEET_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/edgefleet/models")
+        })
+}
+
+/// A model from the cache that `tests/tools/fetch-models.sh` fills; fails loudly when absent.
+pub fn model(name: &str) -> PathBuf {
+    let path = models_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run tests/tools/fetch-models.sh",
+        path.display()
+    );
+    path
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` and the last observation.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(observed) => observed,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A throw-away PostgreSQL database on 127.0.0.1:5432 (or `EDGEFLEET_TEST_POSTGRES`).
+pub struct TempPostgres {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TempPostgres {
+    pub async fn create(purpose: &str) -> TempPostgres {
+        use sqlx::Connection;
+        let admin_url = std::env::var("EDGEFLEET_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("edgefleet_e2e_{purpose}_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (scripts/test.sh starts it)");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap();
+        TempPostgres {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        }
+    }
+
+    /// Every device's desired document as the controller stored it: device → (generation, json).
+    pub async fn desired_documents(&self) -> std::collections::BTreeMap<String, (i64, String)> {
+        use sqlx::{Connection, Row};
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        sqlx::query("SELECT device_id, generation, document_json FROM device_desired")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    (r.get::<i64, _>(1), r.get::<String, _>(2)),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn drop(self) {
+        use sqlx::Connection;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
