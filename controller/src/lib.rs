@@ -10,5 +10,6 @@ pub mod k8s;
 pub mod metrics;
 pub mod mqtt;
 pub mod run;
+pub mod standalone;
 pub mod store;
 pub mod telemetry;

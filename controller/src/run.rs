@@ -26,6 +26,15 @@ pub struct ControlPlane {
 }
 
 pub async fn start(args: &ControlArgs, extra_routes: axum::Router) -> anyhow::Result<ControlPlane> {
+    start_with(args, |_, _| extra_routes).await
+}
+
+/// Like [`start`], with routes built from the engine and the `kick` channel (the standalone
+/// API reads the same store and inventory).
+pub async fn start_with(
+    args: &ControlArgs,
+    extra_routes: impl FnOnce(&Arc<Engine>, &watch::Sender<u64>) -> axum::Router,
+) -> anyhow::Result<ControlPlane> {
     let broker = BrokerAddress::parse(&args.broker)
         .map_err(|e| anyhow::anyhow!("--broker / EDGEFLEET_BROKER: {e}"))?;
     let metrics = Metrics::new();
@@ -60,7 +69,7 @@ pub async fn start(args: &ControlArgs, extra_routes: axum::Router) -> anyhow::Re
         metrics,
         readiness: readiness.clone(),
     })
-    .merge(extra_routes);
+    .merge(extra_routes(&engine, &kick));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen / EDGEFLEET_LISTEN: cannot bind {}", args.listen))?;

@@ -1,0 +1,307 @@
+//! The MQTT broker of the embedded default: rumqttd inside the controller process, configured
+//! in code on a loopback port, or a private Mosquitto when asked for (`--broker-impl
+//! mosquitto`). Agents rely on retained `hello`/`desired`/`status` and on the last-will
+//! `status`; the tests below check both against rumqttd.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+
+/// Which broker `edgefleet up` / `edgefleet demo` runs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BrokerImpl {
+    /// rumqttd, in-process.
+    Embedded,
+    /// `/usr/sbin/mosquitto` as a child process (killed with the controller).
+    Mosquitto,
+}
+
+/// A running broker; a Mosquitto child is killed on drop. rumqttd has no shutdown API: its
+/// threads end with the process.
+pub struct RunningBroker {
+    pub url: String,
+    pub addr: SocketAddr,
+    _child: Option<tokio::process::Child>,
+}
+
+/// Starts the broker on `listen` (port 0 picks a free port).
+pub async fn start(
+    kind: BrokerImpl,
+    listen: &str,
+    data_dir: &Path,
+) -> anyhow::Result<RunningBroker> {
+    let addr = resolve_port(listen)?;
+    let child = match kind {
+        BrokerImpl::Embedded => {
+            let config = rumqttd_config(addr);
+            std::thread::Builder::new()
+                .name("mqtt-broker".into())
+                .spawn(move || {
+                    let mut broker = rumqttd::Broker::new(config);
+                    if let Err(err) = broker.start() {
+                        tracing::error!(%err, "embedded MQTT broker stopped");
+                    }
+                })
+                .context("starting the embedded MQTT broker thread")?;
+            None
+        }
+        BrokerImpl::Mosquitto => Some(spawn_mosquitto(addr, data_dir)?),
+    };
+    wait_listening(addr, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("the MQTT broker did not listen on {addr}"))?;
+    Ok(RunningBroker {
+        url: format!("mqtt://{addr}"),
+        addr,
+        _child: child,
+    })
+}
+
+/// `host:0` becomes a free port now (rumqttd binds in its own thread and cannot report it).
+fn resolve_port(listen: &str) -> anyhow::Result<SocketAddr> {
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--mqtt-listen {listen:?} is not an IP:PORT address"))?;
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let probe = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    Ok(probe.local_addr()?)
+}
+
+async fn wait_listening(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => return Ok(()),
+            Err(err) if Instant::now() >= deadline => return Err(err.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// rumqttd configured in code: one MQTT 3.1.1 listener (what rumqttc speaks), payloads up to
+/// the wire protocol's limit, and enough in-flight slots that every retained message of a
+/// wildcard subscription is forwarded (rumqttd drops retained messages beyond the free
+/// in-flight slots of the subscribing connection).
+pub fn rumqttd_config(addr: SocketAddr) -> rumqttd::Config {
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: edgefleet_crds::wire::MAX_PAYLOAD_BYTES + 64 * 1024,
+        max_inflight_count: 10_000,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "v4-1".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 10_000,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("1".to_string(), server)])),
+        ..Default::default()
+    }
+}
+
+fn spawn_mosquitto(addr: SocketAddr, data_dir: &Path) -> anyhow::Result<tokio::process::Child> {
+    let binary = Path::new("/usr/sbin/mosquitto");
+    anyhow::ensure!(
+        binary.is_file(),
+        "--broker-impl mosquitto: {} is not installed",
+        binary.display()
+    );
+    let dir = data_dir.join("mosquitto");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "allow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} {}\nmax_queued_messages 100000\n",
+            dir.display(),
+            addr.port(),
+            addr.ip()
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("mosquitto.log"))?;
+    tokio::process::Command::new(binary)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting /usr/sbin/mosquitto")
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+
+    use super::*;
+
+    fn options(id: &str, addr: SocketAddr) -> MqttOptions {
+        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(5));
+        o
+    }
+
+    /// Collects publishes until `count` arrived or the timeout passed.
+    async fn receive(
+        eventloop: &mut rumqttc::EventLoop,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<(String, Vec<u8>, bool)> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while got.len() < count {
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    got.push((p.topic.clone(), p.payload.to_vec(), p.retain))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => panic!("connection error: {err}"),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
+    async fn connected(options: MqttOptions) -> (AsyncClient, rumqttc::EventLoop) {
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        loop {
+            if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await.expect("connect") {
+                return (client, eventloop);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn embedded_broker_keeps_retained_messages_and_fires_last_wills() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = start(BrokerImpl::Embedded, "127.0.0.1:0", dir.path())
+            .await
+            .expect("broker");
+
+        // A device announces itself (retained) with an offline last will, then vanishes
+        // without DISCONNECT.
+        let mut device = options("dev-1", broker.addr);
+        device.set_last_will(LastWill::new(
+            "t/dev-1/status",
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut eventloop) = connected(device).await;
+        client
+            .publish("t/dev-1/hello", QoS::AtLeastOnce, true, "hello")
+            .await
+            .expect("publish");
+        client
+            .publish("t/dev-1/status", QoS::AtLeastOnce, true, "online")
+            .await
+            .expect("publish");
+        for _ in 0..6 {
+            let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+        }
+
+        // A subscriber arriving later gets the retained messages.
+        let (watcher, mut watcher_loop) = connected(options("watcher", broker.addr)).await;
+        watcher
+            .subscribe("t/+/hello", QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        watcher
+            .subscribe("t/+/status", QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        let got = receive(&mut watcher_loop, 2, Duration::from_secs(5)).await;
+        assert!(
+            got.iter()
+                .any(|(t, p, r)| t == "t/dev-1/hello" && p == b"hello" && *r),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|(t, p, r)| t == "t/dev-1/status" && p == b"online" && *r),
+            "{got:?}"
+        );
+
+        // The device's connection drops: the will reaches the live subscriber...
+        drop(eventloop);
+        drop(client);
+        let got = receive(&mut watcher_loop, 1, Duration::from_secs(5)).await;
+        assert_eq!(
+            got.first().map(|g| g.1.as_slice()),
+            Some(&b"offline"[..]),
+            "{got:?}"
+        );
+
+        // ...and replaces the retained status for later subscribers.
+        let (late, mut late_loop) = connected(options("late", broker.addr)).await;
+        late.subscribe("t/+/status", QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        let got = receive(&mut late_loop, 1, Duration::from_secs(5)).await;
+        assert_eq!(
+            got.first().map(|g| (g.1.as_slice(), g.2)),
+            Some((&b"offline"[..], true)),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn clean_disconnect_does_not_fire_the_will() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = start(BrokerImpl::Embedded, "127.0.0.1:0", dir.path())
+            .await
+            .expect("broker");
+        let mut device = options("dev-2", broker.addr);
+        device.set_last_will(LastWill::new(
+            "t/dev-2/status",
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut eventloop) = connected(device).await;
+        client
+            .publish("t/dev-2/status", QoS::AtLeastOnce, true, "online")
+            .await
+            .expect("publish");
+        client.disconnect().await.expect("disconnect");
+        for _ in 0..6 {
+            if tokio::time::timeout(Duration::from_millis(200), eventloop.poll())
+                .await
+                .is_ok_and(|r| r.is_err())
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (late, mut late_loop) = connected(options("late-2", broker.addr)).await;
+        late.subscribe("t/dev-2/status", QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        let got = receive(&mut late_loop, 1, Duration::from_secs(3)).await;
+        assert_eq!(
+            got.first().map(|g| g.1.as_slice()),
+            Some(&b"online"[..]),
+            "{got:?}"
+        );
+    }
+}

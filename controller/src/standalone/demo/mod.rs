@@ -1,0 +1,230 @@
+//! `edgefleet demo`: the standalone control plane in-process, real agent processes with
+//! heterogeneous capabilities, the real orientation CNN in fp32/fp16/int8 variants, v1 rolled
+//! out, then v2 through a two-step canary under inference load; a live table, then a summary.
+
+mod fleet;
+mod load;
+mod manifest;
+mod view;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use edgefleet_crds::{ModelDeploymentStatus, Phase};
+use tokio::sync::watch;
+
+use super::Standalone;
+use super::client::Client;
+use crate::cli::{DemoArgs, UpArgs};
+use view::{Observation, View};
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let variants = manifest::variants(&manifest::models_dir(args.models_dir.as_deref()))?;
+    let agent_bin = fleet::agent_binary(args.agent_bin.as_deref())?;
+    let temp = match &args.data_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("edgefleet-demo-")
+                .tempdir()?,
+        ),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
+        .context("no data directory")?;
+    let up = UpArgs {
+        data_dir: Some(data_dir.clone()),
+        database_url: None,
+        listen: args.listen.clone(),
+        mqtt_listen: args.mqtt_listen.clone(),
+        broker_impl: args.broker_impl,
+        artifacts_dir: None,
+        telemetry_slice_seconds: 1,
+    };
+    let plane = super::start(&up).await?;
+    let devices = if args.short {
+        args.devices.min(5)
+    } else {
+        args.devices
+    };
+    let specs = fleet::fleet(devices);
+    let mut agents = match fleet::start(
+        &agent_bin,
+        &specs,
+        &plane.broker.url,
+        &data_dir.join("agents"),
+    )
+    .await
+    {
+        Ok(agents) => agents,
+        Err(err) => {
+            plane.shutdown().await;
+            return Err(err);
+        }
+    };
+    let mut view = View::new(args.output, &plane, &agents);
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(
+            Duration::from_secs(args.timeout_seconds),
+            drive(&args, &plane, &agents, &variants, &mut view),
+        ) => outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("the demo did not finish within {} s (--timeout-seconds)", args.timeout_seconds))),
+        _ = crate::run::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let mut result = match outcome {
+        Ok(observation) => view.finish(&plane, &observation, started.elapsed()).await,
+        Err(err) => Err(err.context(format!(
+            "agent logs are in {}",
+            data_dir.join("agents").display()
+        ))),
+    };
+    if result.is_ok() && args.hold {
+        eprintln!("holding: the control plane and agents keep running; Ctrl-C to stop");
+        crate::run::shutdown_signal().await;
+    }
+    fleet::stop(&mut agents).await;
+    plane.shutdown().await;
+    if let (Err(_), Some(temp)) = (&result, temp) {
+        // keep the logs of a failed run
+        let kept = temp.keep();
+        result = result.map_err(|e| e.context(format!("state kept in {}", kept.display())));
+    }
+    result
+}
+
+/// The scenario; returns what was observed at the end.
+async fn drive(
+    args: &DemoArgs,
+    plane: &Standalone,
+    agents: &[fleet::Agent],
+    variants: &[Vec<u8>; 3],
+    view: &mut View,
+) -> anyhow::Result<Observation> {
+    let client = Client::with_token(&plane.api_url, &plane.token);
+    view.stage("waiting for every device to say hello");
+    wait(view, plane, agents, |o| o.online == agents.len()).await?;
+
+    let (min_samples, pause_seconds, load_pause) = if args.short {
+        (3, 0, Duration::from_millis(20))
+    } else {
+        (20, 3, Duration::from_millis(100))
+    };
+    let input = manifest::input_name(&variants[0])?;
+    let stats = load::SharedStats::default();
+    let (stop_load, stop_rx) = watch::channel(false);
+    let targets = agents.iter().map(|a| (a.spec.id.clone(), a.api)).collect();
+    let load_task = tokio::spawn(load::drive(
+        targets,
+        manifest::MODEL.into(),
+        input.clone(),
+        stats.clone(),
+        load_pause,
+        stop_rx,
+    ));
+    view.stats = Some(stats.clone());
+
+    let v1 = manifest::publish(
+        variants,
+        "1.0.0",
+        &plane.artifacts_dir,
+        &plane.artifacts_url,
+    )?;
+    view.stage("apply v1.0.0: each device gets the variant its capabilities call for");
+    client
+        .apply(&manifest::manifest(
+            "1.0.0",
+            &v1,
+            "[{percent: 50}]",
+            min_samples,
+            &input,
+        ))
+        .await?;
+    wait(view, plane, agents, |o| o.settled("1.0.0")).await?;
+    if !args.short {
+        view.stage("v1.0.0 serving; inference load running");
+        hold(view, plane, agents, Duration::from_secs(5)).await?;
+    }
+
+    let v2 = manifest::publish(
+        variants,
+        "2.0.0",
+        &plane.artifacts_dir,
+        &plane.artifacts_url,
+    )?;
+    view.stage("apply v2.0.0: canary 34% -> 67% -> 100%, judged on agent telemetry");
+    let steps = format!(
+        "[{{percent: 34, pauseSeconds: {pause_seconds}}}, {{percent: 67, pauseSeconds: {pause_seconds}}}]"
+    );
+    client
+        .apply(&manifest::manifest(
+            "2.0.0",
+            &v2,
+            &steps,
+            min_samples,
+            &input,
+        ))
+        .await?;
+    let observation = wait(view, plane, agents, |o| o.settled("2.0.0")).await?;
+    let observation = if args.short {
+        observation
+    } else {
+        view.stage("v2.0.0 promoted; measuring");
+        hold(view, plane, agents, Duration::from_secs(5)).await?
+    };
+    let _ = stop_load.send(true);
+    let _ = load_task.await;
+    if observation.status.phase != Phase::Succeeded {
+        bail!("rollout ended in {:?}", observation.status.phase);
+    }
+    Ok(observation)
+}
+
+/// Refreshes the view until `done` holds.
+async fn wait(
+    view: &mut View,
+    plane: &Standalone,
+    agents: &[fleet::Agent],
+    done: impl Fn(&Observation) -> bool,
+) -> anyhow::Result<Observation> {
+    loop {
+        let observation = Observation::take(plane, agents).await?;
+        view.show(&observation);
+        if done(&observation) {
+            return Ok(observation);
+        }
+        if observation.status.phase == Phase::RolledBack
+            || observation.status.phase == Phase::Failed
+        {
+            bail!(
+                "the rollout ended in {:?}: {}",
+                observation.status.phase,
+                view::conditions(&observation.status)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn hold(
+    view: &mut View,
+    plane: &Standalone,
+    agents: &[fleet::Agent],
+    duration: Duration,
+) -> anyhow::Result<Observation> {
+    let until = Instant::now() + duration;
+    loop {
+        let observation = Observation::take(plane, agents).await?;
+        view.show(&observation);
+        if Instant::now() >= until {
+            return Ok(observation);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Used by `view` for the status of the demo deployment.
+fn status_of(d: Option<&crate::store::StoredDeployment>) -> ModelDeploymentStatus {
+    d.and_then(super::api::stored_status).unwrap_or_default()
+}
