@@ -151,6 +151,26 @@ fn main() -> anyhow::Result<()> {
                 "| {name} | int8, ort QDQ on | edgefleet compress | | | | | {ms} | | |"
             ));
         }
+        // What an agent gets after `rehydrate` at install time: fp32 in memory, int8 values.
+        if let Some(int8) = report.variants.iter().find(|v| v.name == "int8") {
+            let back = edgefleet_compress::rehydrate(&std::fs::read(&int8.file)?)?;
+            let path_back = dir.join("int8-rehydrated.onnx");
+            std::fs::write(&path_back, back)?;
+            let imported = measure_import(
+                &path_back,
+                &path,
+                None,
+                &ImportOptions {
+                    name: Some("int8-rehydrated".into()),
+                    measure: measure.clone(),
+                    model_name: Some(name.to_string()),
+                    ..Default::default()
+                },
+            )?;
+            if let Some(v) = imported.variants.last() {
+                rows.push(row(name, "int8 + rehydrate", v, &imported));
+            }
+        }
         // onnxruntime's own dynamic quantization, measured the same way.
         let ort_int8 = dir.join("ort-int8.onnx");
         if let Err(e) = quantize_dynamic(&python, &path, &ort_int8) {
