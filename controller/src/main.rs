@@ -8,8 +8,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo draws a live table; keep library chatter off the terminal unless RUST_LOG asks.
     let default_filter = match &cli.command {
-        Command::Demo(_) => "warn,rumqttd=off",
-        Command::Up(_) | Command::Run(_) => "info,rumqttd=warn",
+        // (the controller's own disconnect at the end reads as a lost connection)
+        Command::Demo(_) => "warn,rumqttd=off,edgefleet_controller::mqtt=error",
+        // rumqttd logs every closed client connection (and the readiness probe) as an error
+        Command::Up(_) => "info,rumqttd=warn,rumqttd::server::broker=off",
+        Command::Run(_) => "info",
         _ => "warn",
     };
     init_tracing(cli.log_format, default_filter);
@@ -36,6 +39,11 @@ fn main() -> ExitCode {
             Command::Get(args) => standalone::client::get(args).await,
             Command::Describe(args) => standalone::client::describe(args).await,
             Command::Delete(args) => standalone::client::delete(args).await,
+            // CPU-bound model rewriting and measurement: off the async workers.
+            Command::Compress(args) => tokio::task::spawn_blocking(move || edgefleet_compress::run(*args))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|result| result),
         }
     });
     match result {
