@@ -41,6 +41,9 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Delete a ModelDeployment (its models leave every device).
     Delete(DeleteArgs),
+    /// Make int8/fp16 variants of an ONNX model and measure size, latency and drift
+    /// (`edgefleet compress measure` imports a variant made by another tool).
+    Compress(Box<edgefleet_compress::CompressArgs>),
 }
 
 /// Where the standalone control plane keeps its state and listens.

@@ -40,10 +40,12 @@ fn main() -> ExitCode {
             Command::Describe(args) => standalone::client::describe(args).await,
             Command::Delete(args) => standalone::client::delete(args).await,
             // CPU-bound model rewriting and measurement: off the async workers.
-            Command::Compress(args) => tokio::task::spawn_blocking(move || edgefleet_compress::run(*args))
-                .await
-                .map_err(anyhow::Error::from)
-                .and_then(|result| result),
+            Command::Compress(args) => {
+                tokio::task::spawn_blocking(move || edgefleet_compress::run(*args))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|result| result)
+            }
         }
     });
     match result {
