@@ -16,7 +16,11 @@ use kube::client::Body;
 
 type Recorded = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
 
-fn deployment(finalizers: &[&str], deleting: bool, status: Option<serde_json::Value>) -> ModelDeployment {
+fn deployment(
+    finalizers: &[&str],
+    deleting: bool,
+    status: Option<serde_json::Value>,
+) -> ModelDeployment {
     let mut value = serde_json::json!({
         "apiVersion": "edgefleet.io/v1alpha1",
         "kind": "ModelDeployment",
@@ -43,10 +47,20 @@ fn mock_client(recorded: Recorded, object: serde_json::Value) -> kube::Client {
             let method = request.method().to_string();
             let path = request.uri().path().to_string();
             let bytes = request.into_body().collect_bytes().await.expect("body");
-            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-            let answer = if path.contains("/events") { body.clone() } else { object.clone() };
+            let body: serde_json::Value =
+                serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            let answer = if path.contains("/events") {
+                body.clone()
+            } else {
+                object.clone()
+            };
             recorded.lock().expect("lock").push((method, path, body));
-            send.send_response(Response::builder().status(200).body(Body::from(serde_json::to_vec(&answer).expect("json"))).expect("response"));
+            send.send_response(
+                Response::builder()
+                    .status(200)
+                    .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                    .expect("response"),
+            );
         }
     });
     kube::Client::new(service, "default")
@@ -55,8 +69,18 @@ fn mock_client(recorded: Recorded, object: serde_json::Value) -> kube::Client {
 async fn context(client: kube::Client) -> Arc<Context> {
     let metrics = Metrics::new();
     let store = Store::connect("sqlite::memory:").await.expect("store");
-    let inventory = Arc::new(Inventory::load(store.clone(), metrics.clone()).await.expect("inventory"));
-    let engine = Engine::new(store, inventory, Arc::new(Telemetry::new(1000, 60_000)), metrics, Publisher::Recorder(Arc::default()));
+    let inventory = Arc::new(
+        Inventory::load(store.clone(), metrics.clone())
+            .await
+            .expect("inventory"),
+    );
+    let engine = Engine::new(
+        store,
+        inventory,
+        Arc::new(Telemetry::new(1000, 60_000)),
+        metrics,
+        Publisher::Recorder(Arc::default()),
+    );
     let (_tx, leader) = tokio::sync::watch::channel(true);
     std::mem::forget(_tx); // keep the leadership channel open for the test's duration
     Arc::new(Context::new(Arc::new(engine), client, leader))
@@ -67,11 +91,19 @@ async fn the_finalizer_is_added_before_anything_else() {
     let recorded = Recorded::default();
     let md = deployment(&[], false, None);
     let client = mock_client(recorded.clone(), serde_json::to_value(&md).expect("json"));
-    reconcile(Arc::new(md), context(client).await).await.expect("reconcile");
+    reconcile(Arc::new(md), context(client).await)
+        .await
+        .expect("reconcile");
     let calls = recorded.lock().expect("lock").clone();
     assert_eq!(calls.len(), 1, "{calls:?}");
     let (method, path, body) = &calls[0];
-    assert_eq!((method.as_str(), path.as_str()), ("PATCH", "/apis/edgefleet.io/v1alpha1/namespaces/default/modeldeployments/vad"));
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        (
+            "PATCH",
+            "/apis/edgefleet.io/v1alpha1/namespaces/default/modeldeployments/vad"
+        )
+    );
     assert!(body.to_string().contains(FINALIZER), "{body}");
 }
 
@@ -81,23 +113,36 @@ async fn status_is_patched_when_it_changes_and_not_again() {
     let md = deployment(&[FINALIZER], false, None);
     let client = mock_client(recorded.clone(), serde_json::to_value(&md).expect("json"));
     let ctx = context(client).await;
-    reconcile(Arc::new(md.clone()), ctx.clone()).await.expect("reconcile");
+    reconcile(Arc::new(md.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
     let calls = recorded.lock().expect("lock").clone();
     let status_patch = calls
         .iter()
         .find(|(m, p, _)| m == "PATCH" && p.ends_with("/modeldeployments/vad/status"))
         .unwrap_or_else(|| panic!("no status patch in {calls:?}"));
     let status = status_patch.2["status"].clone();
-    assert_eq!(status["phase"], "Succeeded", "no devices: nothing to wait for; {status}");
+    assert_eq!(
+        status["phase"], "Succeeded",
+        "no devices: nothing to wait for; {status}"
+    );
     assert_eq!(status["observedGeneration"], 1);
-    assert!(calls.iter().any(|(m, p, _)| m == "POST" && p.contains("/events")), "RolloutStarted event: {calls:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|(m, p, _)| m == "POST" && p.contains("/events")),
+        "RolloutStarted event: {calls:?}"
+    );
 
     // the object now carries that status: a second reconcile patches nothing
     recorded.lock().expect("lock").clear();
     let settled = deployment(&[FINALIZER], false, Some(status));
     reconcile(Arc::new(settled), ctx).await.expect("reconcile");
     let calls = recorded.lock().expect("lock").clone();
-    assert!(calls.iter().all(|(_, p, _)| !p.ends_with("/status")), "patched an unchanged status: {calls:?}");
+    assert!(
+        calls.iter().all(|(_, p, _)| !p.ends_with("/status")),
+        "patched an unchanged status: {calls:?}"
+    );
 }
 
 #[tokio::test]
@@ -105,7 +150,9 @@ async fn deletion_cleans_up_then_removes_the_finalizer() {
     let recorded = Recorded::default();
     let md = deployment(&[FINALIZER], true, None);
     let client = mock_client(recorded.clone(), serde_json::to_value(&md).expect("json"));
-    reconcile(Arc::new(md), context(client).await).await.expect("reconcile");
+    reconcile(Arc::new(md), context(client).await)
+        .await
+        .expect("reconcile");
     let calls = recorded.lock().expect("lock").clone();
     let finalizer_patch = calls
         .iter()
@@ -113,5 +160,10 @@ async fn deletion_cleans_up_then_removes_the_finalizer() {
         .unwrap_or_else(|| panic!("no finalizer removal in {calls:?}"));
     let ops = finalizer_patch.2.to_string();
     assert!(ops.contains("remove") || ops.contains("replace"), "{ops}");
-    assert!(calls.iter().any(|(_, p, b)| p.contains("/events") && b.to_string().contains("ModelsRemoved")), "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|(_, p, b)| p.contains("/events") && b.to_string().contains("ModelsRemoved")),
+        "{calls:?}"
+    );
 }
