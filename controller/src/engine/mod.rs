@@ -5,6 +5,7 @@
 
 mod attribution;
 pub mod desired;
+pub mod pacing;
 mod progress;
 pub mod rollout;
 pub mod status;
@@ -305,6 +306,17 @@ impl Engine {
                 })
             })
             .collect();
+        let online: BTreeSet<String> = plan
+            .devices
+            .iter()
+            .filter(|d| d.online)
+            .map(|d| d.device.to_string())
+            .collect();
+        let budget = pacing::budget(
+            input.spec.rollout.max_unavailable_percent,
+            plan.counts.matched,
+        );
+        let new = pacing::pace(&old, new, &online, budget);
         let changed: BTreeSet<String> = changed_devices(&old, &new);
         if changed.is_empty() && old.len() == new.len() {
             // still refresh reasons/generations kept in SQL
