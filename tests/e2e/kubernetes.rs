@@ -119,24 +119,7 @@ async fn drive_load(agents: &[AgentProc], rounds: usize) {
 async fn deploy_and_check(database_url: &str) {
     let logs = tempfile::tempdir().unwrap();
     let broker = Broker::start();
-    let standin = StandIn::start();
-    let root = repo_root();
-    standin.kubectl_ok(
-        &[
-            "apply",
-            "-f",
-            root.join("crds/modeldeployment.yaml").to_str().unwrap(),
-        ],
-        None,
-    );
-    standin.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/modeldeployments.edgefleet.io",
-        ],
-        None,
-    );
+    let standin = StandIn::start_with_crd();
     let artifacts = ArtifactServer::start().await;
     let v1 = publish_variants(&artifacts, "1.0.0");
 
@@ -303,24 +286,7 @@ async fn a_restarted_controller_resumes_the_rollout_on_postgres() {
     let logs = tempfile::tempdir().unwrap();
     let db = TempPostgres::create("restart").await;
     let broker = Broker::start();
-    let standin = StandIn::start();
-    let root = repo_root();
-    standin.kubectl_ok(
-        &[
-            "apply",
-            "-f",
-            root.join("crds/modeldeployment.yaml").to_str().unwrap(),
-        ],
-        None,
-    );
-    standin.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/modeldeployments.edgefleet.io",
-        ],
-        None,
-    );
+    let standin = StandIn::start_with_crd();
     let artifacts = ArtifactServer::start().await;
     let devices: Vec<DeviceSpec> = fleet()
         .into_iter()
@@ -430,24 +396,7 @@ async fn a_restarted_controller_resumes_the_rollout_on_postgres() {
 async fn a_slow_canary_is_rolled_back_automatically() {
     let logs = tempfile::tempdir().unwrap();
     let broker = Broker::start();
-    let standin = StandIn::start();
-    let root = repo_root();
-    standin.kubectl_ok(
-        &[
-            "apply",
-            "-f",
-            root.join("crds/modeldeployment.yaml").to_str().unwrap(),
-        ],
-        None,
-    );
-    standin.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/modeldeployments.edgefleet.io",
-        ],
-        None,
-    );
+    let standin = StandIn::start_with_crd();
     let artifacts = ArtifactServer::start().await;
     let db = tempfile::tempdir().unwrap();
     let controller = ControllerProc::start(

@@ -142,24 +142,8 @@ async fn agents_p95_ms(agents: &[&AgentProc]) -> f64 {
 async fn prometheus_sees_device_latency_and_every_panel_has_data() {
     let logs = tempfile::tempdir().unwrap();
     let broker = Broker::start();
-    let standin = StandIn::start();
+    let standin = StandIn::start_with_crd();
     let root = repo_root();
-    standin.kubectl_ok(
-        &[
-            "apply",
-            "-f",
-            root.join("crds/modeldeployment.yaml").to_str().unwrap(),
-        ],
-        None,
-    );
-    standin.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/modeldeployments.edgefleet.io",
-        ],
-        None,
-    );
     let artifacts = ArtifactServer::start().await;
     let fp32_bytes = std::fs::read(model("orientation.onnx")).unwrap();
     let (int8_bytes, _) =

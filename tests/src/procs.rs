@@ -218,6 +218,22 @@ impl StandIn {
         }
     }
 
+    /// Starts the stand-in and registers the project's generated ModelDeployment CRD.
+    pub fn start_with_crd() -> StandIn {
+        let standin = StandIn::start();
+        let crd = repo_root().join("crds/modeldeployment.yaml");
+        standin.kubectl_ok(&["apply", "-f", &crd.to_string_lossy()], None);
+        standin.kubectl_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/modeldeployments.edgefleet.io",
+            ],
+            None,
+        );
+        standin
+    }
+
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
         let mut child = Command::new(&self.kubectl_bin)
