@@ -90,9 +90,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s.%s.svc" (include "edgefleet.mosquitto.fullname" .) .Release.Namespace }}
 {{- end }}
 
-{{/* EDGEFLEET_BROKER for the controller. */}}
+{{/* EDGEFLEET_BROKER for the controller: with a client certificate (mqtt.controllerTls) the
+bundled broker's TLS listener, else its plain listener. */}}
 {{- define "edgefleet.controller.broker" -}}
-{{- if eq .Values.mqtt.mode "bundled" }}
+{{- if and (eq .Values.mqtt.mode "bundled") .Values.mqtt.controllerTls.secretName }}
+{{- printf "mqtts://%s:%d" (include "edgefleet.mosquitto.host" .) (int .Values.mqtt.bundled.service.tlsPort) }}
+{{- else if eq .Values.mqtt.mode "bundled" }}
 {{- printf "mqtt://%s:%d" (include "edgefleet.mosquitto.host" .) (int .Values.mqtt.bundled.service.port) }}
 {{- else }}
 {{- required "mqtt.external.url is required when mqtt.mode=external (e.g. mqtt://broker.example:1883)" .Values.mqtt.external.url }}
@@ -117,6 +120,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- $pairs = append $pairs (printf "%s=%v" $k $v) }}
 {{- end }}
 {{- join "," $pairs }}
+{{- end }}
+
+{{/* Where the controller's MQTT files are mounted. */}}
+{{- define "edgefleet.controller.mqttTlsDir" -}}/etc/edgefleet/mqtt-tls{{- end }}
+{{- define "edgefleet.controller.mqttPasswordDir" -}}/etc/edgefleet/mqtt-password{{- end }}
+
+{{/* Agent signing: the ConfigMap (name, key) holding the trusted keys; empty name = off. */}}
+{{- define "edgefleet.agent.trustedKeysConfigMap" -}}
+{{- if .Values.agent.signing.trustedKeys }}
+{{- printf "%s-trusted-keys" (include "edgefleet.agent.fullname" .) }}
+{{- else }}
+{{- .Values.agent.signing.existingConfigMap }}
+{{- end }}
+{{- end }}
+
+{{- define "edgefleet.agent.trustedKeysKey" -}}
+{{- if .Values.agent.signing.trustedKeys }}trusted-keys{{ else }}{{ .Values.agent.signing.existingConfigMapKey }}{{ end }}
 {{- end }}
 
 {{/* Database --------------------------------------------------------------------------- */}}
@@ -172,5 +192,65 @@ namespace otherwise. */}}
 {{- end }}
 {{- if and (eq .Values.mqtt.mode "bundled") .Values.mqtt.bundled.networkPolicy.enabled (not .Values.mqtt.bundled.tls.enabled) }}
 {{- fail "\n\nmqtt.bundled.networkPolicy.enabled=true restricts the plain MQTT port to the controller, so devices must use TLS: also set mqtt.bundled.tls.enabled=true." }}
+{{- end }}
+{{- $ctls := .Values.mqtt.controllerTls.secretName }}
+{{- if and $ctls (eq .Values.mqtt.mode "bundled") (not .Values.mqtt.bundled.tls.enabled) }}
+{{- fail (printf "\n\nmqtt.controllerTls.secretName=%s makes the controller connect to the bundled broker's TLS listener, which is off: also set mqtt.bundled.tls.enabled=true (with mqtt.bundled.tls.secretName), or unset mqtt.controllerTls.secretName." $ctls) }}
+{{- end }}
+{{- if and $ctls (eq .Values.mqtt.mode "external") (not (hasPrefix "mqtts://" .Values.mqtt.external.url)) }}
+{{- fail (printf "\n\nmqtt.controllerTls.secretName=%s needs a TLS broker: mqtt.external.url must start with mqtts:// (got %q)." $ctls .Values.mqtt.external.url) }}
+{{- end }}
+{{- $cred := .Values.mqtt.controllerCredentials }}
+{{- if or (and $cred.username (not $cred.passwordSecret)) (and $cred.passwordSecret (not $cred.username)) }}
+{{- fail (printf "\n\nmqtt.controllerCredentials needs both username and passwordSecret, or neither (got username=%q, passwordSecret=%q)." $cred.username $cred.passwordSecret) }}
+{{- end }}
+{{- if and $cred.username (eq .Values.mqtt.mode "bundled") }}
+{{- fail "\n\nmqtt.controllerCredentials is for external brokers (mqtt.mode=external): the bundled Mosquitto has no password file and identifies the controller by its client certificate (mqtt.controllerTls.secretName)." }}
+{{- end }}
+{{- include "edgefleet.validate.trustedKeys" . }}
+{{- end }}
+
+{{/* agent.signing: one source, and inline keys in the format the agent parses (so a typo
+fails the install, not every agent at start-up). Never a private key in a ConfigMap. */}}
+{{- define "edgefleet.validate.trustedKeys" -}}
+{{- $s := .Values.agent.signing }}
+{{- if and $s.trustedKeys $s.existingConfigMap }}
+{{- fail "\n\nagent.signing: set trustedKeys (inline) or existingConfigMap, not both." }}
+{{- end }}
+{{- if $s.trustedKeys }}
+{{- if contains "PRIVATE KEY" $s.trustedKeys }}
+{{- fail "\n\nagent.signing.trustedKeys contains a PRIVATE KEY: give only the public key (openssl pkey -in key.pem -pubout) and keep the private key off the cluster." }}
+{{- end }}
+{{- $inPem := false }}
+{{- $body := "" }}
+{{- $found := 0 }}
+{{- range $i, $raw := splitList "\n" $s.trustedKeys }}
+{{- $line := trim $raw }}
+{{- if eq $line "-----BEGIN PUBLIC KEY-----" }}
+{{- $inPem = true }}
+{{- $body = "" }}
+{{- else if eq $line "-----END PUBLIC KEY-----" }}
+{{- /* An ed25519 SubjectPublicKeyInfo is 44 bytes: a fixed 12-byte DER prefix (base64
+"MCowBQYDK2VwAyEA") and the raw 32-byte key. */}}
+{{- if not (regexMatch "^MCowBQYDK2VwAyEA[A-Za-z0-9+/]{43}=$" $body) }}
+{{- fail (printf "\n\nagent.signing.trustedKeys line %d: this PUBLIC KEY block is not an ed25519 key (make one with: openssl genpkey -algorithm ed25519 -out key.pem; openssl pkey -in key.pem -pubout)." (add1 $i)) }}
+{{- end }}
+{{- $inPem = false }}
+{{- $found = add1 $found }}
+{{- else if $inPem }}
+{{- $body = printf "%s%s" $body $line }}
+{{- else if or (eq $line "") (hasPrefix "#" $line) }}
+{{- else if regexMatch "^[A-Za-z0-9+/]{43}=$" $line }}
+{{- $found = add1 $found }}
+{{- else }}
+{{- fail (printf "\n\nagent.signing.trustedKeys line %d: expected a PEM PUBLIC KEY block (openssl pkey -pubout) or a base64 raw 32-byte ed25519 key, got %q" (add1 $i) $line) }}
+{{- end }}
+{{- end }}
+{{- if $inPem }}
+{{- fail "\n\nagent.signing.trustedKeys: a -----BEGIN PUBLIC KEY----- block has no -----END PUBLIC KEY----- line." }}
+{{- end }}
+{{- if eq $found 0 }}
+{{- fail "\n\nagent.signing.trustedKeys has no public key in it (only comments or blank lines)." }}
+{{- end }}
 {{- end }}
 {{- end }}
