@@ -46,6 +46,24 @@ def test_two_replicas_with_postgres_render(helm):
     (["--set", "mqtt.mode=external"], "mqtt.mode=external needs mqtt.external.url"),
     (["--set", "mqtt.bundled.tls.enabled=true"], "mqtt.bundled.tls.enabled=true needs mqtt.bundled.tls.secretName"),
     (["--set", "mqtt.bundled.networkPolicy.enabled=true"], "also set mqtt.bundled.tls.enabled=true"),
+    (["--set", "mqtt.controllerTls.secretName=ctl"],
+     "mqtt.controllerTls.secretName=ctl makes the controller connect to the bundled broker's TLS listener, "
+     "which is off: also set mqtt.bundled.tls.enabled=true"),
+    (["--set", "mqtt.controllerTls.secretName=ctl", "--set", "mqtt.mode=external",
+      "--set", "mqtt.external.url=mqtt://broker.example:1883"],
+     'mqtt.external.url must start with mqtts:// (got "mqtt://broker.example:1883")'),
+    (["--set", "mqtt.controllerTls.secretName=ctl", "--set", "mqtt.mode=external",
+      "--set", "mqtt.external.url=ssl://broker.example:8883"], "mqtt.external.url must start with mqtts://"),
+    (["--set", "mqtt.mode=external", "--set", "mqtt.external.url=mqtts://b:8883",
+      "--set", "mqtt.controllerCredentials.username=ctl"],
+     'mqtt.controllerCredentials needs both username and passwordSecret, or neither (got username="ctl", '
+     'passwordSecret="")'),
+    (["--set", "mqtt.mode=external", "--set", "mqtt.external.url=mqtts://b:8883",
+      "--set", "mqtt.controllerCredentials.passwordSecret=pw"],
+     'mqtt.controllerCredentials needs both username and passwordSecret, or neither (got username="", '
+     'passwordSecret="pw")'),
+    (["--set", "mqtt.controllerCredentials.username=ctl", "--set", "mqtt.controllerCredentials.passwordSecret=pw"],
+     "mqtt.controllerCredentials is for external brokers (mqtt.mode=external)"),
 ])
 def test_incomplete_settings_fail_clearly(helm, args, message):
     assert message in _fails(helm, *args)
@@ -59,6 +77,15 @@ def test_incomplete_settings_fail_clearly(helm, args, message):
     (["--set", "controller.listen=8080"], "/controller/listen"),
     (["--set", "controller.replikas=2"], "replikas"),
     (["--set", "mqtt.external.url=broker:1883"], "/mqtt/external/url"),
+    (["--set", "mqtt.controllerTls=true"], "/mqtt/controllerTls"),
+    (["--set", "mqtt.controllerTls.secretName=Not_A_Name"], "/mqtt/controllerTls/secretName"),
+    (["--set", "mqtt.controllerTls.secretname=x"], "secretname"),
+    (["--set", "mqtt.controllerCredentials.username=1"], "/mqtt/controllerCredentials/username"),
+    (["--set", "mqtt.controllerCredentials.passwordKey="], "/mqtt/controllerCredentials/passwordKey"),
+    (["--set", "mqtt.controllerCredentials.password=hunter2"], "additional properties 'password' not allowed"),
+    (["--set", "agent.signing.trustedKeys=true"], "/agent/signing/trustedKeys"),
+    (["--set", "agent.signing.existingConfigMapKey=a/b"], "/agent/signing/existingConfigMapKey"),
+    (["--set", "agent.signing=on"], "/agent/signing"),
 ])
 def test_schema_names_the_wrong_key(helm, args, path):
     err = _fails(helm, *args)
