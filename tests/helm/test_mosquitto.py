@@ -45,15 +45,15 @@ def _make_certs(d: Path, clients: list[str]) -> None:
 
 
 class Broker:
-    def __init__(self, helm, tmp: Path):
+    def __init__(self, helm, tmp: Path, *values: str, clients=("dev-a", "dev-b", "edgefleet-controller")):
         self.plain, self.tls = _free_port(), _free_port()
         self.dir = tmp
         cm = one(helm.objects("--set", "mqtt.bundled.tls.enabled=true", "--set", "mqtt.bundled.tls.secretName=x",
                               "--set", f"mqtt.bundled.service.port={self.plain}",
-                              "--set", f"mqtt.bundled.service.tlsPort={self.tls}"), "ConfigMap", "-mosquitto")
+                              "--set", f"mqtt.bundled.service.tlsPort={self.tls}", *values), "ConfigMap", "-mosquitto")
         (tmp / "data").mkdir()
         (tmp / "certs").mkdir()
-        _make_certs(tmp / "certs", ["dev-a", "dev-b", "edgefleet-controller"])
+        _make_certs(tmp / "certs", list(clients))
         for name, text in cm["data"].items():
             text = (text.replace("/mosquitto/config/", f"{tmp}/").replace("/mosquitto/data/", f"{tmp}/data/")
                     .replace("/mosquitto/certs/", f"{tmp}/certs/"))
@@ -143,3 +143,40 @@ def test_controller_certificate_user_has_full_access_on_tls(broker):
 def test_tls_listener_requires_a_client_certificate(broker):
     res = run([_binary("mosquitto_pub"), *broker.args("nocert"), "-t", f"{D}/x/hello", "-m", "x"])
     assert res.returncode != 0
+
+
+# The chart as README recommends once the controller has a client certificate: controllerTls
+# set, plain listener not anonymous; and a non-default controllerUsername, so the ACL is shown
+# to follow the value (a certificate with the default CN is then just another device).
+@pytest.fixture(scope="module")
+def closed_broker(helm, tmp_path_factory):
+    b = Broker(helm, tmp_path_factory.mktemp("mosquitto-closed"),
+               "--set", "mqtt.controllerTls.secretName=ctl", "--set", "mqtt.bundled.plainListenerAnonymous=false",
+               "--set", "mqtt.bundled.controllerUsername=fleet-ctl",
+               clients=("dev-a", "dev-b", "fleet-ctl", "edgefleet-controller"))
+    yield b
+    b.stop()
+
+
+def test_closed_plain_listener_refuses_anonymous_clients(closed_broker):
+    res = closed_broker.pub(None, f"{D}/dev-a/desired", "anonymous")
+    assert res.returncode != 0
+    assert "not authori" in (res.stdout + res.stderr).lower(), res.stdout + res.stderr
+    assert closed_broker.sub_one(None, f"{D}/#", wait=1) is None
+
+
+def test_controller_certificate_has_full_access_on_the_closed_broker(closed_broker):
+    for dev in ("dev-a", "dev-b"):
+        assert closed_broker.pub("fleet-ctl", f"{D}/{dev}/desired", f"desired-{dev}").returncode == 0
+        assert closed_broker.sub_one(dev, f"{D}/{dev}/desired") == f"desired-{dev}"
+    assert closed_broker.pub("dev-b", f"{D}/dev-b/telemetry", "telemetry-b").returncode == 0
+    assert closed_broker.sub_one("fleet-ctl", f"{D}/+/telemetry") == "telemetry-b"
+
+
+def test_device_certificate_cannot_use_another_devices_prefix_on_the_closed_broker(closed_broker):
+    for channel in ("hello", "status", "state", "telemetry"):
+        closed_broker.pub("dev-a", f"{D}/dev-b/{channel}", "forged")
+        assert closed_broker.sub_one("fleet-ctl", f"{D}/dev-b/{channel}", wait=1) != "forged"
+    # The default controller CN is not the configured controllerUsername: no full access.
+    closed_broker.pub("edgefleet-controller", f"{D}/dev-a/desired", "impostor")
+    assert closed_broker.sub_one("dev-a", f"{D}/dev-a/desired") != "impostor"
