@@ -64,6 +64,9 @@ def test_two_replicas_with_postgres_render(helm):
      'passwordSecret="pw")'),
     (["--set", "mqtt.controllerCredentials.username=ctl", "--set", "mqtt.controllerCredentials.passwordSecret=pw"],
      "mqtt.controllerCredentials is for external brokers (mqtt.mode=external)"),
+    (["--set", "mqtt.bundled.plainListenerAnonymous=false"],
+     "mqtt.bundled.plainListenerAnonymous=false closes the plain listener, which the controller uses when it has "
+     "no client certificate: set mqtt.controllerTls.secretName"),
 ])
 def test_incomplete_settings_fail_clearly(helm, args, message):
     assert message in _fails(helm, *args)

@@ -200,6 +200,9 @@ namespace otherwise. */}}
 {{- if and $ctls (eq .Values.mqtt.mode "external") (not (hasPrefix "mqtts://" .Values.mqtt.external.url)) }}
 {{- fail (printf "\n\nmqtt.controllerTls.secretName=%s needs a TLS broker: mqtt.external.url must start with mqtts:// (got %q)." $ctls .Values.mqtt.external.url) }}
 {{- end }}
+{{- if and (eq .Values.mqtt.mode "bundled") (not .Values.mqtt.bundled.plainListenerAnonymous) (not $ctls) }}
+{{- fail "\n\nmqtt.bundled.plainListenerAnonymous=false closes the plain listener, which the controller uses when it has no client certificate: set mqtt.controllerTls.secretName (with mqtt.bundled.tls.enabled=true), or keep plainListenerAnonymous=true." }}
+{{- end }}
 {{- $cred := .Values.mqtt.controllerCredentials }}
 {{- if or (and $cred.username (not $cred.passwordSecret)) (and $cred.passwordSecret (not $cred.username)) }}
 {{- fail (printf "\n\nmqtt.controllerCredentials needs both username and passwordSecret, or neither (got username=%q, passwordSecret=%q)." $cred.username $cred.passwordSecret) }}
