@@ -239,6 +239,21 @@ pub struct ControlArgs {
         default_value = "mqtt://127.0.0.1:1883"
     )]
     pub broker: String,
+    /// CA certificate (PEM) of an `mqtts://` broker; the platform roots when unset.
+    #[arg(long, env = "EDGEFLEET_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for brokers that authenticate clients by certificate.
+    #[arg(long, env = "EDGEFLEET_MQTT_CERT_FILE", requires = "mqtt_key_file")]
+    pub mqtt_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --mqtt-cert-file.
+    #[arg(long, env = "EDGEFLEET_MQTT_KEY_FILE", requires = "mqtt_cert_file")]
+    pub mqtt_key_file: Option<std::path::PathBuf>,
+    /// MQTT username (with --mqtt-password-file).
+    #[arg(long, env = "EDGEFLEET_MQTT_USERNAME", requires = "mqtt_password_file")]
+    pub mqtt_username: Option<String>,
+    /// File holding the MQTT password (a file, so the secret never shows in `ps` or logs).
+    #[arg(long, env = "EDGEFLEET_MQTT_PASSWORD_FILE", requires = "mqtt_username")]
+    pub mqtt_password_file: Option<std::path::PathBuf>,
     /// MQTT client id; keep it stable per replica so the broker holds telemetry across restarts.
     #[arg(
         long,

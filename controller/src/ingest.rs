@@ -71,9 +71,8 @@ async fn record_telemetry(
         return Ok(());
     };
     if !engine
-        .store
-        .claim_telemetry_seq(&window.device_id, window.seq)
-        .await?
+        .telemetry
+        .claim_seq(window.device_id.as_str(), window.seq)
     {
         engine
             .metrics

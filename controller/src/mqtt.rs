@@ -7,8 +7,8 @@ use std::time::Duration;
 use edgefleet_crds::wire::{
     self, Channel, Desired, DeviceStatus, Hello, StateReport, Telemetry, WireError, WireMessage,
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
@@ -41,15 +41,25 @@ pub fn decode_device_message(
 pub struct BrokerAddress {
     pub host: String,
     pub port: u16,
+    /// `mqtts://`: TLS to the broker.
+    pub tls: bool,
 }
 
 impl BrokerAddress {
-    /// `mqtt://host:port` (port defaults to 1883).
+    /// `mqtt://host:port` (port defaults to 1883) or `mqtts://host:port` (8883).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
+        let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (rest, true, 8883)
+        } else if let Some(rest) = url
             .strip_prefix("mqtt://")
             .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("broker URL {url:?} must start with mqtt://"))?;
+        {
+            (rest, false, 1883)
+        } else {
+            return Err(format!(
+                "broker URL {url:?} must start with mqtt:// or mqtts://"
+            ));
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => {
@@ -58,7 +68,7 @@ impl BrokerAddress {
                     .map_err(|_| format!("broker URL {url:?} has an invalid port {port:?}"))?;
                 (host, port)
             }
-            None => (rest, 1883),
+            None => (rest, default_port),
         };
         if host.is_empty() {
             return Err(format!("broker URL {url:?} has no host"));
@@ -66,7 +76,27 @@ impl BrokerAddress {
         Ok(Self {
             host: host.to_string(),
             port,
+            tls,
         })
+    }
+}
+
+/// Where and how the controller connects: address, TLS client (for `mqtts://`) and optional
+/// username/password (Mosquitto password file or an auth plugin).
+#[derive(Clone)]
+pub struct BrokerConnection {
+    pub address: BrokerAddress,
+    pub tls: Option<std::sync::Arc<edgefleet_mqtt_tls::rustls::ClientConfig>>,
+    pub credentials: Option<(String, String)>,
+}
+
+impl BrokerConnection {
+    pub fn plain(address: BrokerAddress) -> Self {
+        Self {
+            address,
+            tls: None,
+            credentials: None,
+        }
     }
 }
 
@@ -75,9 +105,16 @@ impl BrokerAddress {
 pub struct MqttLink {
     client: AsyncClient,
     metrics: Metrics,
+    fresh_sessions: watch::Receiver<u64>,
 }
 
 impl MqttLink {
+    /// Bumped on every connection where the broker held no session for us (first start, or a
+    /// broker that lost its state): retained desired documents may be gone with it.
+    pub fn fresh_sessions(&self) -> watch::Receiver<u64> {
+        self.fresh_sessions.clone()
+    }
+
     /// Publishes a device's full desired document, retained, QoS 1.
     pub async fn publish_desired(&self, desired: &Desired) -> Result<(), rumqttc::ClientError> {
         let topic = wire::topic(&desired.device_id, Channel::Desired);
@@ -100,12 +137,21 @@ impl MqttLink {
 /// `client_id` should be stable per replica: with a persistent session the broker keeps
 /// QoS 1 telemetry for the controller while it restarts.
 pub fn connect(
-    broker: &BrokerAddress,
+    broker: &BrokerConnection,
     client_id: &str,
     metrics: Metrics,
     channel_capacity: usize,
 ) -> (MqttLink, mpsc::Receiver<DeviceMessage>, JoinHandle<()>) {
-    let mut options = MqttOptions::new(client_id, &broker.host, broker.port);
+    let address = &broker.address;
+    let mut options = MqttOptions::new(client_id, &address.host, address.port);
+    if let Some(tls) = &broker.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    if let Some((username, password)) = &broker.credentials {
+        options.set_credentials(username, password);
+    }
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_session(false);
     options.set_max_packet_size(
@@ -115,11 +161,13 @@ pub fn connect(
     options.set_inflight(1000);
     let (client, eventloop) = AsyncClient::new(options, 4096);
     let (tx, rx) = mpsc::channel(channel_capacity);
+    let (fresh_tx, fresh_sessions) = watch::channel(0u64);
     let link = MqttLink {
         client: client.clone(),
         metrics: metrics.clone(),
+        fresh_sessions,
     };
-    let task = tokio::spawn(run_event_loop(client, eventloop, tx, metrics));
+    let task = tokio::spawn(run_event_loop(client, eventloop, tx, fresh_tx, metrics));
     (link, rx, task)
 }
 
@@ -127,15 +175,22 @@ async fn run_event_loop(
     client: AsyncClient,
     mut eventloop: rumqttc::EventLoop,
     tx: mpsc::Sender<DeviceMessage>,
+    fresh_sessions: watch::Sender<u64>,
     metrics: Metrics,
 ) {
     let mut failures: u32 = 0;
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
                 metrics.mqtt_connected.set(1);
-                tracing::info!("connected to the MQTT broker");
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the MQTT broker"
+                );
+                if !ack.session_present {
+                    fresh_sessions.send_modify(|n| *n = n.wrapping_add(1));
+                }
                 for channel in [
                     Channel::Hello,
                     Channel::Status,
@@ -208,10 +263,13 @@ mod tests {
             BrokerAddress::parse("mqtt://broker").expect("valid").port,
             1883
         );
+        let tls = BrokerAddress::parse("mqtts://broker").expect("valid");
+        assert_eq!((tls.port, tls.tls), (8883, true));
+        assert!(!BrokerAddress::parse("mqtt://broker").expect("valid").tls);
         assert!(
             BrokerAddress::parse("http://x")
                 .expect_err("scheme")
-                .contains("mqtt://")
+                .contains("mqtts://")
         );
         assert!(
             BrokerAddress::parse("mqtt://x:port")

@@ -12,7 +12,7 @@ use crate::engine::{Engine, Publisher};
 use crate::http::{HealthState, Readiness};
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
-use crate::mqtt::{self, BrokerAddress};
+use crate::mqtt::{self, BrokerAddress, BrokerConnection};
 use crate::store::{Store, redact};
 use crate::telemetry::Telemetry;
 
@@ -35,8 +35,7 @@ pub async fn start_with(
     args: &ControlArgs,
     extra_routes: impl FnOnce(&Arc<Engine>, &watch::Sender<u64>) -> axum::Router,
 ) -> anyhow::Result<ControlPlane> {
-    let broker = BrokerAddress::parse(&args.broker)
-        .map_err(|e| anyhow::anyhow!("--broker / EDGEFLEET_BROKER: {e}"))?;
+    let broker = broker_connection(args)?;
     let metrics = Metrics::new();
     let store = Store::connect(&args.database_url).await.with_context(|| {
         format!(
@@ -89,6 +88,86 @@ pub async fn start_with(
     })
 }
 
+/// The broker connection the flags describe; each error names the flag at fault.
+pub fn broker_connection(args: &ControlArgs) -> anyhow::Result<BrokerConnection> {
+    let address = BrokerAddress::parse(&args.broker)
+        .map_err(|e| anyhow::anyhow!("--broker / EDGEFLEET_BROKER: {e}"))?;
+    let tls_flags_set = args.mqtt_ca_file.is_some() || args.mqtt_cert_file.is_some();
+    if tls_flags_set && !address.tls {
+        anyhow::bail!(
+            "--broker / EDGEFLEET_BROKER: TLS files are set but {:?} is not mqtts://",
+            args.broker
+        );
+    }
+    let tls = if address.tls {
+        let identity = args
+            .mqtt_cert_file
+            .as_deref()
+            .zip(args.mqtt_key_file.as_deref());
+        let config = edgefleet_mqtt_tls::client_config(edgefleet_mqtt_tls::TlsFiles {
+            ca_file: args.mqtt_ca_file.as_deref(),
+            identity,
+        })
+        .map_err(|err| {
+            let flag = match err.field() {
+                edgefleet_mqtt_tls::TlsField::CaFile => "--mqtt-ca-file / EDGEFLEET_MQTT_CA_FILE",
+                edgefleet_mqtt_tls::TlsField::CertFile => {
+                    "--mqtt-cert-file / EDGEFLEET_MQTT_CERT_FILE"
+                }
+                edgefleet_mqtt_tls::TlsField::KeyFile => {
+                    "--mqtt-key-file / EDGEFLEET_MQTT_KEY_FILE"
+                }
+            };
+            anyhow::anyhow!("{flag}: {err}")
+        })?;
+        Some(Arc::new(config))
+    } else {
+        None
+    };
+    let credentials = match (&args.mqtt_username, &args.mqtt_password_file) {
+        (Some(username), Some(file)) => {
+            let password = std::fs::read_to_string(file).with_context(|| {
+                format!(
+                    "--mqtt-password-file / EDGEFLEET_MQTT_PASSWORD_FILE: reading {}",
+                    file.display()
+                )
+            })?;
+            Some((
+                username.clone(),
+                password.trim_end_matches(['\r', '\n']).to_string(),
+            ))
+        }
+        _ => None,
+    };
+    Ok(BrokerConnection {
+        address,
+        tls,
+        credentials,
+    })
+}
+
+/// After a connection on which the broker had no session for us, the retained desired
+/// documents may be gone too (a broker restarted without its state): publish them again.
+/// Only the leader publishes; a standby's documents would be the same, but it must not write.
+pub async fn republish_on_fresh_sessions(
+    engine: Arc<Engine>,
+    mut fresh: watch::Receiver<u64>,
+    leader: watch::Receiver<bool>,
+) {
+    while fresh.changed().await.is_ok() {
+        if !*leader.borrow() {
+            continue;
+        }
+        match engine.republish_all().await {
+            Ok(count) => tracing::info!(
+                count,
+                "republished desired documents on a fresh MQTT session"
+            ),
+            Err(err) => tracing::warn!(%err, "republishing desired documents failed"),
+        }
+    }
+}
+
 /// Kubernetes mode.
 pub async fn kubernetes(args: RunArgs) -> anyhow::Result<()> {
     let plane = start(&args.control, axum::Router::new()).await?;
@@ -111,6 +190,11 @@ pub async fn kubernetes(args: RunArgs) -> anyhow::Result<()> {
         (rx, tokio::spawn(async move { tx.closed().await }))
     };
     plane.readiness.set(true);
+    tokio::spawn(republish_on_fresh_sessions(
+        plane.engine.clone(),
+        plane.link.fresh_sessions(),
+        leader.clone(),
+    ));
     let context = Arc::new(crate::k8s::Context::new(
         plane.engine.clone(),
         client,

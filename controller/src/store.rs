@@ -199,21 +199,6 @@ impl Store {
             .collect()
     }
 
-    /// Records that telemetry window `seq` of a device was counted; false if it already was
-    /// (a store-and-forward replay or a QoS 1 duplicate).
-    pub async fn claim_telemetry_seq(&self, id: &DeviceId, seq: u64) -> Result<bool> {
-        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-        let done = sqlx::query(
-            "UPDATE devices SET telemetry_seq = $1 WHERE device_id = $2 AND telemetry_seq < $3",
-        )
-        .bind(seq)
-        .bind(id.as_str())
-        .bind(seq)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     // ------------------------------------------------------------ deployments
 
     /// Stores a deployment's spec; the generation grows only when the spec changes.
@@ -476,6 +461,16 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    /// Every device's current desired document, for republishing after a broker lost them.
+    pub async fn all_desired(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT device_id, document_json FROM device_desired")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     pub async fn put_desired(

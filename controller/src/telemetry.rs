@@ -32,6 +32,9 @@ struct State {
 
 pub struct Telemetry {
     state: Mutex<State>,
+    /// Highest window seq counted per device. In memory, like the aggregates it guards: each
+    /// replica counts each window once, and a restarted one starts both afresh.
+    last_seq: Mutex<std::collections::HashMap<String, u64>>,
     interval_ms: i64,
     retention_ms: i64,
     descs: Vec<Desc>,
@@ -56,6 +59,7 @@ impl Telemetry {
         };
         Self {
             state: Mutex::default(),
+            last_seq: Mutex::default(),
             interval_ms: interval_ms.max(1),
             retention_ms,
             descs: vec![
@@ -69,6 +73,23 @@ impl Telemetry {
                     "Inference requests that failed on devices, per cohort",
                 ),
             ],
+        }
+    }
+
+    /// Claims window `seq` of `device`; false when it was already counted (a store-and-forward
+    /// replay or a QoS 1 duplicate: agents number windows in order and replay them in order).
+    pub fn claim_seq(&self, device: &str, seq: u64) -> bool {
+        let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get_mut(device) {
+            Some(highest) if *highest >= seq => false,
+            Some(highest) => {
+                *highest = seq;
+                true
+            }
+            None => {
+                last.insert(device.to_string(), seq);
+                true
+            }
         }
     }
 
@@ -292,5 +313,19 @@ mod tests {
         assert!(text.contains(r#"le="0.005"} 3"#), "{text}");
         assert!(text.contains(r#"le="+Inf"} 4"#), "{text}");
         assert!(text.contains(r#"edgefleet_inference_errors_total{namespace="default",deployment="vad",variant="int8",device_class="a",role="canary"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn each_window_is_claimed_once_per_device() {
+        let t = Telemetry::new(1000, 60_000);
+        assert!(t.claim_seq("a", 1));
+        assert!(!t.claim_seq("a", 1), "QoS 1 duplicate");
+        assert!(t.claim_seq("b", 1), "devices are independent");
+        assert!(t.claim_seq("a", 2));
+        assert!(
+            t.claim_seq("a", 5),
+            "gaps are fine (windows with no requests)"
+        );
+        assert!(!t.claim_seq("a", 3), "a replay of an older window");
     }
 }

@@ -391,4 +391,21 @@ async fn an_invalid_spec_touches_no_device() {
         condition.message
     );
     assert!(fleet.desired().is_empty());
+
+    // A valid deployment next to it is reconciled as usual.
+    let good = spec("1", "[{percent: 50}]");
+    let input = DeploymentInput {
+        namespace: "default",
+        name: "other",
+        uid: "uid-2",
+        generation: Some(1),
+        spec: &good,
+        status: None,
+    };
+    let output = fleet.engine.reconcile(&input, 0).await.expect("reconcile");
+    assert_ne!(output.status.phase, Phase::Failed, "{:?}", output.status);
+    assert!(
+        !fleet.desired().is_empty(),
+        "the valid deployment was held back"
+    );
 }

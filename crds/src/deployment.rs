@@ -116,6 +116,11 @@ pub struct Artifact {
     pub sha256: String,
     #[schemars(range(min = 1))]
     pub size_bytes: u64,
+    /// Base64 ed25519 signature over the ASCII `sha256` hex string. Agents configured with
+    /// trusted keys refuse artifacts without a valid one, before downloading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9+/]{86}==$"))]
+    pub signature: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]

@@ -43,6 +43,7 @@ fn desired() -> Desired {
                 uri: "http://127.0.0.1:8080/a.onnx".into(),
                 sha256: "ab".repeat(32),
                 size_bytes: 10,
+                signature: None,
             },
             role: Role::Canary,
             self_test: None,

@@ -97,6 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         http,
         backends,
         free_limit: config.capabilities.disk_free_mib.map(|mib| mib << 20),
+        trusted_keys: config.trusted_keys.clone(),
     });
     let (events_tx, mut events_rx) = mpsc::channel(256);
     let (desired_tx, mut desired_rx) = mpsc::channel(16);

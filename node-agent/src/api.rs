@@ -494,6 +494,7 @@ mod tests {
                     uri: "http://x/d.onnx".into(),
                     sha256: "ab".repeat(32),
                     size_bytes: 1,
+                    signature: None,
                 },
                 role: Role::Canary,
                 self_test: None,

@@ -94,6 +94,7 @@ mod tests {
                 uri: "http://x/m.onnx".into(),
                 sha256: sha.to_string().repeat(64),
                 size_bytes: 10,
+                signature: None,
             },
             role: Role::Stable,
             self_test: None,

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use edgefleet_crds::Runtime;
 use edgefleet_crds::wire::DeviceId;
 
+use crate::signing::TrustedKeys;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("config field `{field}`: {reason}")]
 pub struct ConfigError {
@@ -41,6 +43,8 @@ pub struct FileConfig {
     pub keep_alive_secs: Option<u64>,
     pub max_body_bytes: Option<usize>,
     pub inference_threads: Option<usize>,
+    /// PEM ed25519 public keys (or base64 raw keys, one per line) artifacts must be signed by.
+    pub trusted_keys_file: Option<PathBuf>,
     #[serde(default)]
     pub tls: TlsConfig,
     #[serde(default)]
@@ -158,6 +162,9 @@ pub struct Args {
     pub max_body_bytes: Option<usize>,
     #[arg(long, env = "EDGEFLEET_AGENT_INFERENCE_THREADS")]
     pub inference_threads: Option<usize>,
+    /// Artifacts must carry an ed25519 signature by one of these keys (PEM or base64 lines).
+    #[arg(long, env = "EDGEFLEET_AGENT_TRUSTED_KEYS_FILE")]
+    pub trusted_keys_file: Option<PathBuf>,
     #[arg(long, env = "EDGEFLEET_AGENT_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
     #[arg(long, env = "EDGEFLEET_AGENT_TLS_CERT_FILE")]
@@ -223,6 +230,7 @@ pub struct Config {
     pub keep_alive: Duration,
     pub max_body_bytes: usize,
     pub inference_threads: usize,
+    pub trusted_keys: TrustedKeys,
     pub tls: TlsConfig,
     pub capabilities: CapabilityOverrides,
     pub spool: SpoolConfig,
@@ -306,6 +314,23 @@ impl Config {
         if inference_threads == 0 {
             return Err(err("inference_threads", "must be at least 1"));
         }
+        let trusted_keys = match args
+            .trusted_keys_file
+            .as_ref()
+            .or(file.trusted_keys_file.as_ref())
+        {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    err(
+                        "trusted_keys_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                TrustedKeys::parse(&text)
+                    .map_err(|e| err("trusted_keys_file", format!("{}: {e}", path.display())))?
+            }
+            None => TrustedKeys::default(),
+        };
         let mut tls = file.tls;
         tls.ca_file = args.tls_ca_file.clone().or(tls.ca_file);
         tls.cert_file = args.tls_cert_file.clone().or(tls.cert_file);
@@ -396,6 +421,7 @@ impl Config {
             keep_alive: Duration::from_secs(keep_alive),
             max_body_bytes,
             inference_threads,
+            trusted_keys,
             tls,
             capabilities: caps,
             spool,
@@ -516,6 +542,13 @@ mod tests {
         );
         assert_eq!(c.test.extra_latency("int8"), Duration::from_millis(40));
         assert_eq!(c.test.extra_latency("fp32"), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn the_local_api_binds_loopback_unless_told_otherwise() {
+        let c = Config::resolve(FileConfig::default(), &args()).expect("valid");
+        assert!(c.listen.ip().is_loopback(), "{}", c.listen);
+        assert!(c.trusted_keys.is_empty());
     }
 
     #[test]

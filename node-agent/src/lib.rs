@@ -16,6 +16,7 @@ pub mod mqtt;
 pub mod pull;
 pub mod registry;
 pub mod runtime;
+pub mod signing;
 pub mod spool;
 pub mod store;
 pub mod supervisor;

@@ -9,14 +9,11 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -92,41 +89,20 @@ pub fn mqtt_options(config: &Config) -> anyhow::Result<MqttOptions> {
     Ok(o)
 }
 
-/// rustls with the ring provider; the CA file if given, else the platform's roots.
+/// The TLS client for `mqtts://`, errors naming the config field at fault.
 pub fn tls_client_config(tls: &TlsConfig) -> anyhow::Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_file {
-        Some(ca) => {
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("config field `tls.ca_file`: reading {}", ca.display()))?
-            {
-                roots.add(cert.context("config field `tls.ca_file`: bad certificate")?)?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    Ok(match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_file_iter(cert)
-                .with_context(|| {
-                    format!("config field `tls.cert_file`: reading {}", cert.display())
-                })?
-                .collect::<Result<Vec<_>, _>>()
-                .context("config field `tls.cert_file`: bad certificate")?;
-            let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
-                format!("config field `tls.key_file`: reading {}", key.display())
-            })?;
-            builder.with_client_auth_cert(certs, key)?
-        }
-        _ => builder.with_no_client_auth(),
+    let identity = tls.cert_file.as_deref().zip(tls.key_file.as_deref());
+    edgefleet_mqtt_tls::client_config(edgefleet_mqtt_tls::TlsFiles {
+        ca_file: tls.ca_file.as_deref(),
+        identity,
+    })
+    .map_err(|err| {
+        let field = match err.field() {
+            edgefleet_mqtt_tls::TlsField::CaFile => "tls.ca_file",
+            edgefleet_mqtt_tls::TlsField::CertFile => "tls.cert_file",
+            edgefleet_mqtt_tls::TlsField::KeyFile => "tls.key_file",
+        };
+        anyhow::anyhow!("config field `{field}`: {err}")
     })
 }
 

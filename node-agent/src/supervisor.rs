@@ -18,6 +18,7 @@ use crate::mqtt::Command;
 use crate::pull;
 use crate::registry::{Registry, Served};
 use crate::runtime::{self, Backend, Model};
+use crate::signing::TrustedKeys;
 use crate::store::{self, PersistedState, Store};
 
 /// What install tasks need; shared by all of them.
@@ -29,6 +30,7 @@ pub struct InstallContext {
     pub backends: Vec<Arc<dyn Backend>>,
     /// Caps the free disk space believed available (capability override).
     pub free_limit: Option<u64>,
+    pub trusted_keys: TrustedKeys,
 }
 
 impl InstallContext {
@@ -455,6 +457,10 @@ async fn install_inner(
             a.runtime.as_str()
         ));
     }
+    // Before any byte is downloaded: an unsigned or forged artifact costs no bandwidth.
+    ctx.trusted_keys
+        .verify(&a.artifact)
+        .map_err(|e| format!("signature: {e}"))?;
     let counted = AtomicU64::new(u64::MAX);
     let reported = AtomicU64::new(u64::MAX);
     let step = (a.artifact.size_bytes / 20).max(64 * 1024);
@@ -503,6 +509,10 @@ async fn install_inner(
 
 /// Loads a model already in the store, re-verifying its digest first.
 async fn load_stored(ctx: &Arc<InstallContext>, a: &Assignment) -> Result<Arc<dyn Model>, String> {
+    // The trusted keys may have changed since it was installed (a revoked key).
+    ctx.trusted_keys
+        .verify(&a.artifact)
+        .map_err(|e| format!("signature: {e}"))?;
     let path = ctx.store.artifact_path(&a.artifact.sha256);
     let check = path.clone();
     let actual = tokio::task::spawn_blocking(move || store::sha256_file(&check))

@@ -667,6 +667,7 @@ pub fn variants(report: &Report) -> Vec<Variant> {
                     uri: v.uri.clone(),
                     sha256: v.sha256.clone(),
                     size_bytes: v.size_bytes,
+                    signature: None,
                 },
                 format: ModelFormat::Onnx,
                 precision: v.precision,

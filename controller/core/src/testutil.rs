@@ -40,6 +40,7 @@ pub fn variant(name: &str, precision: Precision, drift: Option<f64>) -> Variant 
             uri: format!("https://models.example.com/{name}.onnx"),
             sha256: format!("{:0>64}", hex(name)),
             size_bytes: 1024 * 1024,
+            signature: None,
         },
         format: ModelFormat::Onnx,
         precision,

@@ -64,6 +64,7 @@ mod tests {
                 uri: "http://a/m".into(),
                 sha256: "ab".repeat(32),
                 size_bytes: 1,
+                signature: None,
             },
             role: Role::Stable,
             self_test: None,

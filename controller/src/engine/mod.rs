@@ -7,6 +7,7 @@ mod attribution;
 pub mod desired;
 pub mod pacing;
 mod progress;
+mod republish;
 pub mod rollout;
 pub mod status;
 

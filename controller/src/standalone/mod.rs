@@ -70,6 +70,11 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
         database_url,
         broker: broker.url.clone(),
         mqtt_client_id: "edgefleet-standalone".into(),
+        mqtt_ca_file: None,
+        mqtt_cert_file: None,
+        mqtt_key_file: None,
+        mqtt_username: None,
+        mqtt_password_file: None,
         listen: args.listen.clone(),
         telemetry_slice_seconds: args.telemetry_slice_seconds,
     };
@@ -91,6 +96,12 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
     .await?;
     let api = api_state.context("the API router was not built")?;
     plane.readiness.set(true);
+    // One machine, one replica: always the leader (the value outlives its dropped sender).
+    tokio::spawn(crate::run::republish_on_fresh_sessions(
+        plane.engine.clone(),
+        plane.link.fresh_sessions(),
+        watch::channel(true).1,
+    ));
     let (stop, stop_rx) = watch::channel(false);
     let loop_task = tokio::spawn(reconcile::run(
         plane.engine.clone(),

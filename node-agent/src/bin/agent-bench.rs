@@ -254,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
                 uri: format!("http://{file_addr}/{}", m.file),
                 sha256: sha256_hex(bytes),
                 size_bytes: bytes.len() as u64,
+                signature: None,
             },
             role: Role::Stable,
             self_test: Some(SelfTest {

@@ -294,6 +294,7 @@ pub fn assignment(
             uri: uri.into(),
             sha256: edgefleet_agent::pull::sha256_hex(bytes),
             size_bytes: bytes.len() as u64,
+            signature: None,
         },
         role: Role::Stable,
         self_test: None,
