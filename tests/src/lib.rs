@@ -2,11 +2,15 @@
 //! the Kubernetes API stand-in, kubectl) on loopback, each on a free port, killed on drop.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod netfault;
+pub mod orientation;
+pub mod pki;
 pub mod procs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use netfault::{Partition, metric_sum};
 pub use procs::*;
 
 pub fn repo_root() -> PathBuf {

@@ -34,6 +34,17 @@ impl Proc {
         }
     }
 
+    /// A finished `true`, standing in until the real process is spawned.
+    fn placeholder() -> Proc {
+        let mut child = Command::new("true").spawn().unwrap();
+        let _ = child.wait();
+        Proc {
+            child,
+            log: PathBuf::new(),
+            name: "placeholder".into(),
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -78,14 +89,10 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
     BINARIES.get_or_init(|| {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(repo_root())
-            .args([
-                "build",
-                "--quiet",
-                "--bin",
-                "edgefleet",
-                "--bin",
-                "edgefleet-agent",
-            ])
+            // The same selection as the test script's `cargo build --workspace --bins`, so the
+            // dependency features match and this is a no-op there (a narrower selection
+            // would rebuild much of the tree with other features).
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .status()
             .unwrap();
         assert!(
@@ -115,6 +122,8 @@ pub struct Broker {
     pub port: u16,
     proc: Option<Proc>,
     dir: TempDir,
+    /// Listener and security settings; the default is one anonymous plain listener.
+    config: Option<String>,
 }
 
 impl Broker {
@@ -124,9 +133,27 @@ impl Broker {
             port: free_port(),
             proc: None,
             dir,
+            config: None,
         };
         broker.restart();
         broker
+    }
+
+    /// A broker whose listeners and security come from `config` (persistence is added);
+    /// `port` is the one waited for and reported.
+    pub fn start_with_config(port: u16, config: &str) -> Broker {
+        let mut broker = Broker {
+            port,
+            proc: None,
+            dir: tempfile::tempdir().unwrap(),
+            config: Some(config.to_string()),
+        };
+        broker.restart();
+        broker
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn url(&self) -> String {
@@ -143,12 +170,15 @@ impl Broker {
     pub fn restart(&mut self) {
         self.stop();
         let conf = self.dir.path().join("mosquitto.conf");
+        let listeners = self
+            .config
+            .clone()
+            .unwrap_or_else(|| format!("allow_anonymous true\nlistener {} 127.0.0.1\n", self.port));
         std::fs::write(
             &conf,
             format!(
-                "allow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} 127.0.0.1\nmax_queued_messages 100000\n",
+                "persistence true\npersistence_location {}/\nmax_queued_messages 100000\n{listeners}",
                 self.dir.path().display(),
-                self.port
             ),
         )
         .unwrap();
@@ -268,6 +298,19 @@ impl StandIn {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Makes every API request fail with 503 for `seconds` (watches already open stay open).
+    pub async fn outage(&self, seconds: u64) {
+        let response = reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{}/__standin/outage?seconds={seconds}",
+                self.port
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{response:?}");
+    }
+
     /// The API requests made so far (the stand-in's --log-requests file).
     pub fn requests(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("requests.jsonl"))
@@ -298,6 +341,18 @@ impl ControllerProc {
         identity: &str,
         log_dir: &Path,
     ) -> ControllerProc {
+        Self::start_with_env(standin, database_url, broker, identity, log_dir, &[])
+    }
+
+    /// Like `start`, with extra environment (TLS files, leader election timing, ...).
+    pub fn start_with_env(
+        standin: &StandIn,
+        database_url: &str,
+        broker: &str,
+        identity: &str,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> ControllerProc {
         let (edgefleet, _) = crate::binaries();
         let port = free_port();
         let mut command = Command::new(edgefleet);
@@ -310,7 +365,8 @@ impl ControllerProc {
             .env("EDGEFLEET_MQTT_CLIENT_ID", format!("controller-{identity}"))
             .env("EDGEFLEET_IDENTITY", identity)
             .env("EDGEFLEET_TELEMETRY_SLICE_SECONDS", "1")
-            .env("RUST_LOG", "info,kube=warn,edgefleet_controller=debug");
+            .env("RUST_LOG", "info,kube=warn,edgefleet_controller=debug")
+            .envs(env.iter().copied());
         let proc = Proc::spawn(&format!("controller-{identity}"), &mut command, log_dir);
         wait_port(port, "controller");
         ControllerProc {
@@ -345,6 +401,10 @@ pub struct AgentProc {
     pub device: DeviceSpec,
     pub api: SocketAddr,
     pub store: TempDir,
+    broker: String,
+    log_dir: PathBuf,
+    env: Vec<(String, String)>,
+    starts: u32,
 }
 
 impl AgentProc {
@@ -359,7 +419,39 @@ impl AgentProc {
         log_dir: &Path,
         env: &[(&str, &str)],
     ) -> AgentProc {
-        let store = tempfile::tempdir().unwrap();
+        let mut agent = AgentProc {
+            proc: Proc::placeholder(),
+            device: device.clone(),
+            api: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: tempfile::tempdir().unwrap(),
+            broker: broker.to_string(),
+            log_dir: log_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            starts: 0,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// SIGKILL (no chance to clean up), then start again on the same model store.
+    pub fn kill_and_restart(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_file(self.store.path().join("listen-addr"));
+        self.spawn();
+    }
+
+    /// SIGKILL and stay down.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let (device, broker, log_dir) = (&self.device, &self.broker, &self.log_dir);
+        let store = &self.store;
         let (_, agent) = crate::binaries();
         let mut command = Command::new(agent);
         command
@@ -383,8 +475,12 @@ impl AgentProc {
                 device.extra_latency_ms.to_string(),
             )
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied());
-        let proc = Proc::spawn(&format!("agent-{}", device.id), &mut command, log_dir);
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let name = match self.starts {
+            1 => format!("agent-{}", device.id),
+            n => format!("agent-{}-{n}", device.id),
+        };
+        let proc = Proc::spawn(&name, &mut command, log_dir);
         let addr_file = store.path().join("listen-addr");
         let deadline = Instant::now() + Duration::from_secs(30);
         let api = loop {
@@ -402,11 +498,15 @@ impl AgentProc {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        AgentProc {
-            proc,
-            device: device.clone(),
-            api,
-            store,
+        self.proc = proc;
+        self.api = api;
+    }
+
+    /// The agent's own Prometheus metrics (empty when it does not answer).
+    pub async fn metrics(&self) -> String {
+        match reqwest::get(format!("http://{}/metrics", self.api)).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
         }
     }
 
@@ -450,26 +550,92 @@ impl AgentProc {
     }
 }
 
-/// Serves a directory over HTTP (with Range, for resumable downloads) on a free port.
+/// (path, Range header) of each request an [`ArtifactServer`] received.
+type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// Serves a directory over HTTP (with Range, for resumable downloads) on a free port. Every
+/// request's path and Range header is logged; `throttle` slows bodies down so a test can
+/// interrupt a download halfway.
 pub struct ArtifactServer {
     pub base_url: String,
     pub dir: TempDir,
+    requests: RequestLog,
+    bytes_per_second: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ArtifactServer {
     pub async fn start() -> ArtifactServer {
+        use futures_util::StreamExt as _;
+        use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app =
-            axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir.path()));
+        let requests: RequestLog = Default::default();
+        let bytes_per_second = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (log, rate) = (requests.clone(), bytes_per_second.clone());
+        let app = axum::Router::new()
+            .fallback_service(tower_http::services::ServeDir::new(dir.path()))
+            .layer(axum::middleware::map_request(
+                move |request: axum::extract::Request| {
+                    let range = request
+                        .headers()
+                        .get("range")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    log.lock()
+                        .unwrap()
+                        .push((request.uri().path().to_string(), range));
+                    std::future::ready(request)
+                },
+            ))
+            .layer(axum::middleware::map_response(
+                move |response: axum::response::Response| {
+                    let rate = rate.load(Ordering::Relaxed);
+                    std::future::ready(if rate == 0 {
+                        response
+                    } else {
+                        let (parts, body) = response.into_parts();
+                        let slow = body.into_data_stream().then(move |chunk| async move {
+                            if let Ok(bytes) = &chunk {
+                                let secs = bytes.len() as f64 / rate as f64;
+                                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                            }
+                            chunk
+                        });
+                        axum::response::Response::from_parts(
+                            parts,
+                            axum::body::Body::from_stream(slow),
+                        )
+                    })
+                },
+            ));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         ArtifactServer {
             base_url: format!("http://{addr}"),
             dir,
+            requests,
+            bytes_per_second,
         }
+    }
+
+    /// Limits every response body to about `bytes_per_second` (0: unlimited).
+    pub fn throttle(&self, bytes_per_second: u64) {
+        self.bytes_per_second
+            .store(bytes_per_second, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Range headers of the requests for `name` so far (None: a whole-file request).
+    pub fn ranges(&self, name: &str) -> Vec<Option<String>> {
+        let path = format!("/{name}");
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == path)
+            .map(|(_, range)| range.clone())
+            .collect()
     }
 
     /// Publishes `bytes` as `name`; returns (uri, sha256, size).

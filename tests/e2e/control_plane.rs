@@ -1,0 +1,223 @@
+//! Faults on the control-plane side: the Kubernetes API goes away for a while, and two
+//! controller replicas run at once. Prints `RELIABILITY` lines (see RELIABILITY.md).
+
+#![allow(clippy::unwrap_used)] // test code: a failed step should panic with its location
+use std::time::{Duration, Instant};
+
+use edgefleet_e2e::orientation::*;
+use edgefleet_e2e::*;
+
+fn device(id: &str) -> DeviceSpec {
+    fleet().into_iter().find(|d| d.id == id).unwrap()
+}
+
+async fn wait_ready(standin: &StandIn, version: &str, ready: u64, timeout: Duration) {
+    eventually(timeout, &format!("{version} ready on {ready}"), || async {
+        let status = md_status(standin);
+        if status["phase"] == "Succeeded"
+            && status["targetVersion"] == version
+            && status["devices"]["ready"] == ready
+        {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+}
+
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metric_sum(metrics, name)
+}
+
+/// While every API request fails with 503 (shorter than the 15 s Lease), the controller
+/// keeps acting on what it has: a device that joins gets its assignment and model. When the
+/// API is back the status catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_are_served_through_a_kubernetes_api_outage_and_status_catches_up() {
+    let logs = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let standin = StandIn::start_with_crd();
+    let artifacts = ArtifactServer::start().await;
+    let controller = ControllerProc::start(
+        &standin,
+        &format!("sqlite://{}", db.path().join("fleet.db").display()),
+        &broker.url(),
+        "a",
+        logs.path(),
+    );
+    let mut agents: Vec<AgentProc> = ["gw-x86-1", "pi-arm-1", "mcu-arm-1"]
+        .into_iter()
+        .map(|id| AgentProc::start(&device(id), &broker.url(), logs.path()))
+        .collect();
+    let v1 = publish_variants(&artifacts, "1.0.0");
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest("1.0.0", &v1, "[{percent: 50}]")),
+    );
+    wait_ready(&standin, "1.0.0", 3, Duration::from_secs(120)).await;
+
+    let outage_s = 12;
+    standin.outage(outage_s).await;
+    let outage = Instant::now();
+    let joiner = AgentProc::start(&device("pi-arm-2"), &broker.url(), logs.path());
+    let served = eventually(
+        Duration::from_secs(outage_s),
+        "the new device served during the outage",
+        || async {
+            match joiner.model(MODEL).await {
+                Some(served) => Ok(served),
+                None => Err(controller.proc.log_tail()),
+            }
+        },
+    )
+    .await;
+    let served_after_s = outage.elapsed().as_secs_f64();
+    assert!(
+        served_after_s < outage_s as f64,
+        "served only after the outage ended"
+    );
+    assert_eq!(served["variant"], "fp16", "{served}");
+    for agent in &agents {
+        agent
+            .infer(MODEL, "x", &[1, 3, 224, 224], 0.5)
+            .await
+            .unwrap_or_else(|e| panic!("{} stopped answering: {e}", agent.device.id));
+    }
+    // The status could not be written meanwhile; it catches up once the API is back.
+    let out = standin.kubectl(&["get", "md", "orientation"], None);
+    let during = !out.status.success();
+    agents.push(joiner);
+    wait_ready(&standin, "1.0.0", 4, Duration::from_secs(60)).await;
+    println!(
+        "RELIABILITY api_outage: outage_s={outage_s} api_refused_during={during} \
+         new_device_served_after_s={served_after_s:.1} status_caught_up_after_outage_s={:.1} \
+         devices_affected=0",
+        (outage.elapsed().as_secs_f64() - outage_s as f64).max(0.0)
+    );
+}
+
+/// Two replicas on one PostgreSQL database: only the Lease holder publishes desired
+/// documents; both count telemetry (the standby stays warm); SIGKILL the leader and the
+/// standby takes over and finishes the next rollout without re-assigning any device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_over() {
+    let logs = tempfile::tempdir().unwrap();
+    let db = TempPostgres::create("replicas").await;
+    let broker = Broker::start();
+    let standin = StandIn::start_with_crd();
+    let artifacts = ArtifactServer::start().await;
+    let mut replicas = vec![
+        ControllerProc::start(&standin, &db.url, &broker.url(), "one", logs.path()),
+        ControllerProc::start(&standin, &db.url, &broker.url(), "two", logs.path()),
+    ];
+    let agents: Vec<AgentProc> = ["gw-x86-1", "pi-arm-1", "pi-arm-2"]
+        .into_iter()
+        .map(|id| AgentProc::start(&device(id), &broker.url(), logs.path()))
+        .collect();
+    let v1 = publish_variants(&artifacts, "1.0.0");
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest("1.0.0", &v1, "[{percent: 50}]")),
+    );
+    wait_ready(&standin, "1.0.0", 3, Duration::from_secs(120)).await;
+    drive_load(&agents, 10).await;
+
+    let mut leader_of = Vec::new();
+    let mut published = Vec::new();
+    for replica in &replicas {
+        let metrics = replica.metrics().await;
+        leader_of.push(gauge(&metrics, "edgefleet_leader"));
+        published.push(
+            metrics
+                .lines()
+                .find(|l| l.starts_with("edgefleet_mqtt_published_total{channel=\"desired\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0),
+        );
+    }
+    assert_eq!(leader_of.iter().sum::<f64>(), 1.0, "{leader_of:?}");
+    let leader = leader_of.iter().position(|l| *l == 1.0).unwrap();
+    let standby = 1 - leader;
+    assert!(published[leader] >= 3.0, "{published:?}");
+    assert_eq!(
+        published[standby], 0.0,
+        "the standby published: {published:?}"
+    );
+
+    // Both replicas count every window the devices sent.
+    let mut served = 0.0;
+    for agent in &agents {
+        served += metric_sum(
+            &agent.metrics().await,
+            "edgefleet_agent_inference_requests_total",
+        );
+    }
+    for replica in &replicas {
+        eventually(
+            Duration::from_secs(30),
+            "each replica counted every inference",
+            || async {
+                let counted = metric_sum(
+                    &replica.metrics().await,
+                    "edgefleet_inference_requests_total",
+                );
+                if counted == served {
+                    Ok(())
+                } else {
+                    Err(format!("served {served}, counted {counted}"))
+                }
+            },
+        )
+        .await;
+    }
+
+    let before = db.desired_documents().await;
+    replicas[leader].proc.kill(); // SIGKILL: the Lease is not released
+    let killed = Instant::now();
+    let survivor = replicas.remove(standby);
+    eventually(Duration::from_secs(60), "the standby leading", || async {
+        if survivor.metrics().await.contains("edgefleet_leader 1") {
+            Ok(())
+        } else {
+            Err(survivor.proc.log_tail())
+        }
+    })
+    .await;
+    let takeover_s = killed.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        before,
+        db.desired_documents().await,
+        "the new leader re-assigned devices"
+    );
+    let v2 = publish_variants(&artifacts, "2.0.0");
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest("2.0.0", &v2, "[{percent: 50}]")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        drive_load(&agents, 2).await;
+        let status = md_status(&standin);
+        if status["phase"] == "Succeeded"
+            && status["targetVersion"] == "2.0.0"
+            && status["devices"]["ready"] == 3
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new leader did not finish the rollout: {status}\n{}",
+            survivor.proc.log_tail()
+        );
+    }
+    println!(
+        "RELIABILITY replicas: standby_desired_published=0 leader_desired_published={} \
+         takeover_after_sigkill_s={takeover_s:.1} (lease 15 s) devices_reassigned=0",
+        published[leader]
+    );
+    drop(survivor);
+    db.drop().await;
+}
