@@ -27,6 +27,9 @@ pub struct Inventory {
     metrics: Metrics,
     /// Bumped on every fleet change; reconcilers watch it.
     changes: watch::Sender<u64>,
+    /// Devices online and offline, for the `edgefleet_devices` gauge.
+    online: std::sync::atomic::AtomicI64,
+    offline: std::sync::atomic::AtomicI64,
 }
 
 impl Inventory {
@@ -38,7 +41,10 @@ impl Inventory {
             devices.insert(facts.id.clone(), facts);
         }
         let (changes, _) = watch::channel(0);
+        let online = devices.values().filter(|d| d.online).count() as i64;
         let inventory = Self {
+            online: online.into(),
+            offline: (devices.len() as i64 - online).into(),
             devices: RwLock::new(devices),
             store,
             metrics,
@@ -83,6 +89,7 @@ impl Inventory {
                 .map(|p| p.installed_sha256.clone())
                 .unwrap_or_default();
             let changed = previous != Some(&facts);
+            self.count_online(previous.map(|p| p.online), Some(facts.online));
             devices.insert(facts.id.clone(), facts);
             changed
         };
@@ -103,6 +110,7 @@ impl Inventory {
         }
         let changed = match self.write().get_mut(&status.device_id) {
             Some(facts) if facts.online != status.online => {
+                self.count_online(Some(facts.online), Some(status.online));
                 facts.online = status.online;
                 true
             }
@@ -118,43 +126,60 @@ impl Inventory {
         report: &StateReport,
         now_ms: i64,
     ) -> Result<Change, StoreError> {
-        let mut any = false;
-        for model in &report.models {
-            let Some((namespace, name)) = model.deployment.split_once('/') else {
-                self.metrics
-                    .mqtt_rejected
-                    .with_label_values(&["invalid"])
-                    .inc();
-                continue;
-            };
-            let phase = phase_name(model.phase);
-            let row = ModelReport {
-                device: report.device_id.as_str(),
-                namespace,
-                name,
-                version: &model.version,
-                variant: &model.variant,
-                phase,
-                reason: model.reason.as_deref(),
-                serving_sha256: model.serving_sha256.as_deref(),
-            };
-            any |= self.store.record_model_state(&row, now_ms).await?;
+        self.apply_states(&[report], now_ms).await
+    }
+
+    /// [`Inventory::apply_state`] for many reports, written in one transaction.
+    pub async fn apply_states(
+        &self,
+        reports: &[&StateReport],
+        now_ms: i64,
+    ) -> Result<Change, StoreError> {
+        let mut rows = Vec::new();
+        for report in reports {
+            for model in &report.models {
+                let Some((namespace, name)) = model.deployment.split_once('/') else {
+                    self.metrics
+                        .mqtt_rejected
+                        .with_label_values(&["invalid"])
+                        .inc();
+                    continue;
+                };
+                rows.push(ModelReport {
+                    device: report.device_id.as_str(),
+                    namespace,
+                    name,
+                    version: &model.version,
+                    variant: &model.variant,
+                    phase: phase_name(model.phase),
+                    reason: model.reason.as_deref(),
+                    serving_sha256: model.serving_sha256.as_deref(),
+                });
+            }
         }
-        // Artifacts on the device do not count against its free disk for re-planning.
-        let installed: Vec<String> = report
-            .models
-            .iter()
-            .filter(|m| m.phase == ModelPhase::Ready)
-            .map(|m| m.sha256.clone())
-            .chain(
-                report
-                    .models
-                    .iter()
-                    .filter_map(|m| m.serving_sha256.clone()),
-            )
-            .collect();
-        if let Some(facts) = self.write().get_mut(&report.device_id) {
-            facts.installed_sha256 = installed.into_iter().collect();
+        let any = self
+            .store
+            .record_model_states(&rows, now_ms)
+            .await?
+            .into_iter()
+            .any(|recorded| recorded);
+        let mut devices = self.write();
+        for report in reports {
+            // Artifacts on the device do not count against its free disk for re-planning.
+            let installed = report
+                .models
+                .iter()
+                .filter(|m| m.phase == ModelPhase::Ready)
+                .map(|m| m.sha256.clone())
+                .chain(
+                    report
+                        .models
+                        .iter()
+                        .filter_map(|m| m.serving_sha256.clone()),
+                );
+            if let Some(facts) = devices.get_mut(&report.device_id) {
+                facts.installed_sha256 = installed.collect();
+            }
         }
         Ok(if any {
             Change::Progress
@@ -172,17 +197,32 @@ impl Inventory {
         change
     }
 
+    /// Keeps the online/offline counts up to date as one device goes from `before` to
+    /// `after` (`None`: unknown), so that a change costs O(1), not a walk over the fleet.
+    fn count_online(&self, before: Option<bool>, after: Option<bool>) {
+        let delta = |state: Option<bool>, sign: i64| match state {
+            Some(true) => (sign, 0),
+            Some(false) => (0, sign),
+            None => (0, 0),
+        };
+        let (on_before, off_before) = delta(before, -1);
+        let (on_after, off_after) = delta(after, 1);
+        self.online
+            .fetch_add(on_before + on_after, std::sync::atomic::Ordering::Relaxed);
+        self.offline
+            .fetch_add(off_before + off_after, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn update_gauges(&self) {
-        let devices = self.read();
-        let online = devices.values().filter(|d| d.online).count();
+        let load = |n: &std::sync::atomic::AtomicI64| n.load(std::sync::atomic::Ordering::Relaxed);
         self.metrics
             .devices
             .with_label_values(&["online"])
-            .set(online as i64);
+            .set(load(&self.online));
         self.metrics
             .devices
             .with_label_values(&["offline"])
-            .set((devices.len() - online) as i64);
+            .set(load(&self.offline));
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<DeviceId, DeviceFacts>> {

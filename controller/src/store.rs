@@ -2,12 +2,16 @@
 //! with one set of portable migrations under `migrations/`. Queries are checked at run time
 //! (no database needed to build) and use `$1..$N` in order of appearance, which both accept.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use edgefleet_crds::wire::{DeviceId, Hello};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
+
+mod batch;
+pub use batch::DesiredWrite;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
@@ -342,7 +346,8 @@ impl Store {
     }
 
     /// Makes the deployment's assignments exactly `rows` (device reports of unchanged
-    /// assignments are kept; changed ones start over).
+    /// assignments are kept; changed ones start over). One transaction, set-at-a-time
+    /// statements: cost grows linearly with the number of rows.
     pub async fn replace_assignments(
         &self,
         namespace: &str,
@@ -351,64 +356,41 @@ impl Store {
         now_ms: i64,
     ) -> Result<()> {
         let current = self.assignments(namespace, name).await?;
+        let current: HashMap<&str, &AssignmentRow> =
+            current.iter().map(|r| (r.device_id.as_str(), r)).collect();
+        let wanted: HashSet<&str> = rows.iter().map(|r| r.device_id.as_str()).collect();
+        let gone: Vec<&str> = current
+            .keys()
+            .copied()
+            .filter(|device| !wanted.contains(device))
+            .collect();
+        let writes: Vec<batch::AssignmentWrite> = rows
+            .iter()
+            .filter_map(|row| {
+                let old = current.get(row.device_id.as_str());
+                let unchanged = old.is_some_and(|old| {
+                    old.version == row.version
+                        && old.variant == row.variant
+                        && old.role == row.role
+                        && old.reason == row.reason
+                        && old.assignment_json == row.assignment_json
+                        && old.generation == row.generation
+                });
+                if unchanged {
+                    return None;
+                }
+                // the device's reports stay with the row while it is the same model
+                let same_model =
+                    old.filter(|old| old.version == row.version && old.variant == row.variant);
+                Some(batch::AssignmentWrite {
+                    row,
+                    kept_report: same_model.copied(),
+                })
+            })
+            .collect();
         let mut tx = self.pool.begin().await?;
-        for old in &current {
-            if !rows.iter().any(|r| r.device_id == old.device_id) {
-                sqlx::query(
-                    "DELETE FROM assignments WHERE namespace = $1 AND name = $2 AND device_id = $3",
-                )
-                .bind(namespace)
-                .bind(name)
-                .bind(&old.device_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for row in rows {
-            let unchanged = current.iter().any(|old| {
-                old.device_id == row.device_id
-                    && old.version == row.version
-                    && old.variant == row.variant
-                    && old.role == row.role
-                    && old.reason == row.reason
-                    && old.assignment_json == row.assignment_json
-                    && old.generation == row.generation
-            });
-            if unchanged {
-                continue;
-            }
-            let same_model = current.iter().find(|old| {
-                old.device_id == row.device_id
-                    && old.version == row.version
-                    && old.variant == row.variant
-            });
-            sqlx::query(
-                "INSERT INTO assignments (namespace, name, device_id, version, variant, role, reason, assignment_json,
-                   generation, phase, phase_reason, serving_sha256, updated_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                 ON CONFLICT (namespace, name, device_id) DO UPDATE SET version = excluded.version,
-                   variant = excluded.variant, role = excluded.role, reason = excluded.reason,
-                   assignment_json = excluded.assignment_json,
-                   generation = excluded.generation, phase = excluded.phase,
-                   phase_reason = excluded.phase_reason, serving_sha256 = excluded.serving_sha256,
-                   updated_ms = excluded.updated_ms",
-            )
-            .bind(namespace)
-            .bind(name)
-            .bind(&row.device_id)
-            .bind(&row.version)
-            .bind(&row.variant)
-            .bind(&row.role)
-            .bind(&row.reason)
-            .bind(&row.assignment_json)
-            .bind(row.generation)
-            .bind(same_model.and_then(|o| o.phase.clone()))
-            .bind(same_model.and_then(|o| o.phase_reason.clone()))
-            .bind(same_model.and_then(|o| o.serving_sha256.clone()))
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
+        batch::delete_assignments(&mut tx, namespace, name, &gone).await?;
+        batch::upsert_assignments(&mut tx, namespace, name, &writes, now_ms).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -433,22 +415,7 @@ impl Store {
 
     /// Records what a device reported for one of its assignments.
     pub async fn record_model_state(&self, report: &ModelReport<'_>, now_ms: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE assignments SET phase = $1, phase_reason = $2, serving_sha256 = $3, updated_ms = $4
-             WHERE namespace = $5 AND name = $6 AND device_id = $7 AND version = $8 AND variant = $9",
-        )
-        .bind(report.phase)
-        .bind(report.reason)
-        .bind(report.serving_sha256)
-        .bind(now_ms)
-        .bind(report.namespace)
-        .bind(report.name)
-        .bind(report.device)
-        .bind(report.version)
-        .bind(report.variant)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        record_model_state_on(&self.pool, report, now_ms).await
     }
 
     // ------------------------------------------------------------ desired documents
@@ -593,6 +560,29 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect()
     }
+}
+
+async fn record_model_state_on<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    report: &ModelReport<'_>,
+    now_ms: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE assignments SET phase = $1, phase_reason = $2, serving_sha256 = $3, updated_ms = $4
+         WHERE namespace = $5 AND name = $6 AND device_id = $7 AND version = $8 AND variant = $9",
+    )
+    .bind(report.phase)
+    .bind(report.reason)
+    .bind(report.serving_sha256)
+    .bind(now_ms)
+    .bind(report.namespace)
+    .bind(report.name)
+    .bind(report.device)
+    .bind(report.version)
+    .bind(report.variant)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 fn deployment_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDeployment> {

@@ -27,8 +27,11 @@ use status::{StatusInput, build_status, invalid_status};
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::mqtt::MqttLink;
-use crate::store::{AssignmentRow, Store, StoreError};
+use crate::store::{AssignmentRow, DesiredWrite, Store, StoreError};
 use crate::telemetry::Telemetry;
+
+/// Devices whose desired documents are rebuilt per round of reads, writes and publishes.
+const PUBLISH_CHUNK: usize = 2000;
 
 /// Where desired documents go: the broker, or a recorder in tests.
 #[derive(Clone)]
@@ -336,29 +339,55 @@ impl Engine {
                 .await?;
         }
         self.attribution.assign(key, &new);
-        for device in changed {
-            self.publish_device(&device, now_ms).await?;
-        }
-        Ok(())
+        let changed: Vec<String> = changed.into_iter().collect();
+        self.publish_devices(&changed, now_ms).await
     }
 
     /// Rebuilds one device's full desired document and publishes it if it changed.
     pub async fn publish_device(&self, device: &str, now_ms: i64) -> Result<(), ReconcileError> {
-        let Ok(id) = DeviceId::new(device) else {
-            return Ok(()); // ids come from validated hellos; nothing to publish to otherwise
-        };
+        self.publish_devices(&[device.to_string()], now_ms).await
+    }
+
+    /// Rebuilds the full desired documents of `devices` and publishes those that changed.
+    /// Reads and writes go set-at-a-time, a chunk of devices per query and per transaction;
+    /// each chunk is stored before it is published.
+    pub async fn publish_devices(
+        &self,
+        devices: &[String],
+        now_ms: i64,
+    ) -> Result<(), ReconcileError> {
+        // ids come from validated hellos; nothing to publish to otherwise
+        let ids: Vec<(DeviceId, &str)> = devices
+            .iter()
+            .filter_map(|d| Some((DeviceId::new(d.as_str()).ok()?, d.as_str())))
+            .collect();
         let _guard = self.publish_lock.lock().await;
-        let rows = self.store.device_assignments(device).await?;
-        let previous = self.store.desired(device).await?;
-        let previous_ref = previous.as_ref().map(|(g, json)| (*g, json.as_str()));
-        if let Some(doc) = desired::next_desired(&id, &rows, previous_ref)? {
-            let json =
-                serde_json::to_string(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let generation = i64::try_from(doc.generation).unwrap_or(i64::MAX);
-            self.store
-                .put_desired(device, generation, &json, now_ms)
-                .await?;
-            self.publisher.publish(&doc).await?;
+        for chunk in ids.chunks(PUBLISH_CHUNK) {
+            let names: Vec<&str> = chunk.iter().map(|(_, name)| *name).collect();
+            let rows = self.store.assignments_of_devices(&names).await?;
+            let previous = self.store.desired_of_devices(&names).await?;
+            let mut documents = Vec::new();
+            for (id, name) in chunk {
+                let rows = rows.get(*name).map(Vec::as_slice).unwrap_or_default();
+                let previous_ref = previous.get(*name).map(|(g, json)| (*g, json.as_str()));
+                if let Some(doc) = desired::next_desired(id, rows, previous_ref)? {
+                    let json = serde_json::to_string(&doc)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    documents.push((doc, json));
+                }
+            }
+            let writes: Vec<DesiredWrite> = documents
+                .iter()
+                .map(|(doc, json)| DesiredWrite {
+                    device: doc.device_id.as_str(),
+                    generation: i64::try_from(doc.generation).unwrap_or(i64::MAX),
+                    document_json: json,
+                })
+                .collect();
+            self.store.put_desired_many(&writes, now_ms).await?;
+            for (doc, _) in &documents {
+                self.publisher.publish(doc).await?;
+            }
         }
         Ok(())
     }
@@ -374,9 +403,8 @@ impl Engine {
         self.store
             .replace_assignments(namespace, name, &[], now_ms)
             .await?;
-        for row in &old {
-            self.publish_device(&row.device_id, now_ms).await?;
-        }
+        let devices: Vec<String> = old.into_iter().map(|row| row.device_id).collect();
+        self.publish_devices(&devices, now_ms).await?;
         self.store.purge_deployment(namespace, name).await?;
         let key = format!("{namespace}/{name}");
         self.attribution.assign(&key, &[]);

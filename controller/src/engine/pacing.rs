@@ -28,13 +28,15 @@ pub fn pace(
         online.contains(&row.device_id)
             && !matches!(row.phase.as_deref(), Some("Ready") | Some("Failed"))
     };
+    let planned_json: BTreeMap<&str, &str> = planned
+        .iter()
+        .map(|p| (p.device_id.as_str(), p.assignment_json.as_str()))
+        .collect();
     let mut in_flight = current
         .values()
         .filter(|row| switching(row))
         .filter(|row| {
-            planned
-                .iter()
-                .any(|p| p.device_id == row.device_id && p.assignment_json == row.assignment_json)
+            planned_json.get(row.device_id.as_str()) == Some(&row.assignment_json.as_str())
         })
         .count();
 
