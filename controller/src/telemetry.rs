@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use edgefleet_core::analysis::CohortWindow;
+use edgefleet_crds::LatencyHistogram;
 use edgefleet_crds::histogram::LATENCY_BUCKETS_SECONDS;
 use edgefleet_crds::wire::ModelWindow;
 use prometheus::core::{Collector, Desc};
@@ -43,6 +44,9 @@ pub struct Telemetry {
 const LATENCY: &str = "edgefleet_inference_latency_seconds";
 const REQUESTS: &str = "edgefleet_inference_requests_total";
 const ERRORS: &str = "edgefleet_inference_errors_total";
+const OFFLOADS: &str = "edgefleet_offload_requests_total";
+const FALLBACKS: &str = "edgefleet_offload_fallbacks_total";
+const CLOUD_LATENCY: &str = "edgefleet_cloud_request_duration_seconds";
 const LABELS: [&str; 5] = ["namespace", "deployment", "variant", "device_class", "role"];
 
 impl Telemetry {
@@ -72,6 +76,18 @@ impl Telemetry {
                     ERRORS,
                     "Inference requests that failed on devices, per cohort",
                 ),
+                desc(
+                    OFFLOADS,
+                    "Inference requests devices sent to the cloud endpoint, per cohort",
+                ),
+                desc(
+                    FALLBACKS,
+                    "Offloaded requests answered with the local result because the cloud failed",
+                ),
+                desc(
+                    CLOUD_LATENCY,
+                    "Round trips of offloaded requests to the cloud endpoint, per cohort",
+                ),
             ],
         }
     }
@@ -96,17 +112,15 @@ impl Telemetry {
     /// Adds one model window of one device. A late window lands in the interval it measured.
     pub fn record(&self, labels: CohortLabels, window_start_ms: i64, window: &ModelWindow) {
         let slice = window_start_ms - window_start_ms.rem_euclid(self.interval_ms);
+        let mut one = CohortWindow::default();
+        one.add(window.requests, window.errors, &window.latency);
+        if let Some(offload) = &window.offload {
+            one.add_offload(offload);
+        }
         let mut state = self.lock();
-        state.totals.entry(labels.clone()).or_default().add(
-            window.requests,
-            window.errors,
-            &window.latency,
-        );
+        state.totals.entry(labels.clone()).or_default().merge(&one);
         let slices = state.recent.entry(labels).or_default();
-        slices
-            .entry(slice)
-            .or_default()
-            .add(window.requests, window.errors, &window.latency);
+        slices.entry(slice).or_default().merge(&one);
         if let Some(newest) = slices.keys().next_back().copied() {
             slices.retain(|start, _| *start > newest - self.retention_ms);
         }
@@ -119,7 +133,7 @@ impl Telemetry {
         if let Some(slices) = state.recent.get(labels) {
             let first_slice = since_ms - since_ms.rem_euclid(self.interval_ms);
             for totals in slices.range(first_slice..).map(|(_, t)| t) {
-                merged.add(totals.requests, totals.errors, &totals.latency);
+                merged.merge(totals);
             }
         }
         merged
@@ -142,8 +156,7 @@ impl Telemetry {
             .collect();
         let mut merged = CohortWindow::default();
         for key in keys {
-            let part = self.since(&key, since_ms);
-            merged.add(part.requests, part.errors, &part.latency);
+            merged.merge(&self.since(&key, since_ms));
         }
         merged
     }
@@ -179,29 +192,50 @@ impl Collector for Telemetry {
         let mut latency = family(LATENCY, &self.descs[0], MetricType::HISTOGRAM);
         let mut requests = family(REQUESTS, &self.descs[1], MetricType::COUNTER);
         let mut errors = family(ERRORS, &self.descs[2], MetricType::COUNTER);
+        let mut offloads = family(OFFLOADS, &self.descs[3], MetricType::COUNTER);
+        let mut fallbacks = family(FALLBACKS, &self.descs[4], MetricType::COUNTER);
+        let mut cloud = family(CLOUD_LATENCY, &self.descs[5], MetricType::HISTOGRAM);
         for (labels, totals) in &state.totals {
-            let mut histogram = proto::Histogram::default();
-            let mut cumulative = 0u64;
-            let mut buckets = Vec::with_capacity(LATENCY_BUCKETS_SECONDS.len());
-            for (bound, count) in LATENCY_BUCKETS_SECONDS.iter().zip(&totals.latency.counts) {
-                cumulative += count;
-                let mut bucket = proto::Bucket::default();
-                bucket.set_upper_bound(*bound);
-                bucket.set_cumulative_count(cumulative);
-                buckets.push(bucket);
-            }
-            histogram.set_bucket(buckets);
-            histogram.set_sample_count(totals.latency.count());
-            histogram.set_sample_sum(totals.latency.sum_seconds);
-            let mut metric = proto::Metric::from_label(label_pairs(labels));
-            metric.set_histogram(histogram);
-            latency.mut_metric().push(metric);
-
+            latency
+                .mut_metric()
+                .push(histogram(labels, &totals.latency));
             requests.mut_metric().push(counter(labels, totals.requests));
             errors.mut_metric().push(counter(labels, totals.errors));
+            // Only cohorts that ever offloaded: deployments without a policy add no series.
+            let offload = &totals.offload;
+            if offload.requests > 0 {
+                offloads
+                    .mut_metric()
+                    .push(counter(labels, offload.requests));
+                fallbacks
+                    .mut_metric()
+                    .push(counter(labels, offload.fallbacks));
+                cloud
+                    .mut_metric()
+                    .push(histogram(labels, &offload.cloud_latency));
+            }
         }
-        vec![latency, requests, errors]
+        vec![latency, requests, errors, offloads, fallbacks, cloud]
     }
+}
+
+fn histogram(labels: &CohortLabels, observed: &LatencyHistogram) -> proto::Metric {
+    let mut histogram = proto::Histogram::default();
+    let mut cumulative = 0u64;
+    let mut buckets = Vec::with_capacity(LATENCY_BUCKETS_SECONDS.len());
+    for (bound, count) in LATENCY_BUCKETS_SECONDS.iter().zip(&observed.counts) {
+        cumulative += count;
+        let mut bucket = proto::Bucket::default();
+        bucket.set_upper_bound(*bound);
+        bucket.set_cumulative_count(cumulative);
+        buckets.push(bucket);
+    }
+    histogram.set_bucket(buckets);
+    histogram.set_sample_count(observed.count());
+    histogram.set_sample_sum(observed.sum_seconds);
+    let mut metric = proto::Metric::from_label(label_pairs(labels));
+    metric.set_histogram(histogram);
+    metric
 }
 
 fn family(name: &str, desc: &Desc, kind: MetricType) -> MetricFamily {
@@ -243,7 +277,6 @@ fn label_pairs(labels: &CohortLabels) -> Vec<proto::LabelPair> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgefleet_crds::LatencyHistogram;
 
     fn labels(class: &str, role: &str) -> CohortLabels {
         CohortLabels {
@@ -264,6 +297,7 @@ mod tests {
             requests: latencies.len() as u64,
             errors,
             latency,
+            offload: None,
         }
     }
 
@@ -327,5 +361,56 @@ mod tests {
             "gaps are fine (windows with no requests)"
         );
         assert!(!t.claim_seq("a", 3), "a replay of an older window");
+    }
+
+    #[test]
+    fn offload_counts_merge_and_export_only_for_cohorts_that_offloaded() {
+        let telemetry = Telemetry::new(10_000, 60_000);
+        let mut offloading = window(&[0.01, 0.02, 0.2, 0.3], 0);
+        let mut cloud_latency = LatencyHistogram::default();
+        cloud_latency.observe(0.15);
+        cloud_latency.observe(0.25);
+        offloading.offload = Some(edgefleet_crds::wire::OffloadWindow {
+            requests: 2,
+            fallbacks: 1,
+            cloud_latency,
+        });
+        telemetry.record(labels("a", "canary"), 0, &offloading);
+        telemetry.record(labels("a", "canary"), 1_000, &offloading);
+        telemetry.record(labels("b", "stable"), 0, &window(&[0.01], 0));
+        let merged = telemetry.since(&labels("a", "canary"), 0);
+        assert_eq!((merged.offload.requests, merged.offload.fallbacks), (4, 2));
+        assert_eq!(merged.offload.cloud_latency.count(), 4);
+        assert_eq!(merged.offload_ratio(), Some(0.5));
+
+        let registry = prometheus::Registry::new();
+        registry.register(Box::new(telemetry)).expect("register");
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut text,
+        )
+        .expect("encode");
+        let text = String::from_utf8(text).expect("utf8");
+        let cohort = r#"{namespace="default",deployment="vad",variant="int8",device_class="a",role="canary"}"#;
+        assert!(
+            text.contains(&format!("edgefleet_offload_requests_total{cohort} 4")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("edgefleet_offload_fallbacks_total{cohort} 2")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "edgefleet_cloud_request_duration_seconds_count{cohort} 4"
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"edgefleet_offload_requests_total{namespace="default",deployment="vad",variant="int8",device_class="b""#),
+            "a cohort that never offloaded exports no offload series: {text}"
+        );
     }
 }

@@ -107,6 +107,7 @@ async fn series_after(devices: usize) -> (usize, String) {
                     requests: 1,
                     errors: 0,
                     latency: latency.clone(),
+                    offload: None,
                 },
                 // a device inventing names must not create series
                 ModelWindow {
@@ -115,6 +116,7 @@ async fn series_after(devices: usize) -> (usize, String) {
                     requests: 1,
                     errors: 0,
                     latency: latency.clone(),
+                    offload: None,
                 },
                 ModelWindow {
                     deployment: format!("ns/dep-{i}"),
@@ -122,6 +124,7 @@ async fn series_after(devices: usize) -> (usize, String) {
                     requests: 1,
                     errors: 0,
                     latency,
+                    offload: None,
                 },
             ],
         };

@@ -176,6 +176,7 @@ impl Fleet {
                     requests: 30,
                     errors: 0,
                     latency,
+                    offload: None,
                 };
                 let labels = CohortLabels {
                     namespace: "default".into(),

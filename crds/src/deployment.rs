@@ -7,6 +7,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::offload::OffloadPolicy;
+
 /// Desired state: a model, the devices it targets, its variants and the rollout policy.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -42,6 +44,9 @@ pub struct ModelDeploymentSpec {
     /// Input the agent runs through a new model before it reports Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_test: Option<SelfTest>,
+    /// Send hard or overflow requests to a cloud model (off unless given, see `OffloadPolicy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadPolicy>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -307,6 +312,11 @@ pub struct Analysis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_error_rate: Option<f64>,
+    /// Largest share of requests a cohort may send to the cloud (`spec.offload`): a variant
+    /// that cannot answer most requests itself is not a good edge variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_offload_ratio: Option<f64>,
     /// A step that has not passed within this time is Inconclusive and handled by `onFailure`.
     #[serde(default = "default_step_timeout")]
     #[schemars(range(min = 1))]
@@ -323,6 +333,7 @@ impl Default for Analysis {
             failure_threshold: default_failure_threshold(),
             max_p95_latency_ms: None,
             max_error_rate: None,
+            max_offload_ratio: None,
             step_timeout_seconds: default_step_timeout(),
             on_failure: FailureAction::default(),
         }
@@ -471,6 +482,9 @@ pub struct CohortStatus {
     pub p95_latency_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<f64>,
+    /// Share of the cohort's requests sent to the cloud (only with `spec.offload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_ratio: Option<f64>,
     #[serde(default)]
     pub consecutive_failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,11 +5,13 @@
 pub mod deployment;
 pub mod histogram;
 pub mod manifest;
+pub mod offload;
 pub mod validate;
 pub mod wire;
 
 pub use deployment::*;
 pub use histogram::LatencyHistogram;
+pub use offload::*;
 
 /// The CRD YAML generated from the Rust types; `crds/modeldeployment.yaml` must equal it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {

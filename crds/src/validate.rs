@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::deployment::{ModelDeploymentSpec, Precision, SelectorOperator};
+use crate::offload::OffloadPolicy;
 
 /// One problem, with the path of the offending field as `kubectl` would print it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,5 +123,53 @@ pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
             );
         }
     }
+    if let Some(offload) = &spec.offload {
+        validate_offload(offload, &mut push);
+    }
     errors
+}
+
+fn validate_offload(offload: &OffloadPolicy, push: &mut impl FnMut(String, String)) {
+    if !offload.inputs_may_leave_device {
+        push(
+            "spec.offload.inputsMayLeaveDevice".into(),
+            "must be true to offload: requests' inputs are sent to the cloud endpoint; \
+             remove spec.offload to keep every input on the device"
+                .into(),
+        );
+    }
+    let url = &offload.endpoint.url;
+    let valid_url = (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.chars().any(char::is_whitespace)
+        && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+    if !valid_url {
+        push(
+            "spec.offload.endpoint.url".into(),
+            format!("{url:?} is not an http(s) URL"),
+        );
+    }
+    if offload.triggers.is_empty() {
+        push(
+            "spec.offload.triggers".into(),
+            "give at least one of confidenceBelow, queueDepthAbove, latencyBudgetMs".into(),
+        );
+    }
+    if let Some(confidence) = &offload.triggers.confidence_below
+        && !(confidence.threshold > 0.0 && confidence.threshold <= 1.0)
+    {
+        push(
+            "spec.offload.triggers.confidenceBelow.threshold".into(),
+            format!(
+                "{} must be in (0, 1]: no confidence is below 0",
+                confidence.threshold
+            ),
+        );
+    }
+    let rate = offload.rate_limit.requests_per_second;
+    if !(rate.is_finite() && rate > 0.0) {
+        push(
+            "spec.offload.rateLimit.requestsPerSecond".into(),
+            format!("{rate} must be above 0; remove spec.offload to never offload"),
+        );
+    }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::deployment::{Artifact, ModelRef, Precision, Runtime, SelfTest};
 use crate::histogram::LatencyHistogram;
+use crate::offload::OffloadPolicy;
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const TOPIC_PREFIX: &str = "edgefleet/v1/devices";
@@ -326,6 +327,10 @@ pub struct Assignment {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_test: Option<SelfTest>,
+    /// The deployment's offload policy; sent only when it allows inputs to leave the device.
+    /// Agents that predate it ignore the field and answer everything locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadPolicy>,
 }
 
 impl WireMessage for Desired {
@@ -425,7 +430,23 @@ pub struct ModelWindow {
     pub variant: String,
     pub requests: u64,
     pub errors: u64,
+    /// End to end through the local API, cloud time included for offloaded requests.
     pub latency: LatencyHistogram,
+    /// Only from agents applying an offload policy; older controllers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadWindow>,
+}
+
+/// What the offload policy did in one window.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OffloadWindow {
+    /// Requests sent to the cloud endpoint (answered by it or not).
+    pub requests: u64,
+    /// Of those, answered with the local result because the cloud failed or timed out.
+    pub fallbacks: u64,
+    /// Cloud round trips, failed ones included (a timeout counts as its full duration).
+    pub cloud_latency: LatencyHistogram,
 }
 
 impl WireMessage for Telemetry {
@@ -449,6 +470,20 @@ impl WireMessage for Telemetry {
                     "{:?} reports more errors than requests",
                     m.deployment
                 ));
+            }
+            if let Some(offload) = &m.offload {
+                if !offload.cloud_latency.has_shared_layout() {
+                    return Err(format!(
+                        "cloud latency histogram of {:?} does not have the shared bucket layout",
+                        m.deployment
+                    ));
+                }
+                if offload.fallbacks > offload.requests || offload.requests > m.requests {
+                    return Err(format!(
+                        "{:?} reports more fallbacks than offloads or more offloads than requests",
+                        m.deployment
+                    ));
+                }
             }
         }
         Ok(())

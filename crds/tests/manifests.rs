@@ -100,3 +100,75 @@ fn defaults_fill_an_omitted_rollout() {
     assert_eq!(md.spec.rollout.analysis.failure_threshold, 2);
     assert_eq!(md.spec.variants[0].runtime, edgefleet_crds::Runtime::Tract);
 }
+
+fn offload_example() -> String {
+    std::fs::read_to_string(examples_dir().join("text-direction-offload.yaml")).expect("readable")
+}
+
+#[test]
+fn offload_policy_is_admitted_with_its_defaults() {
+    let md = admit_yaml(&offload_example()).expect("admitted");
+    let offload = md.spec.offload.expect("offload");
+    assert!(offload.inputs_may_leave_device);
+    assert_eq!(offload.triggers.queue_depth_above, Some(4));
+    assert_eq!(md.spec.rollout.analysis.max_offload_ratio, Some(0.3));
+    let minimal = offload_example()
+        .replace(
+            "    rateLimit:\n      requestsPerSecond: 20\n      burst: 40\n",
+            "",
+        )
+        .replace("    timeoutMs: 500\n", "");
+    let offload = admit_yaml(&minimal)
+        .expect("admitted")
+        .spec
+        .offload
+        .expect("offload");
+    assert_eq!(offload.timeout_ms, 1000);
+    assert_eq!(offload.rate_limit.burst, 10);
+}
+
+#[test]
+fn offload_mistakes_are_refused_naming_the_field() {
+    let cases = [
+        (
+            ("inputsMayLeaveDevice: true", "inputsMayLeaveDevice: false"),
+            "spec.offload.inputsMayLeaveDevice",
+        ),
+        (("    inputsMayLeaveDevice: true\n", ""), "spec.offload"),
+        (
+            (
+                "url: http://cloud-inference.local:8080",
+                "url: cloud-inference.local",
+            ),
+            "spec.offload.endpoint.url",
+        ),
+        (
+            ("threshold: 0.75", "threshold: 0"),
+            "spec.offload.triggers.confidenceBelow.threshold",
+        ),
+        (
+            ("requestsPerSecond: 20", "requestsPerSecond: 0"),
+            "spec.offload.rateLimit.requestsPerSecond",
+        ),
+        (
+            ("maxOffloadRatio: 0.3", "maxOffloadRatio: 1.5"),
+            "spec.rollout.analysis.maxOffloadRatio",
+        ),
+    ];
+    for ((from, to), path) in cases {
+        let text = offload_example().replace(from, to);
+        assert_ne!(text, offload_example(), "{from:?} is in the example");
+        let errors = admit_yaml(&text).expect_err(path);
+        assert!(errors.iter().any(|e| e.path == path), "{path}: {errors:?}");
+    }
+    let no_trigger = offload_example().replace(
+        "    triggers:\n      confidenceBelow:\n        output: save_infer_model/scale_0.tmp_1\n        threshold: 0.75\n      queueDepthAbove: 4\n      latencyBudgetMs: 50\n",
+        "    triggers: {}\n",
+    );
+    assert_ne!(no_trigger, offload_example());
+    let errors = admit_yaml(&no_trigger).expect_err("no trigger");
+    assert!(
+        errors.iter().any(|e| e.path == "spec.offload.triggers"),
+        "{errors:?}"
+    );
+}

@@ -47,6 +47,7 @@ fn desired() -> Desired {
             },
             role: Role::Canary,
             self_test: None,
+            offload: None,
         }],
     }
 }
@@ -66,6 +67,7 @@ fn telemetry() -> Telemetry {
             requests: 2,
             errors: 0,
             latency,
+            offload: None,
         }],
     }
 }

@@ -17,6 +17,7 @@ use crate::capabilities;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, Command};
+use crate::offload::OffloadRuntime;
 use crate::registry::Registry;
 use crate::runtime;
 use crate::spool::Spool;
@@ -61,6 +62,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         permits: Arc::new(Semaphore::new(config.inference_threads)),
         test: config.test.clone(),
         max_body_bytes: config.max_body_bytes,
+        offload: OffloadRuntime::new(config.inference_threads)
+            .context("building the offload HTTP client")?,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

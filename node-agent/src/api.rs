@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::TestKnobs;
 use crate::metrics::Metrics;
+use crate::offload::{self, CloudRequest, Marker, OffloadOutcome, OffloadRuntime};
 use crate::registry::{Registry, Served};
 use crate::runtime::IoSpec;
 use crate::telemetry::WindowStats;
@@ -34,6 +35,8 @@ pub struct ApiInner {
     pub permits: Arc<Semaphore>,
     pub test: TestKnobs,
     pub max_body_bytes: usize,
+    /// Local queue, rate limits and the cloud client of deployments with an offload policy.
+    pub offload: OffloadRuntime,
 }
 
 pub type ApiState = Arc<ApiInner>;
@@ -54,10 +57,10 @@ pub fn router(state: ApiState) -> Router {
 
 /// A 4xx/5xx answer with the protocol's `{"error": ...}` body.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl ApiError {
-    fn bad(msg: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
         ApiError(StatusCode::BAD_REQUEST, msg.into())
     }
 }
@@ -113,7 +116,7 @@ async fn model_metadata(
 ) -> Result<impl IntoResponse, ApiError> {
     let served = lookup(&s, &name)?;
     let a = &served.assignment;
-    Ok(axum::Json(json!({
+    let mut metadata = json!({
         "name": a.model.name,
         "versions": [a.model.version],
         "platform": "onnx",
@@ -125,7 +128,11 @@ async fn model_metadata(
         "sha256": a.artifact.sha256,
         "runtime": a.runtime.as_str(),
         "role": a.role.as_str(),
-    })))
+    });
+    if let Some(policy) = &a.offload {
+        metadata["offload"] = json!(policy);
+    }
+    Ok(axum::Json(metadata))
 }
 
 async fn model_ready(State(s): State<ApiState>, Path(name): Path<String>) -> StatusCode {
@@ -137,7 +144,7 @@ async fn model_ready(State(s): State<ApiState>, Path(name): Path<String>) -> Sta
 }
 
 #[derive(Deserialize)]
-struct InferRequest {
+pub(crate) struct InferRequest {
     #[serde(default)]
     id: Option<Value>,
     #[serde(default)]
@@ -193,7 +200,12 @@ async fn infer(
         .latency
         .with_label_values(&labels)
         .observe(seconds);
-    s.stats.record(&a.deployment, &a.variant, seconds, failed);
+    let offloaded = match &result {
+        Ok(response) => response.extensions().get::<OffloadOutcome>().copied(),
+        Err(_) => None,
+    };
+    s.stats
+        .record_with_offload(&a.deployment, &a.variant, seconds, failed, offloaded);
     match result {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -214,8 +226,33 @@ async fn infer_served(
             .inputs
             .iter()
             .any(|i| i.parameters.contains_key("binary_data_size"));
-    let inputs = decode_inputs(served.model.inputs(), &request.inputs, binary)?;
+    let inputs = decode_inputs(served.model.inputs(), &request.inputs, binary.clone())?;
+    // A request another agent offloaded here is answered here: two agents that offload to
+    // each other must not bounce a request between them.
+    let forwarded = headers.contains_key(offload::FORWARDED_HEADER);
+    let policy = served.assignment.offload.as_ref();
+    match policy.filter(|p| p.inputs_may_leave_device && !forwarded) {
+        Some(policy) => {
+            let cloud = CloudRequest {
+                json: json_part,
+                binary,
+            };
+            offload::infer(s, served, policy, &request, used_binary, inputs, cloud).await
+        }
+        None => {
+            let outputs = run_local(s, served, inputs).await?;
+            render(&request, served, &outputs, used_binary, None)
+        }
+    }
+}
 
+/// Runs the model on the blocking pool, within the inference slots.
+pub(crate) async fn run_local(
+    s: &ApiState,
+    served: &Arc<Served>,
+    inputs: Vec<Tensor>,
+) -> Result<Vec<Tensor>, ApiError> {
+    let _queued = s.offload.enter_queue();
     let permit = s
         .permits
         .clone()
@@ -223,9 +260,11 @@ async fn infer_served(
         .await
         .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
     let model = served.model.clone();
-    let outputs = tokio::task::spawn_blocking(move || {
+    let (outputs, run_seconds) = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        model.run(inputs)
+        let started = Instant::now();
+        let outputs = model.run(inputs);
+        (outputs, started.elapsed().as_secs_f64())
     })
     .await
     .map_err(|e| {
@@ -233,14 +272,27 @@ async fn infer_served(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("inference task: {e}"),
         )
-    })?
-    .map_err(|e| {
+    })?;
+    if served.assignment.offload.is_some() {
+        s.offload
+            .observe_run(&served.assignment.deployment, run_seconds);
+    }
+    outputs.map_err(|e| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("inference failed: {e:#}"),
         )
-    })?;
+    })
+}
 
+/// The protocol's response for `outputs`; `marker` says where the answer came from.
+pub(crate) fn render(
+    request: &InferRequest,
+    served: &Served,
+    outputs: &[Tensor],
+    used_binary: bool,
+    marker: Option<Marker>,
+) -> Result<Response, ApiError> {
     let default_binary = request
         .parameters
         .get("binary_data_output")
@@ -295,10 +347,22 @@ async fn infer_served(
         "model_version": a.model.version,
         "outputs": out_json,
     });
-    if let Some(id) = request.id {
-        response["id"] = id;
+    if let Some(id) = &request.id {
+        response["id"] = id.clone();
     }
-    let header_bytes = serde_json::to_vec(&response)
+    if let Some(marker) = marker {
+        marker.annotate(&mut response);
+    }
+    let mut response = assemble(&response, &blobs)?;
+    if let Some(marker) = marker {
+        marker.set_header(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// A JSON body, or with binary tensors the JSON header followed by the blobs.
+pub(crate) fn assemble(header: &Value, blobs: &[Bytes]) -> Result<Response, ApiError> {
+    let header_bytes = serde_json::to_vec(header)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if blobs.is_empty() {
         return Ok((
@@ -313,7 +377,7 @@ async fn infer_served(
     let header_len = header_bytes.len();
     let mut body = Vec::with_capacity(header_len + blobs.iter().map(Bytes::len).sum::<usize>());
     body.extend_from_slice(&header_bytes);
-    for blob in &blobs {
+    for blob in blobs {
         body.extend_from_slice(blob);
     }
     let mut response = Response::new(Body::from(body));
@@ -440,289 +504,4 @@ fn decode_inputs(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runtime::Model;
-    use axum::http::Request;
-    use edgefleet_crds::wire::{Assignment, Role};
-    use edgefleet_crds::{Artifact, ModelRef, Precision, Runtime};
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
-    /// Doubles `x` (FP32, [-1, 3]) into `y`; `n` is x's element count as INT64.
-    struct Doubler {
-        inputs: Vec<IoSpec>,
-        outputs: Vec<IoSpec>,
-    }
-
-    impl Model for Doubler {
-        fn inputs(&self) -> &[IoSpec] {
-            &self.inputs
-        }
-        fn outputs(&self) -> &[IoSpec] {
-            &self.outputs
-        }
-        fn run(&self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
-            let x = &inputs[0];
-            let y: Vec<f32> = x.to_f64().iter().map(|v| (*v * 2.0) as f32).collect();
-            let n = (x.len() as i64).to_le_bytes().to_vec();
-            Ok(vec![
-                Tensor::from_f32(x.shape.clone(), &y)?,
-                Tensor::from_bytes(DataType::Int64, vec![1], n.into())?,
-            ])
-        }
-    }
-
-    fn state() -> ApiState {
-        let spec = |name: &str, dt, shape: Vec<i64>| IoSpec {
-            name: name.into(),
-            dt,
-            shape,
-        };
-        let registry = Arc::new(Registry::default());
-        registry.insert(Served {
-            assignment: Assignment {
-                deployment: "vision/doubler".into(),
-                model: ModelRef {
-                    name: "double".into(),
-                    version: "2.0".into(),
-                },
-                variant: "fp32".into(),
-                precision: Precision::Fp32,
-                runtime: Runtime::Tract,
-                artifact: Artifact {
-                    uri: "http://x/d.onnx".into(),
-                    sha256: "ab".repeat(32),
-                    size_bytes: 1,
-                    signature: None,
-                },
-                role: Role::Canary,
-                self_test: None,
-            },
-            model: Arc::new(Doubler {
-                inputs: vec![spec("x", DataType::Fp32, vec![-1, 3])],
-                outputs: vec![
-                    spec("y", DataType::Fp32, vec![-1, 3]),
-                    spec("n", DataType::Int64, vec![1]),
-                ],
-            }),
-        });
-        Arc::new(ApiInner {
-            registry,
-            metrics: Arc::new(Metrics::new()),
-            stats: Arc::new(WindowStats::new(0)),
-            ready: AtomicBool::new(false),
-            permits: Arc::new(Semaphore::new(2)),
-            test: TestKnobs::default(),
-            max_body_bytes: 4096,
-        })
-    }
-
-    async fn call(s: &ApiState, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
-        let resp = router(s.clone()).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, body)
-    }
-
-    fn get(path: &str) -> Request<Body> {
-        Request::get(path).body(Body::empty()).unwrap()
-    }
-
-    fn post_json(path: &str, v: Value) -> Request<Body> {
-        Request::post(path)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(v.to_string()))
-            .unwrap()
-    }
-
-    fn json_of(b: &Bytes) -> Value {
-        serde_json::from_slice(b).unwrap()
-    }
-
-    #[tokio::test]
-    async fn health_and_metadata() {
-        let s = state();
-        assert_eq!(call(&s, get("/v2/health/live")).await.0, StatusCode::OK);
-        assert_eq!(
-            call(&s, get("/v2/health/ready")).await.0,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        s.ready.store(true, Ordering::Release);
-        assert_eq!(call(&s, get("/v2/health/ready")).await.0, StatusCode::OK);
-        for name in ["double", "vision%2Fdoubler", "doubler"] {
-            let (status, _, body) = call(&s, get(&format!("/v2/models/{name}"))).await;
-            assert_eq!(status, StatusCode::OK, "{name}");
-            let m = json_of(&body);
-            assert_eq!(m["name"], "double");
-            assert_eq!(
-                m["inputs"][0],
-                json!({"name": "x", "datatype": "FP32", "shape": [-1, 3]})
-            );
-            assert_eq!(m["outputs"][1]["datatype"], "INT64");
-            assert_eq!(
-                (m["variant"].as_str(), m["version"].as_str()),
-                (Some("fp32"), Some("2.0"))
-            );
-            assert_eq!(m["sha256"], "ab".repeat(32));
-        }
-        let (status, _, body) = call(&s, get("/v2/models/nope")).await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert!(json_of(&body)["error"].as_str().unwrap().contains("nope"));
-        assert_eq!(
-            call(&s, get("/v2/models/double/ready")).await.0,
-            StatusCode::OK
-        );
-    }
-
-    #[tokio::test]
-    async fn json_inference() {
-        let s = state();
-        let req = json!({"id": "r1", "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32",
-                         "data": [[1, 2, 3], [4, 5, 6.5]]}]});
-        let (status, headers, body) = call(&s, post_json("/v2/models/double/infer", req)).await;
-        assert_eq!(status, StatusCode::OK, "{body:?}");
-        assert!(headers.get(BINARY_HEADER).is_none());
-        let r = json_of(&body);
-        assert_eq!(r["id"], "r1");
-        assert_eq!(r["model_name"], "double");
-        assert_eq!(
-            r["outputs"][0]["data"],
-            json!([2.0, 4.0, 6.0, 8.0, 10.0, 13.0])
-        );
-        assert_eq!(r["outputs"][0]["shape"], json!([2, 3]));
-        assert_eq!(r["outputs"][1]["data"], json!([6]));
-        // Only the requested output.
-        let req = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
-                         "data": [1, 1, 1]}], "outputs": [{"name": "n"}]});
-        let (_, _, body) = call(&s, post_json("/v2/models/double/infer", req)).await;
-        let r = json_of(&body);
-        assert_eq!(r["outputs"].as_array().unwrap().len(), 1);
-        assert_eq!(r["outputs"][0]["name"], "n");
-        let metrics = call(&s, get("/metrics")).await.2;
-        let text = String::from_utf8_lossy(&metrics);
-        assert!(
-            text.contains(
-                "edgefleet_agent_inference_requests_total{deployment=\"vision/doubler\",variant=\"fp32\"} 2"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("edgefleet_agent_inference_duration_seconds_bucket"));
-    }
-
-    #[tokio::test]
-    async fn binary_inference_round_trip() {
-        let s = state();
-        let header = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
-                            "parameters": {"binary_data_size": 12}}]})
-        .to_string();
-        let mut body = header.clone().into_bytes();
-        for v in [1.5f32, -2.0, 0.25] {
-            body.extend_from_slice(&v.to_le_bytes());
-        }
-        let req = Request::post("/v2/models/double/infer")
-            .header(BINARY_HEADER, header.len())
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Body::from(body))
-            .unwrap();
-        let (status, headers, body) = call(&s, req).await;
-        assert_eq!(status, StatusCode::OK, "{body:?}");
-        let json_len: usize = headers[BINARY_HEADER].to_str().unwrap().parse().unwrap();
-        let r: Value = serde_json::from_slice(&body[..json_len]).unwrap();
-        assert_eq!(r["outputs"][0]["parameters"]["binary_data_size"], 12);
-        assert!(r["outputs"][0].get("data").is_none());
-        let y: Vec<f32> = body[json_len..json_len + 12]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        assert_eq!(y, [3.0, -4.0, 0.5]);
-        assert_eq!(body.len(), json_len + 12 + 8);
-        // JSON request asking for binary output.
-        let req = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}],
-                         "parameters": {"binary_data_output": true},
-                         "outputs": [{"name": "y"}, {"name": "n", "parameters": {"binary_data": false}}]});
-        let (_, headers, body) = call(&s, post_json("/v2/models/double/infer", req)).await;
-        let json_len: usize = headers[BINARY_HEADER].to_str().unwrap().parse().unwrap();
-        let r: Value = serde_json::from_slice(&body[..json_len]).unwrap();
-        assert_eq!(r["outputs"][1]["data"], json!([3]));
-        assert_eq!(body.len(), json_len + 12);
-    }
-
-    #[tokio::test]
-    async fn clear_client_errors() {
-        let s = state();
-        let cases = [
-            (
-                json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
-                "shape",
-            ),
-            (
-                json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]}]}),
-                "must be FP32",
-            ),
-            (
-                json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2]}]}),
-                "elements",
-            ),
-            (
-                json!({"inputs": [{"name": "z", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}),
-                "unknown input",
-            ),
-            (json!({"inputs": []}), "missing input"),
-            (
-                json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP16", "data": [1, 2, 3]}]}),
-                "unsupported datatype",
-            ),
-            (
-                json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, "a", 3]}]}),
-                "not a valid FP32",
-            ),
-            (
-                json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32"}]}),
-                "neither data",
-            ),
-            (
-                json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}],
-                    "outputs": [{"name": "q"}]}),
-                "unknown output",
-            ),
-            (json!({"nothing": 1}), "invalid inference request"),
-        ];
-        for (req, needle) in cases {
-            let (status, _, body) =
-                call(&s, post_json("/v2/models/double/infer", req.clone())).await;
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{req}");
-            let msg = json_of(&body)["error"].as_str().unwrap().to_string();
-            assert!(msg.contains(needle), "{req}: {msg:?} lacks {needle:?}");
-        }
-        // Binary size that does not match the shape.
-        let header = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
-                            "parameters": {"binary_data_size": 8}}]})
-        .to_string();
-        let mut body = header.clone().into_bytes();
-        body.extend_from_slice(&[0u8; 8]);
-        let req = Request::post("/v2/models/double/infer")
-            .header(BINARY_HEADER, header.len())
-            .body(Body::from(body))
-            .unwrap();
-        let (status, _, body) = call(&s, req).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(json_of(&body)["error"].as_str().unwrap().contains("bytes"));
-        // Header length beyond the body.
-        let req = Request::post("/v2/models/double/infer")
-            .header(BINARY_HEADER, "999")
-            .body(Body::from("{}"))
-            .unwrap();
-        assert_eq!(call(&s, req).await.0, StatusCode::BAD_REQUEST);
-        // Body over the limit.
-        let big = vec![b' '; 8192];
-        let req = Request::post("/v2/models/double/infer")
-            .body(Body::from(big))
-            .unwrap();
-        assert_eq!(call(&s, req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
-        // Unknown model.
-        let req = post_json("/v2/models/other/infer", json!({"inputs": []}));
-        assert_eq!(call(&s, req).await.0, StatusCode::NOT_FOUND);
-    }
-}
+mod tests;

@@ -98,6 +98,7 @@ mod tests {
             },
             role: Role::Stable,
             self_test: None,
+            offload: None,
         }
     }
 

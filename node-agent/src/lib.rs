@@ -13,6 +13,7 @@ pub mod capabilities;
 pub mod config;
 pub mod metrics;
 pub mod mqtt;
+pub mod offload;
 pub mod pull;
 pub mod registry;
 pub mod runtime;

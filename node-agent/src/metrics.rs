@@ -12,6 +12,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub errors: IntCounterVec,
     pub latency: HistogramVec,
+    pub offloads: IntCounterVec,
+    pub cloud_latency: HistogramVec,
     pub desired_rejected: IntCounterVec,
     pub desired_applied: IntCounter,
     pub model_switches: IntCounterVec,
@@ -69,7 +71,25 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(latency.clone()))
             .expect("unique metric");
+        let cloud_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "edgefleet_agent_cloud_request_duration_seconds",
+                "Round trips of offloaded requests to the cloud endpoint, failed ones included",
+            )
+            .buckets(LATENCY_BUCKETS_SECONDS.to_vec()),
+            dv,
+        )
+        .expect("valid metric");
+        r.register(Box::new(cloud_latency.clone()))
+            .expect("unique metric");
         Metrics {
+            offloads: counter_vec(
+                &r,
+                "edgefleet_agent_offload_requests_total",
+                "Offload triggers by result: cloud (answered), fallback (local result), rate_limited",
+                &["deployment", "variant", "trigger", "result"],
+            ),
+            cloud_latency,
             requests: counter_vec(
                 &r,
                 "edgefleet_agent_inference_requests_total",

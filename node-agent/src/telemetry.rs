@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use edgefleet_crds::LatencyHistogram;
-use edgefleet_crds::wire::{DeviceId, ModelWindow, Telemetry};
+use edgefleet_crds::wire::{DeviceId, ModelWindow, OffloadWindow, Telemetry};
+
+use crate::offload::OffloadOutcome;
 
 use crate::store::write_atomic;
 
@@ -23,6 +25,7 @@ struct Counts {
     requests: u64,
     errors: u64,
     latency: LatencyHistogram,
+    offload: OffloadWindow,
 }
 
 struct Window {
@@ -45,12 +48,30 @@ impl WindowStats {
     }
 
     pub fn record(&self, deployment: &str, variant: &str, seconds: f64, error: bool) {
+        self.record_with_offload(deployment, variant, seconds, error, None);
+    }
+
+    /// One request, and what its cloud attempt did if it went to the cloud; both land in the
+    /// same window, so a window never holds more offloads than requests.
+    pub fn record_with_offload(
+        &self,
+        deployment: &str,
+        variant: &str,
+        seconds: f64,
+        error: bool,
+        offload: Option<OffloadOutcome>,
+    ) {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let key = (deployment.to_string(), variant.to_string());
         let counts = w.models.entry(key).or_default();
         counts.requests += 1;
         counts.errors += u64::from(error);
         counts.latency.observe(seconds);
+        if let Some(outcome) = offload {
+            counts.offload.requests += 1;
+            counts.offload.fallbacks += u64::from(outcome.fallback);
+            counts.offload.cloud_latency.observe(outcome.cloud_seconds);
+        }
     }
 
     /// Closes the current window at `now_ms` and starts the next one.
@@ -65,6 +86,7 @@ impl WindowStats {
                 requests: c.requests,
                 errors: c.errors,
                 latency: c.latency,
+                offload: (c.offload.requests > 0).then_some(c.offload),
             })
             .collect();
         Telemetry {
@@ -125,6 +147,7 @@ mod tests {
             ("fp32", 2, 1)
         );
         assert!(fp32.latency.has_shared_layout());
+        assert_eq!(fp32.offload, None, "no offload policy, no offload field");
         let next = stats.cut(&d, 8, 21_000, 10);
         assert_eq!(next.window_start_ms, 11_000);
         assert!(next.models.is_empty());
@@ -143,5 +166,29 @@ mod tests {
         assert_eq!(c.take().expect("take"), 3);
         let mut c = SeqCounter::open(path, 10).expect("reopen");
         assert_eq!(c.take().expect("take"), 10);
+    }
+
+    #[test]
+    fn offloads_land_in_the_window_of_their_request() {
+        let stats = WindowStats::new(0);
+        let cloud = |fallback| {
+            Some(OffloadOutcome {
+                cloud_seconds: 0.05,
+                fallback,
+            })
+        };
+        stats.record_with_offload("ns/a", "int8", 0.06, false, cloud(false));
+        stats.record_with_offload("ns/a", "int8", 0.07, false, cloud(true));
+        stats.record("ns/a", "int8", 0.01, false);
+        let d = DeviceId::new("d1").expect("valid");
+        let t = stats.cut(&d, 1, 10_000, 10);
+        let offload = t.models[0].offload.as_ref().expect("offload counts");
+        assert_eq!(
+            (t.models[0].requests, offload.requests, offload.fallbacks),
+            (3, 2, 1)
+        );
+        assert_eq!(offload.cloud_latency.count(), 2);
+        edgefleet_crds::wire::decode::<Telemetry>(&edgefleet_crds::wire::encode(&t))
+            .expect("a valid wire message");
     }
 }

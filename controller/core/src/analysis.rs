@@ -7,6 +7,7 @@
 //!    the two look the same from here and the step timeout bounds both);
 //! 2. p95 above `maxP95LatencyMs` (falling back to the SLO's `p95LatencyMs`): `Fail`;
 //! 3. error rate above `maxErrorRate` (falling back to the SLO's): `Fail`;
+//!    share of requests offloaded to the cloud above `maxOffloadRatio`: `Fail`;
 //! 4. a regression against the stable cohort of the same class, when that cohort has
 //!    `minSamples` itself: p95 more than [`REGRESSION_FACTOR`] times the stable p95 *and* more
 //!    than [`REGRESSION_SLACK_MS`] above it (so 1 ms vs 2 ms is noise, not a regression), or
@@ -17,6 +18,7 @@
 //!
 //! Every failed check is named in the message, not just the first.
 
+use edgefleet_crds::wire::OffloadWindow;
 use edgefleet_crds::{Analysis, LatencyHistogram, Slo, Verdict};
 
 use crate::fmt_num;
@@ -36,6 +38,8 @@ pub struct CohortWindow {
     pub latency: LatencyHistogram,
     pub requests: u64,
     pub errors: u64,
+    /// What the cohort's offload policy did (all zero without one).
+    pub offload: OffloadWindow,
 }
 
 impl CohortWindow {
@@ -44,6 +48,25 @@ impl CohortWindow {
         self.requests = self.requests.saturating_add(requests);
         self.errors = self.errors.saturating_add(errors);
         self.latency.merge(latency);
+    }
+
+    /// Adds one device's offload counts (a `wire::ModelWindow`'s `offload`).
+    pub fn add_offload(&mut self, offload: &OffloadWindow) {
+        let mine = &mut self.offload;
+        mine.requests = mine.requests.saturating_add(offload.requests);
+        mine.fallbacks = mine.fallbacks.saturating_add(offload.fallbacks);
+        mine.cloud_latency.merge(&offload.cloud_latency);
+    }
+
+    pub fn merge(&mut self, other: &CohortWindow) {
+        self.add(other.requests, other.errors, &other.latency);
+        self.add_offload(&other.offload);
+    }
+
+    /// Share of the inferences that went to the cloud (whether it answered or not).
+    pub fn offload_ratio(&self) -> Option<f64> {
+        let samples = self.samples();
+        (samples > 0).then(|| self.offload.requests.min(samples) as f64 / samples as f64)
     }
 
     /// Inferences observed. Agents count every request in the histogram and in `requests`;
@@ -95,6 +118,8 @@ pub struct CohortVerdict {
     pub verdict: Verdict,
     pub p95_ms: Option<f64>,
     pub error_rate: Option<f64>,
+    /// Reported when the cohort offloaded anything or the analysis limits it.
+    pub offload_ratio: Option<f64>,
     pub samples: u64,
     pub message: String,
 }
@@ -110,10 +135,14 @@ pub fn analyze_cohort(
     let samples = canary.samples();
     let p95_ms = canary.p95_ms();
     let error_rate = canary.error_rate();
+    let offload_ratio = canary
+        .offload_ratio()
+        .filter(|_| canary.offload.requests > 0 || analysis.max_offload_ratio.is_some());
     let verdict = |verdict, message: String| CohortVerdict {
         verdict,
         p95_ms,
         error_rate,
+        offload_ratio,
         samples,
         message,
     };
@@ -155,6 +184,14 @@ pub fn analyze_cohort(
     if let (Some(rate), Some(max)) = (error_rate, limits.max_error_rate) {
         let line = format!("error rate {}", percent(rate));
         if rate > max {
+            failures.push(format!("{line} above the {} limit", percent(max)));
+        } else {
+            checks.push(format!("{line} within {}", percent(max)));
+        }
+    }
+    if let (Some(ratio), Some(max)) = (offload_ratio, analysis.max_offload_ratio) {
+        let line = format!("offload ratio {}", percent(ratio));
+        if ratio > max {
             failures.push(format!("{line} above the {} limit", percent(max)));
         } else {
             checks.push(format!("{line} within {}", percent(max)));

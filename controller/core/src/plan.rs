@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use edgefleet_crds::wire::{Assignment, DeviceId, Role};
-use edgefleet_crds::{ModelDeploymentSpec, ModelRef, SelfTest, Variant};
+use edgefleet_crds::{ModelDeploymentSpec, ModelRef, OffloadPolicy, SelfTest, Variant};
 use serde::{Deserialize, Serialize};
 
 use crate::canary::canary_members;
@@ -56,6 +56,8 @@ pub struct PlannedAssignment {
     pub variant: Variant,
     pub role: Role,
     pub self_test: Option<SelfTest>,
+    /// The spec's offload policy, only when it lets inputs leave the device.
+    pub offload: Option<OffloadPolicy>,
     /// Why this variant (the variant choice's explanation).
     pub variant_reason: String,
 }
@@ -72,6 +74,7 @@ impl PlannedAssignment {
             artifact: self.variant.artifact.clone(),
             role: self.role,
             self_test: self.self_test.clone(),
+            offload: self.offload.clone(),
         }
     }
 }
@@ -220,7 +223,13 @@ pub fn plan_rollout(
     let plans: Vec<DevicePlan> = classified
         .into_iter()
         .map(|(device, class, target)| {
-            let (assignment, reason) = assign(spec, previous, stage, device, &target, &canaries);
+            let (mut assignment, reason) =
+                assign(spec, previous, stage, device, &target, &canaries);
+            // The CR as it is now decides what may leave a device, whichever spec's model
+            // the device runs: withdrawn consent applies at once, not after a rollout.
+            if let Some(a) = assignment.as_mut() {
+                a.offload = consented_offload(spec);
+            }
             DevicePlan {
                 device: device.id.clone(),
                 device_class: class,
@@ -292,6 +301,7 @@ fn with_target(spec: &ModelDeploymentSpec, choice: &Choice, role: Role, why: Str
                     variant: variant.clone(),
                     role,
                     self_test: spec.self_test.clone(),
+                    offload: None, // set by the caller from the spec in force
                     variant_reason: reason.clone(),
                 }),
                 why,
@@ -300,6 +310,14 @@ fn with_target(spec: &ModelDeploymentSpec, choice: &Choice, role: Role, why: Str
         },
         Choice::NoFit { .. } => (None, format!("no variant of {} fits", spec.model.version)),
     }
+}
+
+/// The offload policy devices receive: none unless the spec consents to inputs leaving them
+/// (validation refuses such a spec too; this keeps a device safe from one that slipped by).
+fn consented_offload(spec: &ModelDeploymentSpec) -> Option<OffloadPolicy> {
+    spec.offload
+        .clone()
+        .filter(|offload| offload.inputs_may_leave_device)
 }
 
 fn with_previous(previous: &ModelDeploymentSpec, device: &DeviceFacts, why: String) -> Assigned {
@@ -316,6 +334,7 @@ fn with_previous(previous: &ModelDeploymentSpec, device: &DeviceFacts, why: Stri
                     variant: variant.clone(),
                     role: Role::Stable,
                     self_test: previous.self_test.clone(),
+                    offload: None, // set by the caller from the spec in force
                     variant_reason: reason,
                 }),
                 format!("{why}; keeps {version}"),

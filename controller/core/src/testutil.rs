@@ -65,6 +65,7 @@ pub fn spec(version: &str, variants: Vec<Variant>) -> ModelDeploymentSpec {
         rollout: Default::default(),
         slo: None,
         self_test: None,
+        offload: None,
     }
 }
 

@@ -68,6 +68,7 @@ mod tests {
             },
             role: Role::Stable,
             self_test: None,
+            offload: None,
         };
         let (ns, name) = deployment.split_once('/').expect("ns/name");
         (

@@ -122,6 +122,9 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
                 error_rate: verdict
                     .map(|v| v.error_rate)
                     .unwrap_or_else(|| previous.and_then(|p| p.error_rate)),
+                offload_ratio: verdict
+                    .map(|v| v.offload_ratio.map(round4))
+                    .unwrap_or_else(|| previous.and_then(|p| p.offload_ratio)),
                 consecutive_failures: record.consecutive_failures,
                 message: verdict
                     .map(|v| v.message.clone())
@@ -270,4 +273,8 @@ fn condition(
 
 fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
+}
+
+fn round4(value: f64) -> f64 {
+    (value * 10_000.0).round() / 10_000.0
 }

@@ -270,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
                     })
                     .collect(),
             }),
+            offload: None,
         });
         let doc = Desired {
             device_id: DeviceId::new(device.clone())?,

@@ -298,6 +298,7 @@ pub fn assignment(
         },
         role: Role::Stable,
         self_test: None,
+        offload: None,
     }
 }
 

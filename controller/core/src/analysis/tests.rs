@@ -12,6 +12,7 @@ fn window(low_ms: f64, high_ms: f64, n: u64, errors: u64) -> CohortWindow {
         latency,
         requests: n,
         errors,
+        offload: Default::default(),
     }
 }
 
@@ -262,4 +263,52 @@ fn samples_fall_back_to_the_histogram_count() {
     w.requests = 0;
     assert_eq!(w.samples(), 80);
     assert_eq!(w.error_rate(), Some(0.0));
+}
+
+fn offloading(n: u64, offloaded: u64) -> CohortWindow {
+    let mut w = window(10.0, 15.0, n, 0);
+    w.offload.requests = offloaded;
+    w
+}
+
+#[test]
+fn offload_ratio_above_the_limit_fails_and_within_passes() {
+    let limited = Analysis {
+        max_offload_ratio: Some(0.25),
+        ..analysis(None, None)
+    };
+    let v = judge(&offloading(100, 40), None, &limited);
+    assert_eq!(v.verdict, Verdict::Fail);
+    assert_eq!(v.offload_ratio, Some(0.4));
+    assert_eq!(
+        v.message,
+        "offload ratio 40% above the 25% limit over 100 samples"
+    );
+
+    let v = judge(&offloading(100, 25), None, &limited);
+    assert_eq!(v.verdict, Verdict::Pass, "{}", v.message);
+    assert!(
+        v.message.contains("offload ratio 25% within 25%"),
+        "{}",
+        v.message
+    );
+}
+
+#[test]
+fn offload_ratio_is_reported_but_not_judged_without_a_limit() {
+    let v = judge(&offloading(100, 90), None, &analysis(None, None));
+    assert_eq!(v.verdict, Verdict::Pass);
+    assert_eq!(v.offload_ratio, Some(0.9));
+    // No offload policy and no limit: nothing to report.
+    let v = judge(&offloading(100, 0), None, &analysis(None, None));
+    assert_eq!(v.offload_ratio, None);
+}
+
+#[test]
+fn offload_counts_merge_across_devices() {
+    let mut merged = CohortWindow::default();
+    merged.merge(&offloading(60, 6));
+    merged.merge(&offloading(40, 24));
+    assert_eq!(merged.offload_ratio(), Some(0.3));
+    assert_eq!(merged.samples(), 100);
 }

@@ -422,3 +422,73 @@ fn only_changes_to_what_devices_run_need_a_rollout() {
     edited.selection.min_accuracy = Some(0.9);
     assert!(needs_rollout(&edited, Some(&target)));
 }
+
+fn offload_policy(consent: bool) -> edgefleet_crds::OffloadPolicy {
+    edgefleet_crds::OffloadPolicy {
+        inputs_may_leave_device: consent,
+        endpoint: edgefleet_crds::OffloadEndpoint {
+            url: "http://cloud:8080".into(),
+            model: "m".into(),
+        },
+        triggers: edgefleet_crds::OffloadTriggers {
+            queue_depth_above: Some(4),
+            ..Default::default()
+        },
+        rate_limit: Default::default(),
+        timeout_ms: 500,
+    }
+}
+
+#[test]
+fn the_offload_policy_in_force_reaches_every_device_only_with_consent() {
+    let (mut target, mut previous) = specs();
+    previous.offload = Some(offload_policy(true));
+    target.offload = None;
+    let devices = fleet();
+    let plan = |target: &ModelDeploymentSpec, previous: &ModelDeploymentSpec| {
+        plan_rollout(
+            UID,
+            target,
+            Some(previous),
+            Stage::Canary { step: 0 },
+            &devices,
+            &no_demotions(),
+        )
+    };
+    // Mid-rollout, devices still on 1.0.0 follow the CR as it is now: consent withdrawn.
+    let withdrawn = plan(&target, &previous);
+    assert!(withdrawn.devices.iter().any(|d| {
+        d.assignment
+            .as_ref()
+            .is_some_and(|a| a.source == Source::Previous)
+    }));
+    assert!(
+        withdrawn
+            .devices
+            .iter()
+            .filter_map(|d| d.assignment.as_ref())
+            .all(|a| a.offload.is_none())
+    );
+
+    target.offload = Some(offload_policy(true));
+    let granted = plan(&target, &previous);
+    let wire = assignment(&granted, "dev-00").to_wire("default/m");
+    assert_eq!(wire.offload, target.offload);
+    assert!(
+        granted
+            .devices
+            .iter()
+            .filter_map(|d| d.assignment.as_ref())
+            .all(|a| a.offload == target.offload)
+    );
+
+    // A policy without consent never reaches a device, even if validation was bypassed.
+    target.offload = Some(offload_policy(false));
+    assert!(
+        plan(&target, &previous)
+            .devices
+            .iter()
+            .filter_map(|d| d.assignment.as_ref())
+            .all(|a| a.offload.is_none())
+    );
+}
