@@ -130,7 +130,7 @@ pub fn trigger_after_local(triggers: &OffloadTriggers, confidence: Option<f64>) 
 /// output, a shape that does not divide it, or a score that is not finite.
 pub fn confidence(scores: &[f64], shape: &[usize], kind: ScoreKind) -> Option<f64> {
     let classes = shape.last().copied().unwrap_or(1);
-    if scores.is_empty() || classes == 0 || scores.len() % classes != 0 {
+    if scores.is_empty() || classes == 0 || !scores.len().is_multiple_of(classes) {
         return None;
     }
     if scores.iter().any(|s| !s.is_finite()) {

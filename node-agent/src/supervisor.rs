@@ -51,7 +51,8 @@ pub enum Event {
         total: u64,
     },
     Installed {
-        assignment: Assignment,
+        // Boxed: an assignment (with its offload policy) dwarfs a progress event.
+        assignment: Box<Assignment>,
         result: Result<Arc<dyn Model>, String>,
     },
 }
@@ -325,7 +326,7 @@ impl Supervisor {
                 }
                 self.report();
             }
-            Event::Installed { assignment, result } => self.on_installed(assignment, result),
+            Event::Installed { assignment, result } => self.on_installed(*assignment, result),
         }
     }
 
@@ -440,7 +441,7 @@ async fn install(ctx: Arc<InstallContext>, a: Assignment, events: mpsc::Sender<E
     let result = install_inner(&ctx, &a, &events).await;
     let _ = events
         .send(Event::Installed {
-            assignment: a,
+            assignment: Box::new(a),
             result,
         })
         .await;

@@ -8,7 +8,10 @@
 //! With the cloud stopped, every request is still answered, those same ones marked
 //! `local-fallback`. The controller's per-cohort offload metrics count them.
 
-#![allow(clippy::unwrap_used)] // test code: a failed step should panic with its location
+#![allow(clippy::unwrap_used)]
+// test code: a failed step should panic with its location
+// Request numbers index several parallel per-request tables.
+#![allow(clippy::needless_range_loop)]
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -458,6 +458,7 @@ impl Gateway {
                 requests,
                 errors,
                 latency,
+                offload: None,
             });
         }
         let now_ms = std::time::SystemTime::now()
