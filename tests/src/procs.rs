@@ -166,7 +166,8 @@ impl Broker {
         }
     }
 
-    /// Starts again on the same port (persistence on, like a production broker).
+    /// Starts again on the same port (persistence on and saved every second, like a
+    /// production broker that must survive a crash with its sessions and retained messages).
     pub fn restart(&mut self) {
         self.stop();
         let conf = self.dir.path().join("mosquitto.conf");
@@ -177,7 +178,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "persistence true\npersistence_location {}/\nmax_queued_messages 100000\n{listeners}",
+                "persistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n{listeners}",
                 self.dir.path().display(),
             ),
         )
