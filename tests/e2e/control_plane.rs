@@ -11,21 +11,6 @@ fn device(id: &str) -> DeviceSpec {
     fleet().into_iter().find(|d| d.id == id).unwrap()
 }
 
-async fn wait_ready(standin: &StandIn, version: &str, ready: u64, timeout: Duration) {
-    eventually(timeout, &format!("{version} ready on {ready}"), || async {
-        let status = md_status(standin);
-        if status["phase"] == "Succeeded"
-            && status["targetVersion"] == version
-            && status["devices"]["ready"] == ready
-        {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    })
-    .await;
-}
-
 fn gauge(metrics: &str, name: &str) -> f64 {
     metric_sum(metrics, name)
 }
@@ -56,7 +41,7 @@ async fn devices_are_served_through_a_kubernetes_api_outage_and_status_catches_u
         &["apply", "-f", "-"],
         Some(&manifest("1.0.0", &v1, "[{percent: 50}]")),
     );
-    wait_ready(&standin, "1.0.0", 3, Duration::from_secs(120)).await;
+    wait_succeeded(&standin, "1.0.0", 3, Duration::from_secs(120)).await;
 
     let outage_s = 12;
     standin.outage(outage_s).await;
@@ -91,7 +76,7 @@ async fn devices_are_served_through_a_kubernetes_api_outage_and_status_catches_u
     let remaining = Duration::from_secs(outage_s + 1).saturating_sub(outage.elapsed());
     tokio::time::sleep(remaining).await;
     agents.push(joiner);
-    wait_ready(&standin, "1.0.0", 4, Duration::from_secs(60)).await;
+    wait_succeeded(&standin, "1.0.0", 4, Duration::from_secs(60)).await;
     println!(
         "RELIABILITY api_outage: outage_s={outage_s} api_refused_during={during} \
          new_device_served_after_s={served_after_s:.1} status_caught_up_after_outage_s={:.1} \
@@ -123,7 +108,7 @@ async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_ov
         &["apply", "-f", "-"],
         Some(&manifest("1.0.0", &v1, "[{percent: 50}]")),
     );
-    wait_ready(&standin, "1.0.0", 3, Duration::from_secs(120)).await;
+    wait_succeeded(&standin, "1.0.0", 3, Duration::from_secs(120)).await;
     drive_load(&agents, 10).await;
 
     let mut leader_of = Vec::new();
@@ -202,22 +187,7 @@ async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_ov
         &["apply", "-f", "-"],
         Some(&manifest("2.0.0", &v2, "[{percent: 50}]")),
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        drive_load(&agents, 2).await;
-        let status = md_status(&standin);
-        if status["phase"] == "Succeeded"
-            && status["targetVersion"] == "2.0.0"
-            && status["devices"]["ready"] == 3
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new leader did not finish the rollout: {status}\n{}",
-            survivor.proc.log_tail()
-        );
-    }
+    promote(&standin, &agents, "2.0.0", 3, Duration::from_secs(120)).await;
     println!(
         "RELIABILITY replicas: standby_desired_published=0 leader_desired_published={} \
          takeover_after_sigkill_s={takeover_s:.1} (lease 15 s) devices_reassigned=0",

