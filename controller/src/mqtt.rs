@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
+use edgefleet_crds::presence::{encode_presence, presence_topic};
 use edgefleet_crds::wire::{
     self, Channel, Desired, DeviceStatus, Hello, StateReport, Telemetry, WireError, WireMessage,
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -106,6 +109,7 @@ pub struct MqttLink {
     client: AsyncClient,
     metrics: Metrics,
     fresh_sessions: watch::Receiver<u64>,
+    presence_topic: String,
 }
 
 impl MqttLink {
@@ -128,7 +132,17 @@ impl MqttLink {
         Ok(())
     }
 
+    /// Says `offline` first: a clean disconnect does not fire the last will.
     pub async fn disconnect(&self) {
+        let _ = self
+            .client
+            .publish(
+                self.presence_topic.clone(),
+                QoS::AtLeastOnce,
+                true,
+                encode_presence(false),
+            )
+            .await;
         let _ = self.client.disconnect().await;
     }
 }
@@ -154,6 +168,13 @@ pub fn connect(
     }
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_session(false);
+    let presence = presence_topic(client_id);
+    options.set_last_will(LastWill::new(
+        presence.clone(),
+        encode_presence(false),
+        QoS::AtLeastOnce,
+        true,
+    ));
     options.set_max_packet_size(
         wire::MAX_PAYLOAD_BYTES + 4096,
         wire::MAX_PAYLOAD_BYTES + 4096,
@@ -166,8 +187,11 @@ pub fn connect(
         client: client.clone(),
         metrics: metrics.clone(),
         fresh_sessions,
+        presence_topic: presence.clone(),
     };
-    let task = tokio::spawn(run_event_loop(client, eventloop, tx, fresh_tx, metrics));
+    let task = tokio::spawn(run_event_loop(
+        client, eventloop, tx, fresh_tx, metrics, presence,
+    ));
     (link, rx, task)
 }
 
@@ -177,6 +201,7 @@ async fn run_event_loop(
     tx: mpsc::Sender<DeviceMessage>,
     fresh_sessions: watch::Sender<u64>,
     metrics: Metrics,
+    presence_topic: String,
 ) {
     let mut failures: u32 = 0;
     loop {
@@ -203,6 +228,19 @@ async fn run_event_loop(
                     {
                         tracing::warn!(%err, channel = channel.as_str(), "subscribe failed");
                     }
+                }
+                // Queued after the subscriptions, so the broker holds them before agents
+                // see us online and release their spooled telemetry.
+                if let Err(err) = client
+                    .publish(
+                        presence_topic.clone(),
+                        QoS::AtLeastOnce,
+                        true,
+                        encode_presence(true),
+                    )
+                    .await
+                {
+                    tracing::warn!(%err, "presence not published");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {

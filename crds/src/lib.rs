@@ -6,6 +6,7 @@ pub mod deployment;
 pub mod histogram;
 pub mod manifest;
 pub mod offload;
+pub mod presence;
 pub mod validate;
 pub mod wire;
 

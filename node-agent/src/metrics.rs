@@ -22,6 +22,7 @@ pub struct Metrics {
     pub spool_dropped: IntCounter,
     pub telemetry_acked: IntCounter,
     pub mqtt_connected: IntGauge,
+    pub controllers_online: IntGauge,
     pub mqtt_reconnects: IntCounter,
 }
 
@@ -144,6 +145,11 @@ impl Metrics {
                 &r,
                 "edgefleet_agent_mqtt_connected",
                 "1 while connected to the broker",
+            ),
+            controllers_online: gauge(
+                &r,
+                "edgefleet_agent_controllers_online",
+                "Controller replicas announcing themselves online; telemetry stays spooled at 0",
             ),
             mqtt_reconnects: counter(
                 &r,

@@ -1,6 +1,9 @@
 //! The MQTT link: one task owns the rumqttc event loop, announces the device, forwards desired
 //! documents, publishes state, and cuts, spools and forwards telemetry windows.
 //!
+//! Telemetry is forwarded only while a controller replica says it is online (its retained
+//! presence, see `edgefleet_crds::presence`): a broker acks a publish nobody is subscribed to,
+//! so a broker restarted without its sessions would otherwise swallow the spool.
 //! Telemetry leaves the spool only on the broker's PubAck. rumqttc reports a QoS 1 publish's
 //! packet id as an `Outgoing::Publish` event, in the order publishes were queued; since only this
 //! task queues publishes, and only while connected, a FIFO of tags maps packet ids to seqs.
@@ -17,6 +20,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use edgefleet_crds::presence;
 use edgefleet_crds::wire::{self, Channel, DeviceId, DeviceStatus, Hello, StateReport};
 
 use crate::backoff::Backoff;
@@ -51,6 +55,8 @@ pub struct Link {
     sent: BTreeSet<u64>,
     last_state: Option<StateReport>,
     state_pending: bool,
+    /// Controller replicas whose retained presence says online on this connection.
+    controllers_online: BTreeSet<String>,
 }
 
 enum Step {
@@ -140,6 +146,7 @@ pub async fn run(
         sent: BTreeSet::new(),
         last_state: None,
         state_pending: false,
+        controllers_online: BTreeSet::new(),
     };
     let mut backoff = Backoff::new(
         Duration::from_millis(config.backoff.initial_ms),
@@ -255,11 +262,15 @@ impl Link {
         self.publish(Channel::Status, true, online, None);
         let hello = wire::encode(&(self.hello)());
         self.publish(Channel::Hello, true, hello, None);
-        if let Err(e) = self
-            .client
-            .try_subscribe(self.topic(Channel::Desired), QoS::AtLeastOnce)
-        {
-            tracing::error!(error = %e, "cannot subscribe to the desired topic");
+        self.controllers_online.clear();
+        self.metrics.controllers_online.set(0);
+        for filter in [
+            self.topic(Channel::Desired),
+            presence::presence_subscription(),
+        ] {
+            if let Err(e) = self.client.try_subscribe(&filter, QoS::AtLeastOnce) {
+                tracing::error!(error = %e, filter, "cannot subscribe");
+            }
         }
         self.state_pending = self.last_state.is_some();
         self.flush_state();
@@ -299,12 +310,36 @@ impl Link {
     }
 
     fn on_publish(&mut self, p: rumqttc::Publish) {
+        if let Some(replica) = presence::replica_of(&p.topic) {
+            self.on_presence(replica.to_string(), &p.payload);
+            return;
+        }
         if p.topic != self.topic(Channel::Desired) {
             return;
         }
         if self.desired_tx.try_send(p.payload).is_err() {
             tracing::warn!("desired queue full; dropping a desired message");
         }
+    }
+
+    fn on_presence(&mut self, replica: String, payload: &[u8]) {
+        match presence::decode_presence(payload) {
+            Ok(Some(true)) => {
+                if self.controllers_online.insert(replica) {
+                    tracing::info!("a controller is online; forwarding telemetry");
+                }
+            }
+            Ok(Some(false) | None) => {
+                self.controllers_online.remove(&replica);
+            }
+            Err(e) => {
+                tracing::warn!(replica, error = %e, "ignored a malformed controller presence")
+            }
+        }
+        self.metrics
+            .controllers_online
+            .set(self.controllers_online.len() as i64);
+        self.pump();
     }
 
     fn on_state(&mut self, report: StateReport) {
@@ -352,7 +387,7 @@ impl Link {
 
     /// Sends spooled windows in seq order, oldest first, up to the in-flight limit.
     fn pump(&mut self) {
-        if !self.connected {
+        if !self.connected || self.controllers_online.is_empty() {
             return;
         }
         let budget = MAX_TELEMETRY_INFLIGHT.saturating_sub(self.sent.len());

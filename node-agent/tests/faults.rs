@@ -325,3 +325,58 @@ async fn telemetry_is_spooled_while_the_broker_is_unreachable_and_replayed_in_or
     );
     obs.clear_retained(&device).await;
 }
+
+/// A broker acks telemetry nobody is subscribed to: the agent forwards windows only while a
+/// controller announces itself online, and keeps them spooled otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_waits_in_the_spool_until_a_controller_is_online() {
+    let broker = TestBroker::get();
+    let device = unique_device("presence");
+    let mut obs = Observer::connect_without_presence(broker.port(), &device).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(
+        &dir.path().join("store"),
+        &device,
+        &broker.url(),
+        &["--telemetry-interval-secs", "1"],
+    );
+    obs.wait_for(Channel::Hello, T, |_| true).await;
+    // The shared broker may hold other tests' observers: the agent counts them all.
+    let others = metric(&agent, "edgefleet_agent_controllers_online")
+        .await
+        .unwrap();
+    if others == 0.0 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        obs.drain();
+        assert!(
+            !obs.seen.iter().any(|(t, _, _)| t.ends_with("/telemetry")),
+            "telemetry was published with no controller online"
+        );
+        let spooled = metric(&agent, "edgefleet_agent_spool_windows")
+            .await
+            .unwrap();
+        assert!(spooled >= 2.0, "{spooled} windows spooled");
+    }
+    obs.announce(true).await;
+    let seq_of = |p: &[u8]| wire::decode::<Telemetry>(p).unwrap().seq;
+    obs.wait_for(Channel::Telemetry, T, |p| seq_of(p) >= 3)
+        .await;
+    let seqs: Vec<u64> = obs
+        .seen
+        .iter()
+        .filter(|(t, _, _)| t.ends_with("/telemetry"))
+        .map(|(_, p, _)| seq_of(p))
+        .collect();
+    assert_eq!(
+        seqs.first(),
+        Some(&1),
+        "the oldest spooled window first: {seqs:?}"
+    );
+    assert!(
+        metric(&agent, "edgefleet_agent_controllers_online")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    obs.clear_retained(&device).await;
+}

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgefleet_crds::presence;
 use edgefleet_crds::wire::{self, Channel, DeviceId, DeviceStatus, Hello};
 use edgefleet_e2e::orientation::*;
 use edgefleet_e2e::pki::{Identity, Pki};
@@ -107,6 +108,10 @@ async fn observe(
     let (client, mut events) = AsyncClient::new(options, 64);
     client
         .subscribe("edgefleet/v1/devices/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe(presence::presence_subscription(), QoS::AtLeastOnce)
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -242,6 +247,17 @@ async fn a_device_cannot_read_or_write_another_devices_topics() {
             .await
             .unwrap();
     }
+    // Forged: the controller says it went away (agents would hold their telemetry).
+    let forged_presence = presence::encode_presence(false);
+    attacker
+        .publish(
+            presence::presence_topic("controller-tls"),
+            QoS::AtLeastOnce,
+            true,
+            forged_presence.clone(),
+        )
+        .await
+        .unwrap();
     // A marker on its own topic, after the forgeries on the same connection.
     let own = DeviceId::new("gw-x86-1").unwrap();
     let marker = wire::encode(&DeviceStatus {
@@ -289,7 +305,7 @@ async fn a_device_cannot_read_or_write_another_devices_topics() {
             tokio::time::timeout(Duration::from_millis(200), seen.recv()).await
         {
             assert!(
-                payload != forged_hello && payload != forged_status,
+                payload != forged_hello && payload != forged_status && payload != forged_presence,
                 "a forged message reached {topic}"
             );
             saw_marker |= topic == wire::topic(&own, Channel::Status) && payload == marker;

@@ -133,6 +133,19 @@ def test_device_publishes_only_its_own_channels(broker):
     assert broker.sub_one(None, f"{D}/dev-a/desired") != "self-assigned"
 
 
+def test_devices_read_but_cannot_forge_controller_presence(broker):
+    presence = "edgefleet/v1/controllers/edgefleet-controller-0"
+    assert broker.pub(None, presence, '{"v":1,"online":true}').returncode == 0
+    assert broker.sub_one("dev-a", "edgefleet/v1/controllers/+") == '{"v":1,"online":true}'
+    broker.pub("dev-a", presence, '{"v":1,"online":false}')
+    assert broker.sub_one(None, presence) == '{"v":1,"online":true}'
+
+
+def test_sessions_and_retained_messages_are_saved_often(broker):
+    conf = (broker.dir / "mosquitto.conf").read_text()
+    assert "autosave_interval 10\n" in conf
+
+
 def test_controller_certificate_user_has_full_access_on_tls(broker):
     broker.pub("edgefleet-controller", f"{D}/dev-b/desired", "via-tls")
     assert broker.sub_one("dev-b", f"{D}/dev-b/desired") == "via-tls"

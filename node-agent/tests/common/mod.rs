@@ -15,10 +15,11 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use edgefleet_crds::presence;
 use edgefleet_crds::wire::{self, Assignment, Channel, Desired, DeviceId, Role};
 use edgefleet_crds::{
     Artifact, ModelRef, Precision, Runtime, SelfTest, SelfTestInput, TensorDatatype,
@@ -444,11 +445,43 @@ pub struct Observer {
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<(String, Bytes, bool)>,
     pub seen: Vec<(String, Bytes, bool)>,
+    presence: String,
 }
 
 impl Observer {
+    /// An observer that is also an online controller.
     pub async fn connect(port: u16, device: &str) -> Observer {
-        let mut o = MqttOptions::new(unique_device("observer"), "127.0.0.1", port);
+        let observer = Self::connect_without_presence(port, device).await;
+        observer.announce(true).await;
+        observer
+    }
+
+    /// Says whether the controller this observer plays is online (retained).
+    pub async fn announce(&self, online: bool) {
+        self.client
+            .publish(
+                self.presence.clone(),
+                QoS::AtLeastOnce,
+                true,
+                presence::encode_presence(online),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// An observer no agent takes for a controller until it [`Observer::announce`]s.
+    pub async fn connect_without_presence(port: u16, device: &str) -> Observer {
+        let id = unique_device("observer");
+        // The observer plays the controller: agents forward telemetry only while one is
+        // online. An empty retained will clears that presence if the test dies.
+        let presence = presence::presence_topic(&id);
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_last_will(LastWill::new(
+            presence.clone(),
+            Vec::new(),
+            QoS::AtLeastOnce,
+            true,
+        ));
         o.set_keep_alive(Duration::from_secs(10));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(o, 64);
@@ -477,6 +510,7 @@ impl Observer {
             client,
             rx,
             seen: Vec::new(),
+            presence,
         }
     }
 
@@ -532,10 +566,15 @@ impl Observer {
             .unwrap();
     }
 
-    /// Clears the retained desired message so the shared broker does not keep it.
+    /// Clears the retained desired message (and the observer's presence) so the shared
+    /// broker does not keep them.
     pub async fn clear_retained(&self, device: &str) {
-        for channel in [Channel::Desired, Channel::Hello, Channel::Status] {
-            let topic = wire::topic(&DeviceId::new(device).unwrap(), channel);
+        let mut topics: Vec<String> = [Channel::Desired, Channel::Hello, Channel::Status]
+            .into_iter()
+            .map(|channel| wire::topic(&DeviceId::new(device).unwrap(), channel))
+            .collect();
+        topics.push(self.presence.clone());
+        for topic in topics {
             let _ = self
                 .client
                 .publish(topic, QoS::AtLeastOnce, true, Vec::new())
