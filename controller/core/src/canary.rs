@@ -12,9 +12,14 @@
 //!   devices are not the canaries of everything.
 //!
 //! Membership depends on the cohort's population, which is why the population should be
-//! every matched device, online or not: a device going offline must not reshuffle the
-//! canaries. When devices join or leave a cohort, at most one member per joining or leaving
-//! device changes.
+//! every matched device, online or not: a device going offline must not change how many
+//! canaries a cohort has. When devices join or leave a cohort, at most one member per joining
+//! or leaving device changes.
+//!
+//! Which devices fill those places also weighs [`Tier`]: devices that already hold the target
+//! come first (a canary stays a canary while it is offline), then online devices, then offline
+//! ones. An offline device is skipped rather than waited for, so a cohort whose first-ranked
+//! device is partitioned still gets a canary that can report.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,21 +55,45 @@ pub fn canary_count(percent: u32, n: usize) -> usize {
     (percent * n64).div_ceil(100) as usize
 }
 
-/// The canaries of a step at `percent`, over cohorts of (class, target variant).
+/// How suitable a device is to fill a canary place right now, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Already holds the target variant: keeping it a canary changes nothing on the device.
+    HoldsTarget,
+    Online,
+    /// Cannot download or report now; picked only when too few others exist.
+    Offline,
+}
+
+/// The canaries of a step at `percent`, over cohorts of (class, target variant), every device
+/// equally suitable.
 pub fn canary_members(
     uid: &str,
     percent: u32,
     cohorts: &BTreeMap<CohortKey, Vec<DeviceId>>,
 ) -> BTreeSet<DeviceId> {
+    canary_members_by_tier(uid, percent, cohorts, |_| Tier::Online)
+}
+
+/// The canaries of a step at `percent`: per cohort, `canary_count` devices taken by
+/// ([`Tier`], position).
+pub fn canary_members_by_tier(
+    uid: &str,
+    percent: u32,
+    cohorts: &BTreeMap<CohortKey, Vec<DeviceId>>,
+    tier: impl Fn(&DeviceId) -> Tier,
+) -> BTreeSet<DeviceId> {
     let mut members = BTreeSet::new();
     for devices in cohorts.values() {
-        let mut ranked: Vec<(u64, &DeviceId)> =
-            devices.iter().map(|d| (position(uid, d), d)).collect();
+        let mut ranked: Vec<(Tier, u64, &DeviceId)> = devices
+            .iter()
+            .map(|d| (tier(d), position(uid, d), d))
+            .collect();
         // The id breaks (astronomically unlikely) ties, so the order is total.
         ranked.sort();
         ranked.dedup();
         let take = canary_count(percent, ranked.len());
-        members.extend(ranked.into_iter().take(take).map(|(_, d)| d.clone()));
+        members.extend(ranked.into_iter().take(take).map(|(_, _, d)| d.clone()));
     }
     members
 }

@@ -24,7 +24,7 @@ pub mod variant;
 mod testutil;
 
 pub use analysis::{CohortVerdict, CohortWindow, Liveness, Thresholds, analyze_cohort};
-pub use canary::{canary_count, canary_members, membership_hash};
+pub use canary::{Tier, canary_count, canary_members, canary_members_by_tier, membership_hash};
 pub use cohort::{Cohort, CohortKey, group_by_cohort};
 pub use device::{DeviceFacts, device_class, selector_matches};
 pub use plan::{

@@ -21,7 +21,7 @@ use edgefleet_crds::wire::{Assignment, DeviceId, Role};
 use edgefleet_crds::{ModelDeploymentSpec, ModelRef, OffloadPolicy, SelfTest, Variant};
 use serde::{Deserialize, Serialize};
 
-use crate::canary::canary_members;
+use crate::canary::{Tier, canary_members_by_tier};
 use crate::cohort::{Cohort, CohortKey, group_by_cohort};
 use crate::device::{DeviceFacts, device_class};
 use crate::progression::step_percent;
@@ -215,7 +215,13 @@ pub fn plan_rollout(
                 let variant = c.variant_name()?;
                 Some((CohortKey::new(class, variant), d.id.clone()))
             }));
-            canary_members(uid, step_percent(&spec.rollout, step), &population)
+            let tiers: BTreeMap<&DeviceId, Tier> = classified
+                .iter()
+                .map(|(d, _, c)| (&d.id, canary_tier(spec, d, c)))
+                .collect();
+            canary_members_by_tier(uid, step_percent(&spec.rollout, step), &population, |d| {
+                tiers.get(d).copied().unwrap_or(Tier::Offline)
+            })
         }
         _ => BTreeSet::new(),
     };
@@ -241,6 +247,23 @@ pub fn plan_rollout(
         })
         .collect();
     summarize(plans)
+}
+
+/// A device that already stores its target variant's artifact (it was a canary before it
+/// went offline, or the digest is unchanged) keeps its place; others need to be online.
+fn canary_tier(spec: &ModelDeploymentSpec, device: &DeviceFacts, target: &Choice) -> Tier {
+    let holds_target = match target {
+        Choice::Fits { index, .. } => spec
+            .variants
+            .get(*index)
+            .is_some_and(|v| device.installed_sha256.contains(&v.artifact.sha256)),
+        Choice::NoFit { .. } => false,
+    };
+    match (holds_target, device.online) {
+        (true, _) => Tier::HoldsTarget,
+        (false, true) => Tier::Online,
+        (false, false) => Tier::Offline,
+    }
 }
 
 type Assigned = (Option<PlannedAssignment>, String);

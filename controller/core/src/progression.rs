@@ -6,7 +6,10 @@
 //!    cohorts move to their next-best variant; the rest go on);
 //! 2. a step *passes* when all its online canaries are updated and ready and every cohort's
 //!    latest verdict is a `Pass` analysed after they became ready. A passing step waits out its
-//!    `pauseSeconds` (counted from readiness), then advances, or promotes after the last step;
+//!    `pauseSeconds` (counted from readiness), then advances, or promotes after the last step.
+//!    A *vacant* cohort (every canary offline, no failure on record) cannot be analysed and
+//!    does not hold a step that other cohorts passed: one unplugged device must not roll back
+//!    a fleet. Its devices get the target when they return, behind the agent's self-test;
 //! 3. a step that has not passed by its deadline — `stepTimeoutSeconds` plus its pause after it
 //!    started — triggers `onFailure` for the cohorts that are not passing, whatever the reason
 //!    (offline, no traffic, stuck downloads). Offline devices therefore never hold a rollout
@@ -14,7 +17,9 @@
 //! 4. otherwise hold, saying what the step waits for.
 //!
 //! Offline canaries do not count against readiness (they cannot report it); their cohorts
-//! analyse as `Inconclusive` when none of their devices is online, which rule 3 bounds.
+//! analyse as `Inconclusive` when none of their devices is online. Canaries are picked among
+//! online devices first (`canary`), so a cohort is vacant only when it has no device online;
+//! a step whose cohorts are all vacant has no evidence at all and falls to rule 3.
 
 use std::collections::BTreeMap;
 
@@ -170,14 +175,21 @@ pub fn decide_step(state: &StepState<'_>) -> StepDecision {
     // 2. A passing step waits out its pause, then moves on.
     let fresh_pass =
         |c: &StepCohort| c.record.verdict == Verdict::Pass && is_fresh(state, &c.record);
+    let vacant: Vec<CohortKey> = state
+        .cohorts
+        .iter()
+        .filter(|(_, c)| is_vacant(c))
+        .map(|(key, _)| key.clone())
+        .collect();
     let not_passing: Vec<CohortKey> = state
         .cohorts
         .iter()
-        .filter(|(_, c)| !c.readiness.all_online_ready() || !fresh_pass(c))
+        .filter(|(_, c)| !is_vacant(c) && (!c.readiness.all_online_ready() || !fresh_pass(c)))
         .map(|(key, _)| key.clone())
         .collect();
+    let only_vacant = !vacant.is_empty() && vacant.len() == state.cohorts.len();
     let pause_ms = i64::from(step.pause_seconds) * 1000;
-    if not_passing.is_empty() {
+    if not_passing.is_empty() && !only_vacant {
         let ready_at = state.ready_since_ms.unwrap_or(state.now_ms);
         let pause_left = ready_at.saturating_add(pause_ms) - state.now_ms;
         if pause_left > 0 {
@@ -185,11 +197,18 @@ pub fn decide_step(state: &StepState<'_>) -> StepDecision {
                 reason: format!("{name} passed; pausing {} more", duration(pause_left)),
             };
         }
-        let passed = if state.cohorts.is_empty() {
+        let mut passed = if state.cohorts.is_empty() {
             "has no canaries".to_string()
         } else {
-            format!("passed in {}", list_keys(state.cohorts.keys()))
+            let analysed = state.cohorts.keys().filter(|k| !vacant.contains(k));
+            format!("passed in {}", list_keys(analysed))
         };
+        if !vacant.is_empty() {
+            passed.push_str(&format!(
+                "; {} skipped, every canary offline",
+                list(&vacant)
+            ));
+        }
         return if state.step + 1 < steps.len() {
             StepDecision::Advance {
                 to: state.step + 1,
@@ -211,7 +230,12 @@ pub fn decide_step(state: &StepState<'_>) -> StepDecision {
             "{name} did not pass within {}: {waiting}",
             duration(deadline - state.started_ms)
         );
-        return failure_action(analysis.on_failure, not_passing, reason);
+        let holding = if not_passing.is_empty() {
+            vacant
+        } else {
+            not_passing
+        };
+        return failure_action(analysis.on_failure, holding, reason);
     }
 
     // 4. Otherwise wait.
@@ -221,6 +245,12 @@ pub fn decide_step(state: &StepState<'_>) -> StepDecision {
             duration(deadline - state.now_ms)
         ),
     }
+}
+
+/// Every canary offline and no failure on record: nothing can be learned from the cohort now.
+pub fn is_vacant(cohort: &StepCohort) -> bool {
+    let r = cohort.readiness;
+    r.canaries > 0 && r.online == 0 && cohort.record.verdict != Verdict::Fail
 }
 
 /// Whether a verdict judges this step's canaries: reached after they all became ready, or,
@@ -239,9 +269,11 @@ fn failure_action(action: FailureAction, cohorts: Vec<CohortKey>, reason: String
 
 /// What keeps the step from passing, cohort by cohort.
 fn waiting_for(state: &StepState<'_>) -> String {
+    let only_vacant = state.cohorts.values().all(is_vacant);
     let parts: Vec<String> = state
         .cohorts
         .iter()
+        .filter(|(_, c)| only_vacant || !is_vacant(c))
         .filter_map(|(key, c)| {
             let r = c.readiness;
             if !r.all_online_ready() {

@@ -198,3 +198,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn tiers_decide_before_positions_and_counts_stay_the_same() {
+    let cohorts = fleet();
+    let plain = canary_members(UID, 10, &cohorts);
+    let offline: BTreeSet<DeviceId> = plain.iter().step_by(2).cloned().collect();
+    let tiered = canary_members_by_tier(UID, 10, &cohorts, |d| {
+        if offline.contains(d) {
+            Tier::Offline
+        } else {
+            Tier::Online
+        }
+    });
+    assert_eq!(tiered.len(), plain.len());
+    assert!(tiered.is_disjoint(&offline));
+    for key in cohorts.keys() {
+        assert_eq!(
+            members_of(&tiered, &cohorts, key),
+            members_of(&plain, &cohorts, key)
+        );
+    }
+
+    // Devices holding the target outrank everyone, even offline.
+    let holder = cohorts[&CohortKey::new("d", "int8")]
+        .iter()
+        .find(|d| !plain.contains(*d))
+        .expect("present")
+        .clone();
+    let with_holder = canary_members_by_tier(UID, 1, &cohorts, |d| {
+        if *d == holder {
+            Tier::HoldsTarget
+        } else {
+            Tier::Online
+        }
+    });
+    assert!(with_holder.contains(&holder));
+
+    // A cohort with only offline devices still gets its canary.
+    let all_offline = canary_members_by_tier(UID, 10, &cohorts, |_| Tier::Offline);
+    assert_eq!(all_offline, plain);
+}

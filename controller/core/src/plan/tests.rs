@@ -190,8 +190,60 @@ fn canaries_only_grow_from_step_to_step_and_ignore_input_order() {
     assert_eq!(first, at(0, &reversed));
 }
 
+/// The target variant's artifact digest for `device` in `plan`.
+fn target_sha256(target: &ModelDeploymentSpec, plan: &RolloutPlan, device: &DeviceId) -> String {
+    let name = plan
+        .device(device)
+        .expect("present")
+        .target
+        .variant_name()
+        .expect("present");
+    let variant = target
+        .variants
+        .iter()
+        .find(|v| v.name == name)
+        .expect("present");
+    variant.artifact.sha256.clone()
+}
+
 #[test]
-fn going_offline_does_not_change_the_canaries() {
+fn canaries_that_hold_the_target_stay_canaries_while_offline() {
+    let (target, previous) = specs();
+    let mut devices = fleet();
+    let plan = |devices: &[DeviceFacts]| {
+        plan_rollout(
+            UID,
+            &target,
+            Some(&previous),
+            Stage::Canary { step: 0 },
+            devices,
+            &no_demotions(),
+        )
+    };
+    let first = plan(&devices);
+    let before = canary_ids(&first);
+    for d in devices.iter_mut() {
+        if before.contains(&d.id) {
+            d.installed_sha256
+                .insert(target_sha256(&target, &first, &d.id));
+        }
+    }
+    for d in devices.iter_mut().step_by(3) {
+        d.online = false;
+    }
+    let after = plan(&devices);
+    assert!(
+        before
+            .iter()
+            .any(|c| !after.device(c).expect("planned").online),
+        "the test should take a canary offline"
+    );
+    assert_eq!(before, canary_ids(&after));
+    assert_eq!(after.counts.offline, 14);
+}
+
+#[test]
+fn a_canary_offline_before_it_got_the_target_is_replaced_by_an_online_device() {
     let (target, previous) = specs();
     let mut devices = fleet();
     let plan = |devices: &[DeviceFacts]| {
@@ -205,12 +257,42 @@ fn going_offline_does_not_change_the_canaries() {
         )
     };
     let before = canary_ids(&plan(&devices));
-    for d in devices.iter_mut().step_by(3) {
-        d.online = false;
-    }
+    let gone = before.iter().next().expect("present").clone();
+    devices
+        .iter_mut()
+        .find(|d| d.id == gone)
+        .expect("present")
+        .online = false;
     let after = plan(&devices);
-    assert_eq!(before, canary_ids(&after));
-    assert_eq!(after.counts.offline, 14);
+    let now = canary_ids(&after);
+    assert!(
+        !now.contains(&gone),
+        "an unreachable canary is not waited for"
+    );
+    assert_eq!(now.len(), before.len(), "the cohort keeps its canary count");
+    assert_eq!(
+        before.difference(&now).count(),
+        1,
+        "only the offline one changes"
+    );
+    let substitute = now.difference(&before).next().expect("present");
+    let plan_of = |d: &DeviceId| after.device(d).expect("present");
+    assert!(plan_of(substitute).online);
+    assert_eq!(plan_of(substitute).cohort().expect("present").key, {
+        let gone = plan_of(&gone);
+        CohortKey::new(
+            &gone.device_class,
+            gone.target.variant_name().expect("present"),
+        )
+    });
+
+    // Back before the substitute installed anything: the original ranking returns.
+    devices
+        .iter_mut()
+        .find(|d| d.id == gone)
+        .expect("present")
+        .online = true;
+    assert_eq!(canary_ids(&plan(&devices)), before);
 }
 
 #[test]

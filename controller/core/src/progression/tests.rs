@@ -262,20 +262,61 @@ fn consecutive_failures_demote_only_the_failing_cohorts() {
     }
 }
 
-#[test]
-fn inconclusive_cohorts_roll_back_at_the_timeout_not_before() {
-    let r = rollout(FailureAction::Rollback);
+fn vacant() -> StepCohort {
     let mut offline = cohort(Verdict::Inconclusive, 0, 14 * MIN, 0);
     offline.readiness.online = 0;
-    let cohorts = BTreeMap::from([(key("a"), passing(14 * MIN)), (key("b"), offline)]);
+    offline
+}
+
+#[test]
+fn a_cohort_with_every_canary_offline_does_not_hold_a_step_others_passed() {
+    let r = rollout(FailureAction::Rollback);
+    let cohorts = BTreeMap::from([(key("a"), passing(14 * MIN)), (key("b"), vacant())]);
+    assert_eq!(
+        decide(&r, 0, &cohorts, Some(MIN), 14 * MIN),
+        StepDecision::Advance {
+            to: 1,
+            reason: "step 1 of 2 (10%) passed in a/int8; b/int8 skipped, every canary offline"
+                .into()
+        }
+    );
+    // While another cohort is still pending, the vacant one is not what the step waits for.
+    let cohorts = BTreeMap::from([
+        (key("a"), cohort(Verdict::Pending, 0, 14 * MIN, 3)),
+        (key("b"), vacant()),
+    ]);
+    assert_eq!(
+        hold_reason(decide(&r, 0, &cohorts, Some(MIN), 14 * MIN)),
+        "step 1 of 2 (10%) waiting for a/int8 pending; times out in 1m"
+    );
+    // A failure on record is not forgotten by going offline.
+    let mut failed_then_offline = vacant();
+    failed_then_offline.record.verdict = Verdict::Fail;
+    failed_then_offline.record.consecutive_failures = 1;
+    let cohorts = BTreeMap::from([
+        (key("a"), passing(14 * MIN)),
+        (key("b"), failed_then_offline),
+    ]);
+    assert!(matches!(
+        decide(&r, 0, &cohorts, Some(MIN), 14 * MIN),
+        StepDecision::Hold { .. }
+    ));
+}
+
+#[test]
+fn a_step_whose_cohorts_are_all_vacant_rolls_back_at_the_timeout_not_before() {
+    let r = rollout(FailureAction::Rollback);
+    let cohorts = BTreeMap::from([(key("a"), vacant()), (key("b"), vacant())]);
     assert_eq!(
         hold_reason(decide(&r, 0, &cohorts, Some(MIN), 15 * MIN - 1)),
-        "step 1 of 2 (10%) waiting for b/int8 inconclusive; times out in 1s"
+        "step 1 of 2 (10%) waiting for a/int8 inconclusive, b/int8 inconclusive; times out in 1s"
     );
     assert_eq!(
         decide(&r, 0, &cohorts, Some(MIN), 15 * MIN),
         StepDecision::Rollback {
-            reason: "step 1 of 2 (10%) did not pass within 15m: b/int8 inconclusive".into()
+            reason: "step 1 of 2 (10%) did not pass within 15m: a/int8 inconclusive, \
+                     b/int8 inconclusive"
+                .into()
         }
     );
 }
@@ -392,11 +433,15 @@ proptest! {
         let r = rollout(if demote { FailureAction::Demote } else { FailureAction::Rollback });
         let decision = decide(&r, step, &cohorts, ready_since, now);
         let fresh_since = ready_since.unwrap_or(0);
+        let vacant = |c: &StepCohort| {
+            c.readiness.online == 0 && c.record.verdict != Verdict::Fail
+        };
         let passing = cohorts.values().all(|c| {
-            c.readiness.ready >= c.readiness.online
-                && c.record.verdict == Verdict::Pass
-                && c.record.analyzed_at_ms.is_some_and(|t| t >= fresh_since)
-        });
+            vacant(c)
+                || (c.readiness.ready >= c.readiness.online
+                    && c.record.verdict == Verdict::Pass
+                    && c.record.analyzed_at_ms.is_some_and(|t| t >= fresh_since))
+        }) && (cohorts.is_empty() || !cohorts.values().all(vacant));
         let ready_at = ready_since.unwrap_or(now);
         let failed = cohorts.values().any(|c| c.record.consecutive_failures >= 2);
         let pause = i64::from(r.steps[step].pause_seconds) * 1000;
