@@ -168,7 +168,7 @@ async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_ov
     let killed = Instant::now();
     let survivor = replicas.remove(standby);
     eventually(Duration::from_secs(60), "the standby leading", || async {
-        if survivor.metrics().await.contains("edgefleet_leader 1") {
+        if gauge(&survivor.metrics().await, "edgefleet_leader") == 1.0 {
             Ok(())
         } else {
             Err(survivor.proc.log_tail())

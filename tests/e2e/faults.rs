@@ -93,7 +93,7 @@ async fn a_broker_crash_mid_rollout_loses_no_telemetry_and_the_rollout_completes
         "controller reconnected",
         || async {
             let metrics = controller.metrics().await;
-            if metrics.contains("edgefleet_mqtt_connected 1") {
+            if metric_sum(&metrics, "edgefleet_mqtt_connected") == 1.0 {
                 Ok(())
             } else {
                 Err(controller.proc.log_tail())

@@ -257,7 +257,7 @@ async fn a_restarted_controller_resumes_the_rollout_on_postgres() {
         "the new controller leading and reconciling",
         || async {
             let metrics = controller.metrics().await;
-            let leading = metrics.contains("edgefleet_leader 1");
+            let leading = metric_sum(&metrics, "edgefleet_leader") == 1.0;
             let reconciled = metrics.lines().any(|l| {
                 l.starts_with("edgefleet_rollout_step{")
                     && l.contains("\"orientation\"")

@@ -200,10 +200,14 @@ impl Store {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
+        // Rows are locked in key order, the same in every replica: a standby recording the
+        // same reports as the leader then waits for it instead of deadlocking with it.
+        let mut order: Vec<usize> = (0..reports.len()).collect();
+        order.sort_by_key(|&i| (reports[i].namespace, reports[i].name, reports[i].device));
         let mut tx = self.pool.begin().await?;
-        let mut recorded = Vec::with_capacity(reports.len());
-        for report in reports {
-            recorded.push(super::record_model_state_on(&mut *tx, report, now_ms).await?);
+        let mut recorded = vec![false; reports.len()];
+        for i in order {
+            recorded[i] = super::record_model_state_on(&mut *tx, &reports[i], now_ms).await?;
         }
         tx.commit().await?;
         Ok(recorded)
