@@ -224,7 +224,7 @@ impl Deployer {
                 .send()
                 .await?;
             if r.status().is_success() {
-                let meta: serde_json::Value = r.json().await?;
+                let meta: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
                 let policy = meta.get("offload").cloned();
                 if policy == expected {
                     return Ok(());
