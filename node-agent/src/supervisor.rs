@@ -161,6 +161,12 @@ impl Supervisor {
     }
 
     pub fn on_desired(&mut self, payload: &[u8]) {
+        if payload.is_empty() {
+            // Someone cleared the retained document: that withdraws nothing by itself (the
+            // controller removes models with a document that lists fewer of them).
+            tracing::info!("desired document cleared on the broker; keeping the current models");
+            return;
+        }
         match assignments::accept(&self.device, payload, self.persisted.applied_generation()) {
             Ok(desired) => {
                 tracing::info!(
