@@ -40,6 +40,16 @@ impl Inventory {
             facts.online = stored.online;
             devices.insert(facts.id.clone(), facts);
         }
+        // Canary places go first to devices holding the target; after a restart that must
+        // not wait for their next state report (it may not come until something changes).
+        for (device, sha256) in store.serving_digests().await? {
+            if let Some(facts) = DeviceId::new(&device)
+                .ok()
+                .and_then(|id| devices.get_mut(&id))
+            {
+                facts.installed_sha256.insert(sha256);
+            }
+        }
         let (changes, _) = watch::channel(0);
         let online = devices.values().filter(|d| d.online).count() as i64;
         let inventory = Self {

@@ -203,6 +203,20 @@ impl Store {
             .collect()
     }
 
+    /// `(device id, sha256)` of what each device last reported serving, per assignment: what a
+    /// restarted controller knows devices hold before they report again.
+    pub async fn serving_digests(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT device_id, serving_sha256 FROM assignments
+             WHERE serving_sha256 IS NOT NULL ORDER BY device_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
     // ------------------------------------------------------------ deployments
 
     /// Stores a deployment's spec; the generation grows only when the spec changes.

@@ -410,3 +410,35 @@ async fn an_invalid_spec_touches_no_device() {
         "the valid deployment was held back"
     );
 }
+
+#[tokio::test]
+async fn a_restarted_controller_knows_which_devices_already_hold_the_target() {
+    let mut fleet = fleet_of_ten().await;
+    let steps = "[{percent: 20}, {percent: 60}]";
+    fleet.reconcile(&spec("1", steps), 0).await;
+    fleet.devices_become_ready(10).await;
+    fleet.reconcile(&spec("2", steps), 1_000).await;
+    fleet.devices_become_ready(1_010).await;
+    let canaries: BTreeMap<String, String> = fleet
+        .desired()
+        .into_iter()
+        .filter(|(_, d)| d.assignments[0].role == Role::Canary)
+        .map(|(id, d)| (id, d.assignments[0].artifact.sha256.clone()))
+        .collect();
+    assert_eq!(canaries.len(), 2, "{canaries:?}");
+
+    // A new process over the same database, before any device reports again.
+    let reloaded = Inventory::load(fleet.engine.store.clone(), Metrics::new())
+        .await
+        .expect("inventory");
+    for (device, target) in &canaries {
+        let facts = reloaded
+            .device(&DeviceId::new(device.as_str()).expect("id"))
+            .expect("known device");
+        assert!(
+            facts.installed_sha256.contains(target),
+            "{device} holds {target} but the reloaded inventory has {:?}",
+            facts.installed_sha256
+        );
+    }
+}
