@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, WireError};
+use crate::wire::{PROTOCOL_VERSION, WireError, check_size};
 
 pub const PRESENCE_PREFIX: &str = "edgefleet/v1/controllers";
 
@@ -49,12 +49,7 @@ pub fn decode_presence(payload: &[u8]) -> Result<Option<bool>, WireError> {
     if payload.is_empty() {
         return Ok(None);
     }
-    if payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(WireError::TooLarge {
-            size: payload.len(),
-            max: MAX_PAYLOAD_BYTES,
-        });
-    }
+    check_size(payload)?;
     let presence: Presence =
         serde_json::from_slice(payload).map_err(|e| WireError::Malformed(e.to_string()))?;
     if presence.v != PROTOCOL_VERSION {
@@ -76,6 +71,7 @@ pub fn replica_of(topic: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::MAX_PAYLOAD_BYTES;
 
     #[test]
     fn presence_round_trips_and_bad_payloads_say_why() {

@@ -193,13 +193,19 @@ pub fn encode<M: WireMessage>(message: &M) -> Vec<u8> {
     serde_json::to_vec(&envelope).unwrap_or_default()
 }
 
-pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, WireError> {
+/// Refuses a payload over [`MAX_PAYLOAD_BYTES`] before anything parses it.
+pub fn check_size(bytes: &[u8]) -> Result<(), WireError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(WireError::TooLarge {
             size: bytes.len(),
             max: MAX_PAYLOAD_BYTES,
         });
     }
+    Ok(())
+}
+
+pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, WireError> {
+    check_size(bytes)?;
     let probe: VersionProbe =
         serde_json::from_slice(bytes).map_err(|e| WireError::NotJson(e.to_string()))?;
     match probe.v.as_ref().and_then(serde_json::Value::as_u64) {

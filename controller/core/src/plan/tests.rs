@@ -190,6 +190,22 @@ fn canaries_only_grow_from_step_to_step_and_ignore_input_order() {
     assert_eq!(first, at(0, &reversed));
 }
 
+/// The plan of 2.0.0's first canary step.
+fn first_step(
+    target: &ModelDeploymentSpec,
+    previous: &ModelDeploymentSpec,
+    devices: &[DeviceFacts],
+) -> RolloutPlan {
+    plan_rollout(
+        UID,
+        target,
+        Some(previous),
+        Stage::Canary { step: 0 },
+        devices,
+        &no_demotions(),
+    )
+}
+
 /// The target variant's artifact digest for `device` in `plan`.
 fn target_sha256(target: &ModelDeploymentSpec, plan: &RolloutPlan, device: &DeviceId) -> String {
     let name = plan
@@ -210,16 +226,7 @@ fn target_sha256(target: &ModelDeploymentSpec, plan: &RolloutPlan, device: &Devi
 fn canaries_that_hold_the_target_stay_canaries_while_offline() {
     let (target, previous) = specs();
     let mut devices = fleet();
-    let plan = |devices: &[DeviceFacts]| {
-        plan_rollout(
-            UID,
-            &target,
-            Some(&previous),
-            Stage::Canary { step: 0 },
-            devices,
-            &no_demotions(),
-        )
-    };
+    let plan = |devices: &[DeviceFacts]| first_step(&target, &previous, devices);
     let first = plan(&devices);
     let before = canary_ids(&first);
     for d in devices.iter_mut() {
@@ -246,16 +253,7 @@ fn canaries_that_hold_the_target_stay_canaries_while_offline() {
 fn a_canary_offline_before_it_got_the_target_is_replaced_by_an_online_device() {
     let (target, previous) = specs();
     let mut devices = fleet();
-    let plan = |devices: &[DeviceFacts]| {
-        plan_rollout(
-            UID,
-            &target,
-            Some(&previous),
-            Stage::Canary { step: 0 },
-            devices,
-            &no_demotions(),
-        )
-    };
+    let plan = |devices: &[DeviceFacts]| first_step(&target, &previous, devices);
     let before = canary_ids(&plan(&devices));
     let gone = before.iter().next().expect("present").clone();
     devices
