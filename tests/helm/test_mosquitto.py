@@ -146,6 +146,28 @@ def test_sessions_and_retained_messages_are_saved_often(broker):
     assert "autosave_interval 10\n" in conf
 
 
+def test_a_controller_subscribing_gets_every_retained_device_message(broker):
+    """A restarted controller's wildcard subscription replays every device's retained hello at
+    once; Mosquitto's default max_queued_messages (1000) would drop all but ~1020 of them."""
+    import paho.mqtt.client as mqtt
+
+    devices = 3000
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet")
+    client.connect("127.0.0.1", broker.plain)
+    client.loop_start()
+    try:
+        sent = [client.publish(f"{D}/fleet-{i}/hello", f"fleet-{i}", qos=1, retain=True) for i in range(devices)]
+        for message in sent:
+            message.wait_for_publish(timeout=30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    res = run([_binary("mosquitto_sub"), *broker.args(None), "-q", "1", "-t", f"{D}/+/hello",
+               "-C", str(devices + 10), "-W", "5"])
+    received = {line for line in res.stdout.splitlines() if line.startswith("fleet-")}
+    assert len(received) == devices, f"{len(received)} of {devices} retained hellos arrived"
+
+
 def test_controller_certificate_user_has_full_access_on_tls(broker):
     broker.pub("edgefleet-controller", f"{D}/dev-b/desired", "via-tls")
     assert broker.sub_one("dev-b", f"{D}/dev-b/desired") == "via-tls"

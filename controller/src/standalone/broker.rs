@@ -118,6 +118,12 @@ pub fn rumqttd_config(addr: SocketAddr) -> rumqttd::Config {
     }
 }
 
+/// Messages Mosquitto queues for one client before it drops the rest, silently. The
+/// controller's subscription replays every device's retained hello and status at once (a
+/// restart or a 100,000-device reconnect storm): Mosquitto's default of 1,000 would drop all
+/// but the first ~1,000 of them.
+const MAX_QUEUED_MESSAGES: u32 = 1_000_000;
+
 fn spawn_mosquitto(addr: SocketAddr, data_dir: &Path) -> anyhow::Result<tokio::process::Child> {
     let binary = Path::new("/usr/sbin/mosquitto");
     anyhow::ensure!(
@@ -131,7 +137,7 @@ fn spawn_mosquitto(addr: SocketAddr, data_dir: &Path) -> anyhow::Result<tokio::p
     std::fs::write(
         &conf,
         format!(
-            "allow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} {}\nmax_queued_messages 100000\n",
+            "allow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} {}\nmax_queued_messages {MAX_QUEUED_MESSAGES}\n",
             dir.display(),
             addr.port(),
             addr.ip()
