@@ -8,12 +8,12 @@ use edgefleet_crds::wire::{StateReport, Telemetry as TelemetryWindow};
 use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, now_ms};
-use crate::inventory::Change;
+use crate::inventory::{Change, Presence};
 use crate::mqtt::DeviceMessage;
 use crate::telemetry::CohortLabels;
 
-/// Messages taken from the channel per round. Their state reports and telemetry claims are
-/// each written in one transaction, so a busy fleet costs a few statements' worth of waiting
+/// Messages taken from the channel per round. Their hellos and statuses, and their state
+/// reports, are each written in one transaction, so a busy fleet costs a few statements' worth of waiting
 /// for the database per round instead of one wait per message.
 const BATCH: usize = 512;
 
@@ -26,17 +26,20 @@ pub async fn run(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while messages.recv_many(&mut batch, BATCH).await > 0 {
-        let mut changed = false;
+        let mut presence = Vec::new();
         let mut states = Vec::new();
         let mut windows = Vec::new();
-        // hellos and status first, in order: telemetry needs the device's class
         for message in &batch {
             match message {
+                DeviceMessage::Hello(hello) => presence.push(Presence::Hello(hello)),
+                DeviceMessage::Status(status) => presence.push(Presence::Status(status)),
                 DeviceMessage::State(report) => states.push(report),
                 DeviceMessage::Telemetry(window) => windows.push(window),
-                other => changed |= noted(&engine, handle(&engine, other).await),
             }
         }
+        // presence first: state reports and telemetry need to know the device
+        let presence = engine.inventory.apply_presence(&presence, now_ms()).await;
+        let mut changed = noted(&engine, presence);
         changed |= noted(&engine, record_states(&engine, &states).await);
         if let Err(err) = record_telemetry(&engine, &windows).await {
             engine.metrics.store_errors.inc();

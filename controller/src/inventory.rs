@@ -9,7 +9,10 @@ use edgefleet_crds::wire::{DeviceId, DeviceStatus, Hello, ModelPhase, StateRepor
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::store::{ModelReport, Store, StoreError};
+use crate::store::{DeviceWrite, ModelReport, Store, StoreError};
+
+mod presence;
+pub use presence::Presence;
 
 /// What changed, so that the engine re-plans only when it matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,21 +92,7 @@ impl Inventory {
     }
 
     pub async fn apply_hello(&self, hello: &Hello, now_ms: i64) -> Result<Change, StoreError> {
-        let mut facts = DeviceFacts::from(hello);
-        let class = device_class(&facts);
-        self.store.upsert_device(hello, &class, now_ms).await?;
-        let changed = {
-            let mut devices = self.write();
-            let previous = devices.get(&facts.id);
-            facts.installed_sha256 = previous
-                .map(|p| p.installed_sha256.clone())
-                .unwrap_or_default();
-            let changed = previous != Some(&facts);
-            self.count_online(previous.map(|p| p.online), Some(facts.online));
-            devices.insert(facts.id.clone(), facts);
-            changed
-        };
-        Ok(self.changed_if(changed, Change::Fleet))
+        self.apply_presence(&[Presence::Hello(hello)], now_ms).await
     }
 
     pub async fn apply_status(
@@ -111,21 +100,71 @@ impl Inventory {
         status: &DeviceStatus,
         now_ms: i64,
     ) -> Result<Change, StoreError> {
-        let known = self
-            .store
-            .set_device_online(&status.device_id, status.online, now_ms)
-            .await?;
-        if !known {
-            return Ok(Change::Nothing); // a status before any hello: the hello will follow
-        }
-        let changed = match self.write().get_mut(&status.device_id) {
-            Some(facts) if facts.online != status.online => {
-                self.count_online(Some(facts.online), Some(status.online));
-                facts.online = status.online;
-                true
-            }
-            _ => false,
+        self.apply_presence(&[Presence::Status(status)], now_ms)
+            .await
+    }
+
+    /// Applies hellos and statuses in arrival order, written in one transaction. A hello
+    /// brings a new device online; a known device's online flag follows its statuses (its
+    /// agent publishes `online` before its hello on every connect).
+    pub async fn apply_presence(
+        &self,
+        messages: &[Presence<'_>],
+        now_ms: i64,
+    ) -> Result<Change, StoreError> {
+        let outcomes = {
+            let devices = self.read();
+            presence::fold(messages, |id| devices.contains_key(id))
         };
+        let facts: Vec<Option<DeviceFacts>> = outcomes
+            .iter()
+            .map(|outcome| outcome.hello.map(DeviceFacts::from))
+            .collect();
+        let classes: Vec<Option<String>> = facts
+            .iter()
+            .map(|facts| facts.as_ref().map(device_class))
+            .collect();
+        let writes: Vec<DeviceWrite> = outcomes
+            .iter()
+            .zip(&classes)
+            .map(|(outcome, class)| DeviceWrite {
+                device: outcome.device,
+                hello: outcome.hello.zip(class.as_deref()),
+                online: outcome.online,
+            })
+            .collect();
+        self.store.record_presence(&writes, now_ms).await?;
+        let mut changed = false;
+        let mut devices = self.write();
+        for (outcome, announced) in outcomes.iter().zip(facts) {
+            let before = devices.get(outcome.device).map(|p| p.online);
+            let online = outcome.online.or(before).unwrap_or(true);
+            let device_changed = match (announced, devices.get_mut(outcome.device)) {
+                (Some(mut facts), Some(previous)) => {
+                    facts.online = online;
+                    facts.installed_sha256 = previous.installed_sha256.clone();
+                    let differs = *previous != facts;
+                    *previous = facts;
+                    differs
+                }
+                (Some(mut facts), None) => {
+                    facts.online = online;
+                    devices.insert(facts.id.clone(), facts);
+                    true
+                }
+                (None, Some(previous)) => {
+                    let differs = previous.online != online;
+                    previous.online = online;
+                    differs
+                }
+                (None, None) => false, // the fold drops these
+            };
+            if device_changed {
+                changed = true;
+                self.count_online(before, Some(online));
+            }
+        }
+        drop(devices);
         Ok(self.changed_if(changed, Change::Fleet))
     }
 
@@ -167,12 +206,7 @@ impl Inventory {
                 });
             }
         }
-        let any = self
-            .store
-            .record_model_states(&rows, now_ms)
-            .await?
-            .into_iter()
-            .any(|recorded| recorded);
+        let any = self.store.record_model_states(&rows, now_ms).await? > 0;
         let mut devices = self.write();
         for report in reports {
             // Artifacts on the device do not count against its free disk for re-planning.

@@ -5,13 +5,15 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
-use edgefleet_crds::wire::{DeviceId, Hello};
+use edgefleet_crds::wire::Hello;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
 mod batch;
+mod devices;
 pub use batch::DesiredWrite;
+pub use devices::DeviceWrite;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
@@ -32,6 +34,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Bulk reads (every assignment of a deployment, desired documents of thousands of
+    /// devices). On a SQLite file these get their own connections: in WAL mode they read a
+    /// snapshot beside the one writer instead of queueing behind its transactions.
+    reader: AnyPool,
+    placeholders: batch::Placeholders,
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +136,28 @@ impl Store {
                 .await?;
         }
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let (reader, placeholders) = if is_sqlite {
+            let reader = if url.contains(":memory:") {
+                pool.clone() // another connection would open another, empty, database
+            } else {
+                AnyPoolOptions::new()
+                    .max_connections(2)
+                    .connect(&url_with_create)
+                    .await
+                    .map_err(|source| StoreError::Connect {
+                        url: redact(url),
+                        source,
+                    })?
+            };
+            (reader, batch::Placeholders::Positional)
+        } else {
+            (pool.clone(), batch::Placeholders::Numbered)
+        };
+        Ok(Self {
+            pool,
+            reader,
+            placeholders,
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -137,52 +165,6 @@ impl Store {
     }
 
     // ------------------------------------------------------------ devices
-
-    pub async fn upsert_device(
-        &self,
-        hello: &Hello,
-        device_class: &str,
-        now_ms: i64,
-    ) -> Result<()> {
-        let hello_json =
-            serde_json::to_string(hello).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let labels_json =
-            serde_json::to_string(&hello.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO devices (device_id, hello_json, labels_json, arch, device_class, online, first_seen_ms, last_seen_ms)
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $7)
-             ON CONFLICT (device_id) DO UPDATE SET hello_json = excluded.hello_json,
-               labels_json = excluded.labels_json, arch = excluded.arch,
-               device_class = excluded.device_class, last_seen_ms = excluded.last_seen_ms",
-        )
-        .bind(hello.device_id.as_str())
-        .bind(hello_json)
-        .bind(labels_json)
-        .bind(&hello.arch)
-        .bind(device_class)
-        .bind(now_ms)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Returns false when the device is unknown (no hello yet).
-    pub async fn set_device_online(
-        &self,
-        id: &DeviceId,
-        online: bool,
-        now_ms: i64,
-    ) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE devices SET online = $1, last_seen_ms = $2 WHERE device_id = $3")
-                .bind(i64::from(online))
-                .bind(now_ms)
-                .bind(id.as_str())
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() == 1)
-    }
 
     pub async fn load_devices(&self) -> Result<Vec<StoredDevice>> {
         let rows =
@@ -354,7 +336,7 @@ impl Store {
         )
         .bind(namespace)
         .bind(name)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(assignment_from_row).collect()
     }
@@ -368,8 +350,22 @@ impl Store {
         name: &str,
         rows: &[AssignmentRow],
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<Vec<AssignmentRow>> {
         let current = self.assignments(namespace, name).await?;
+        self.replace_assignments_over(namespace, name, &current, rows, now_ms)
+            .await
+    }
+
+    /// [`Store::replace_assignments`] when the caller has just read the `current` rows.
+    /// Returns the rows as stored: a row for the same model keeps the device's last report.
+    pub async fn replace_assignments_over(
+        &self,
+        namespace: &str,
+        name: &str,
+        current: &[AssignmentRow],
+        rows: &[AssignmentRow],
+        now_ms: i64,
+    ) -> Result<Vec<AssignmentRow>> {
         let current: HashMap<&str, &AssignmentRow> =
             current.iter().map(|r| (r.device_id.as_str(), r)).collect();
         let wanted: HashSet<&str> = rows.iter().map(|r| r.device_id.as_str()).collect();
@@ -378,35 +374,41 @@ impl Store {
             .copied()
             .filter(|device| !wanted.contains(device))
             .collect();
-        let writes: Vec<batch::AssignmentWrite> = rows
-            .iter()
-            .filter_map(|row| {
-                let old = current.get(row.device_id.as_str());
-                let unchanged = old.is_some_and(|old| {
-                    old.version == row.version
-                        && old.variant == row.variant
-                        && old.role == row.role
-                        && old.reason == row.reason
-                        && old.assignment_json == row.assignment_json
-                        && old.generation == row.generation
-                });
-                if unchanged {
-                    return None;
-                }
-                // the device's reports stay with the row while it is the same model
-                let same_model =
-                    old.filter(|old| old.version == row.version && old.variant == row.variant);
-                Some(batch::AssignmentWrite {
-                    row,
-                    kept_report: same_model.copied(),
-                })
-            })
-            .collect();
+        let mut stored = Vec::with_capacity(rows.len());
+        let mut writes = Vec::new();
+        for row in rows {
+            let old = current.get(row.device_id.as_str()).copied();
+            let unchanged = old.is_some_and(|old| {
+                old.version == row.version
+                    && old.variant == row.variant
+                    && old.role == row.role
+                    && old.reason == row.reason
+                    && old.assignment_json == row.assignment_json
+                    && old.generation == row.generation
+            });
+            // the device's reports stay with the row while it is the same model
+            let kept_report =
+                old.filter(|old| old.version == row.version && old.variant == row.variant);
+            stored.push(AssignmentRow {
+                phase: kept_report.and_then(|o| o.phase.clone()),
+                phase_reason: kept_report.and_then(|o| o.phase_reason.clone()),
+                serving_sha256: kept_report.and_then(|o| o.serving_sha256.clone()),
+                ..row.clone()
+            });
+            if !unchanged {
+                writes.push(batch::AssignmentWrite { row, kept_report });
+            }
+        }
         let mut tx = self.pool.begin().await?;
-        batch::delete_assignments(&mut tx, namespace, name, &gone).await?;
-        batch::upsert_assignments(&mut tx, namespace, name, &writes, now_ms).await?;
+        batch::delete_assignments(&mut tx, self.placeholders, namespace, name, &gone).await?;
+        batch::upsert_assignments(&mut tx, self.placeholders, namespace, name, &writes, now_ms)
+            .await?;
         tx.commit().await?;
-        Ok(())
+        // the order of a read: callers compare against one
+        if !stored.is_sorted_by(|a, b| a.device_id <= b.device_id) {
+            stored.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        }
+        Ok(stored)
     }
 
     /// Every assignment of one device across deployments: `(namespace, name, row)`.
@@ -425,11 +427,6 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get(10)?, r.try_get(11)?, assignment_from_row(r)?)))
             .collect()
-    }
-
-    /// Records what a device reported for one of its assignments.
-    pub async fn record_model_state(&self, report: &ModelReport<'_>, now_ms: i64) -> Result<bool> {
-        record_model_state_on(&self.pool, report, now_ms).await
     }
 
     // ------------------------------------------------------------ desired documents
@@ -574,29 +571,6 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect()
     }
-}
-
-async fn record_model_state_on<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    report: &ModelReport<'_>,
-    now_ms: i64,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE assignments SET phase = $1, phase_reason = $2, serving_sha256 = $3, updated_ms = $4
-         WHERE namespace = $5 AND name = $6 AND device_id = $7 AND version = $8 AND variant = $9",
-    )
-    .bind(report.phase)
-    .bind(report.reason)
-    .bind(report.serving_sha256)
-    .bind(now_ms)
-    .bind(report.namespace)
-    .bind(report.name)
-    .bind(report.device)
-    .bind(report.version)
-    .bind(report.variant)
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 fn deployment_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDeployment> {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use edgefleet_controller::store::{AssignmentRow, ModelReport, RolloutRow, Store};
+use edgefleet_controller::store::{AssignmentRow, DeviceWrite, ModelReport, RolloutRow, Store};
 use edgefleet_crds::wire::{DeviceId, Hello};
 
 mod common;
@@ -39,37 +39,65 @@ fn assignment(device: &str, variant: &str, generation: i64) -> AssignmentRow {
 }
 
 async fn exercise(store: Store) {
-    // devices
+    // devices: a batch of presence, then a status for d1 and one for a device never seen
+    let (d1, d2) = (hello("d1"), hello("d2"));
+    let class = "x86_64-none-mem4g";
     store
-        .upsert_device(&hello("d1"), "x86_64-none-mem4g", 10)
+        .record_presence(
+            &[
+                DeviceWrite {
+                    device: &d1.device_id,
+                    hello: Some((&d1, class)),
+                    online: Some(true),
+                },
+                DeviceWrite {
+                    device: &d2.device_id,
+                    hello: Some((&d2, class)),
+                    online: None,
+                },
+            ],
+            10,
+        )
         .await
-        .expect("upsert");
+        .expect("hellos");
     store
-        .upsert_device(&hello("d1"), "x86_64-none-mem4g", 20)
+        .record_presence(
+            &[DeviceWrite {
+                device: &d1.device_id,
+                hello: Some((&d1, class)),
+                online: None,
+            }],
+            20,
+        )
         .await
-        .expect("upsert again");
+        .expect("hello again");
+    let nobody = DeviceId::new("nobody").expect("id");
     store
-        .upsert_device(&hello("d2"), "x86_64-none-mem4g", 20)
+        .record_presence(
+            &[
+                DeviceWrite {
+                    device: &nobody,
+                    hello: None,
+                    online: Some(true),
+                },
+                DeviceWrite {
+                    device: &d1.device_id,
+                    hello: None,
+                    online: Some(false),
+                },
+            ],
+            30,
+        )
         .await
-        .expect("upsert d2");
-    let d1 = DeviceId::new("d1").expect("id");
-    assert!(
-        store
-            .set_device_online(&d1, false, 30)
-            .await
-            .expect("offline")
-    );
-    assert!(
-        !store
-            .set_device_online(&DeviceId::new("nobody").expect("id"), true, 30)
-            .await
-            .expect("unknown")
-    );
+        .expect("statuses");
     let devices = store.load_devices().await.expect("load");
     assert_eq!(devices.len(), 2);
     assert_eq!(devices[0].hello, hello("d1"));
     assert!(!devices[0].online);
     assert_eq!(devices[0].last_seen_ms, 30);
+    assert_eq!(devices[1].hello, hello("d2"));
+    assert!(devices[1].online, "a new device starts online");
+    assert_eq!(devices[1].last_seen_ms, 10);
 
     // deployments: generation grows only with the spec
     let a = store
@@ -118,18 +146,42 @@ async fn exercise(store: Store) {
         reason: None,
         serving_sha256: Some("ab"),
     };
-    assert!(store.record_model_state(&report, 6).await.expect("report"));
-    assert!(
-        !store
-            .record_model_state(
-                &ModelReport {
-                    variant: "int4",
-                    ..report
-                },
-                6
-            )
+    let downloading = ModelReport {
+        phase: "Downloading",
+        serving_sha256: None,
+        ..report
+    };
+    let stale = ModelReport {
+        variant: "int4",
+        ..report
+    };
+    let d2 = ModelReport {
+        device: "d2",
+        variant: "int8",
+        phase: "Loading",
+        ..downloading
+    };
+    assert_eq!(
+        store
+            .record_model_states(&[downloading, stale, report, d2], 6)
             .await
-            .expect("stale report")
+            .expect("reports"),
+        2,
+        "d1 and d2; the stale variant matches nothing"
+    );
+    let rows = store.assignments("ns", "md").await.expect("rows");
+    assert_eq!(
+        (rows[0].phase.as_deref(), rows[0].serving_sha256.as_deref()),
+        (Some("Ready"), Some("ab")),
+        "the last of d1's reports wins"
+    );
+    assert_eq!(rows[1].phase.as_deref(), Some("Loading"));
+    assert_eq!(
+        store
+            .record_model_states(&[stale], 6)
+            .await
+            .expect("stale report"),
+        0
     );
     store
         .replace_assignments(

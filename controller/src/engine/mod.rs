@@ -11,7 +11,7 @@ mod republish;
 pub mod rollout;
 pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -204,8 +204,7 @@ impl Engine {
             .chain(state.previous.iter().flat_map(|p| &p.variants));
         self.attribution
             .set_variants(&key, variant_names.map(|v| v.name.clone()).collect());
-        self.apply(input, &key, &plan, now_ms).await?;
-        let mut rows = self.store.assignments(input.namespace, input.name).await?;
+        let mut rows = self.apply(input, &key, &plan, now_ms).await?;
 
         // progress the canary, then re-plan at once if the stage moved
         let mut verdicts = BTreeMap::new();
@@ -224,8 +223,7 @@ impl Engine {
                     .await?;
                 events.push(event);
                 plan = self.plan(input.uid, &state, &devices);
-                self.apply(input, &key, &plan, now_ms).await?;
-                rows = self.store.assignments(input.namespace, input.name).await?;
+                rows = self.apply(input, &key, &plan, now_ms).await?;
             }
         }
 
@@ -280,15 +278,15 @@ impl Engine {
         )
     }
 
-    /// Writes the plan's assignments and republishes the documents of devices whose
-    /// assignment for this deployment changed.
+    /// Writes the plan's assignments, republishes the documents of devices whose assignment
+    /// for this deployment changed, and returns the deployment's rows as stored.
     async fn apply(
         &self,
         input: &DeploymentInput<'_>,
         key: &str,
         plan: &RolloutPlan,
         now_ms: i64,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<Vec<AssignmentRow>, ReconcileError> {
         let old = self.store.assignments(input.namespace, input.name).await?;
         let new: Vec<AssignmentRow> = plan
             .devices
@@ -321,26 +319,24 @@ impl Engine {
             plan.counts.matched,
         );
         let new = pacing::pace(&old, new, &online, budget);
-        let changed: BTreeSet<String> = changed_devices(&old, &new);
-        if changed.is_empty() && old.len() == new.len() {
-            // still refresh reasons/generations kept in SQL
-            if old
+        let changed: Vec<String> = changed_devices(&old, &new);
+        // unchanged documents may still carry new reasons or generations to keep in SQL
+        let unchanged = changed.is_empty()
+            && old.len() == new.len()
+            && old
                 .iter()
                 .zip(&new)
-                .any(|(o, n)| o.reason != n.reason || o.generation != n.generation)
-            {
-                self.store
-                    .replace_assignments(input.namespace, input.name, &new, now_ms)
-                    .await?;
-            }
+                .all(|(o, n)| o.reason == n.reason && o.generation == n.generation);
+        let stored = if unchanged {
+            old
         } else {
             self.store
-                .replace_assignments(input.namespace, input.name, &new, now_ms)
-                .await?;
-        }
+                .replace_assignments_over(input.namespace, input.name, &old, &new, now_ms)
+                .await?
+        };
         self.attribution.assign(key, &new);
-        let changed: Vec<String> = changed.into_iter().collect();
-        self.publish_devices(&changed, now_ms).await
+        self.publish_devices(&changed, now_ms).await?;
+        Ok(stored)
     }
 
     /// Rebuilds one device's full desired document and publishes it if it changed.
@@ -478,18 +474,22 @@ impl Engine {
     }
 }
 
-fn changed_devices(old: &[AssignmentRow], new: &[AssignmentRow]) -> BTreeSet<String> {
-    let index = |rows: &[AssignmentRow]| -> BTreeMap<String, String> {
+/// Devices whose assignment document differs between `old` and `new`, sorted.
+fn changed_devices(old: &[AssignmentRow], new: &[AssignmentRow]) -> Vec<String> {
+    fn index(rows: &[AssignmentRow]) -> HashMap<&str, &str> {
         rows.iter()
-            .map(|r| (r.device_id.clone(), r.assignment_json.clone()))
+            .map(|r| (r.device_id.as_str(), r.assignment_json.as_str()))
             .collect()
-    };
-    let (old, new) = (index(old), index(new));
-    old.keys()
-        .chain(new.keys())
-        .filter(|device| old.get(*device) != new.get(*device))
-        .cloned()
-        .collect()
+    }
+    let (old_index, new_index) = (index(old), index(new));
+    let mut changed: Vec<String> = old_index
+        .keys()
+        .chain(new_index.keys().filter(|d| !old_index.contains_key(*d)))
+        .filter(|device| old_index.get(*device) != new_index.get(*device))
+        .map(|device| device.to_string())
+        .collect();
+    changed.sort_unstable();
+    changed
 }
 
 pub fn rfc3339(ms: i64) -> String {

@@ -45,16 +45,17 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
         no_fit: counts.no_fit,
     };
 
+    let online: std::collections::HashSet<&str> = input
+        .plan
+        .devices
+        .iter()
+        .filter(|d| d.online)
+        .map(|d| d.device.as_str())
+        .collect();
     let settled = input
         .rows
         .iter()
-        .filter(|r| {
-            input
-                .plan
-                .devices
-                .iter()
-                .any(|d| d.device.as_str() == r.device_id && d.online)
-        })
+        .filter(|r| online.contains(r.device_id.as_str()))
         .all(|r| ready(&r));
     let (phase, current_step) = match input.state.stage {
         Stage::Canary { step } => (Phase::Progressing, step as u32 + 1),

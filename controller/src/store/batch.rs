@@ -2,7 +2,7 @@
 //! devices instead of one per device, and one transaction per chunk of writes. A rollout to
 //! 100,000 devices is then a few hundred statements instead of several hundred thousand.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 
@@ -13,11 +13,44 @@ use super::{AssignmentRow, ModelReport, Result, Store, assignment_from_row};
 pub const CHUNK: usize = 500;
 
 /// `$first, $first+1, ...` for `count` parameters.
-fn placeholders(first: usize, count: usize) -> String {
+pub(super) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// How the database wants statement parameters written. Batch statements are built with
+/// `$1..$N` in order of appearance; SQLite resolves each `$N` by a linear search over the
+/// statement's parameter names (when parsing and again when binding), so a multi-row statement
+/// with thousands of them costs O(n²). Anonymous `?`, bound in order, costs O(n).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placeholders {
+    /// PostgreSQL: `$N` as written.
+    Numbered,
+    /// SQLite: every `$N` becomes `?`.
+    Positional,
+}
+
+impl Placeholders {
+    pub(super) fn sql(self, sql: String) -> String {
+        if self == Placeholders::Numbered {
+            return sql;
+        }
+        let mut out = String::with_capacity(sql.len());
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                while chars.peek().is_some_and(char::is_ascii_digit) {
+                    chars.next();
+                }
+                out.push('?');
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
 }
 
 /// One desired document to store.
@@ -35,15 +68,16 @@ pub(super) struct AssignmentWrite<'a> {
 
 pub(super) async fn delete_assignments(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    dialect: Placeholders,
     namespace: &str,
     name: &str,
     devices: &[&str],
 ) -> Result<()> {
     for chunk in devices.chunks(CHUNK) {
-        let sql = format!(
+        let sql = dialect.sql(format!(
             "DELETE FROM assignments WHERE namespace = $1 AND name = $2 AND device_id IN ({})",
             placeholders(3, chunk.len())
-        );
+        ));
         let mut query = sqlx::query(&sql).bind(namespace).bind(name);
         for device in chunk {
             query = query.bind(*device);
@@ -55,6 +89,7 @@ pub(super) async fn delete_assignments(
 
 pub(super) async fn upsert_assignments(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    dialect: Placeholders,
     namespace: &str,
     name: &str,
     writes: &[AssignmentWrite<'_>],
@@ -78,6 +113,7 @@ pub(super) async fn upsert_assignments(
                phase_reason = excluded.phase_reason, serving_sha256 = excluded.serving_sha256,
                updated_ms = excluded.updated_ms"
         );
+        let sql = dialect.sql(sql);
         let mut query = sqlx::query(&sql);
         for write in chunk {
             let row = write.row;
@@ -117,11 +153,12 @@ impl Store {
                  FROM assignments WHERE device_id IN ({}) ORDER BY device_id, namespace, name",
                 placeholders(1, chunk.len())
             );
+            let sql = self.placeholders.sql(sql);
             let mut query = sqlx::query(&sql);
             for device in chunk {
                 query = query.bind(*device);
             }
-            for r in query.fetch_all(&self.pool).await? {
+            for r in query.fetch_all(&self.reader).await? {
                 let row = assignment_from_row(&r)?;
                 let entry = (r.try_get(10)?, r.try_get(11)?, row);
                 by_device
@@ -144,11 +181,12 @@ impl Store {
                 "SELECT device_id, generation, document_json FROM device_desired WHERE device_id IN ({})",
                 placeholders(1, chunk.len())
             );
+            let sql = self.placeholders.sql(sql);
             let mut query = sqlx::query(&sql);
             for device in chunk {
                 query = query.bind(*device);
             }
-            for r in query.fetch_all(&self.pool).await? {
+            for r in query.fetch_all(&self.reader).await? {
                 documents.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
             }
         }
@@ -175,6 +213,7 @@ impl Store {
                  ON CONFLICT (device_id) DO UPDATE SET generation = excluded.generation,
                    document_json = excluded.document_json, published_ms = excluded.published_ms"
             );
+            let sql = self.placeholders.sql(sql);
             let mut query = sqlx::query(&sql);
             for document in chunk {
                 query = query
@@ -191,26 +230,58 @@ impl Store {
 }
 
 impl Store {
-    /// [`Store::record_model_state`] for many reports in one transaction; which were recorded.
+    /// Records what devices reported for their assignments, a multi-row `UPDATE` per chunk
+    /// in one transaction; a report for an assignment the controller no longer holds (another
+    /// version or variant) matches nothing. Of several reports for one assignment the last
+    /// wins. Returns how many assignments were updated.
     pub async fn record_model_states(
         &self,
         reports: &[ModelReport<'_>],
         now_ms: i64,
-    ) -> Result<Vec<bool>> {
+    ) -> Result<u64> {
         if reports.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
-        // Rows are locked in key order, the same in every replica: a standby recording the
-        // same reports as the leader then waits for it instead of deadlocking with it.
-        let mut order: Vec<usize> = (0..reports.len()).collect();
-        order.sort_by_key(|&i| (reports[i].namespace, reports[i].name, reports[i].device));
+        // Last report per assignment, in key order: the same in every replica, so a standby
+        // recording the same reports as the leader waits for it instead of deadlocking.
+        let mut latest: BTreeMap<(&str, &str, &str), &ModelReport> = BTreeMap::new();
+        for report in reports {
+            latest.insert((report.namespace, report.name, report.device), report);
+        }
+        let latest: Vec<&ModelReport> = latest.into_values().collect();
+        const COLUMNS: usize = 8;
+        let mut updated = 0;
         let mut tx = self.pool.begin().await?;
-        let mut recorded = vec![false; reports.len()];
-        for i in order {
-            recorded[i] = super::record_model_state_on(&mut *tx, &reports[i], now_ms).await?;
+        for chunk in latest.chunks(CHUNK / 2) {
+            let values = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(COLUMNS * i + 2, COLUMNS)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // VALUES columns are column1..column8 in both SQLite and PostgreSQL.
+            let sql = self.placeholders.sql(format!(
+                "UPDATE assignments SET phase = v.column6, phase_reason = v.column7,
+                   serving_sha256 = v.column8, updated_ms = $1
+                 FROM (VALUES {values}) AS v
+                 WHERE assignments.namespace = v.column1 AND assignments.name = v.column2
+                   AND assignments.device_id = v.column3 AND assignments.version = v.column4
+                   AND assignments.variant = v.column5"
+            ));
+            let mut query = sqlx::query(&sql).bind(now_ms);
+            for report in chunk {
+                query = query
+                    .bind(report.namespace)
+                    .bind(report.name)
+                    .bind(report.device)
+                    .bind(report.version)
+                    .bind(report.variant)
+                    .bind(report.phase)
+                    .bind(report.reason)
+                    .bind(report.serving_sha256);
+            }
+            updated += query.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
-        Ok(recorded)
+        Ok(updated)
     }
 }
 
@@ -231,6 +302,23 @@ mod tests {
             phase_reason: None,
             serving_sha256: None,
         }
+    }
+
+    #[test]
+    fn sqlite_gets_anonymous_parameters_in_the_same_order() {
+        let sql = format!(
+            "DELETE FROM t WHERE a = $1 AND b IN ({})",
+            placeholders(2, 11)
+        );
+        assert_eq!(Placeholders::Numbered.sql(sql.clone()), sql);
+        assert_eq!(
+            Placeholders::Positional.sql(sql),
+            format!(
+                "DELETE FROM t WHERE a = ? AND b IN ({})",
+                ["?"; 11].join(", ")
+            )
+        );
+        assert_eq!(Placeholders::Positional.sql("x = '$'".into()), "x = '$'");
     }
 
     #[tokio::test]

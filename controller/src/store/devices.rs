@@ -1,0 +1,86 @@
+//! Device presence (hello and online/offline) written a batch at a time: a fleet coming online
+//! at once is a few multi-row statements per few hundred devices, not one statement each.
+
+use edgefleet_crds::wire::{DeviceId, Hello};
+
+use super::batch::{CHUNK, placeholders};
+use super::{Result, Store, StoreError};
+
+/// What a batch of presence messages leaves behind for one device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceWrite<'a> {
+    pub device: &'a DeviceId,
+    /// The device's last hello in the batch, with its device class.
+    pub hello: Option<(&'a Hello, &'a str)>,
+    /// Its online flag after the batch, when a message set it.
+    pub online: Option<bool>,
+}
+
+impl Store {
+    /// Applies one batch of presence in one transaction: hellos are upserted (a new device
+    /// starts online), then online flags are set. Devices are written in id order so that two
+    /// replicas recording the same fleet lock rows in the same order. A status for a device
+    /// that never said hello changes nothing.
+    pub async fn record_presence(&self, writes: &[DeviceWrite<'_>], now_ms: i64) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut sorted: Vec<&DeviceWrite> = writes.iter().collect();
+        sorted.sort_by_key(|write| write.device.as_str());
+        let hellos: Vec<(&DeviceWrite, &Hello, &str)> = sorted
+            .iter()
+            .filter_map(|write| write.hello.map(|(hello, class)| (*write, hello, class)))
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        const COLUMNS: usize = 8;
+        for chunk in hellos.chunks(CHUNK / 2) {
+            let values = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(COLUMNS * i + 1, COLUMNS)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO devices (device_id, hello_json, labels_json, arch, device_class, online, first_seen_ms, last_seen_ms)
+                 VALUES {values}
+                 ON CONFLICT (device_id) DO UPDATE SET hello_json = excluded.hello_json,
+                   labels_json = excluded.labels_json, arch = excluded.arch,
+                   device_class = excluded.device_class, last_seen_ms = excluded.last_seen_ms"
+            );
+            let sql = self.placeholders.sql(sql);
+            let mut query = sqlx::query(&sql);
+            for (write, hello, class) in chunk {
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+                query = query
+                    .bind(write.device.as_str())
+                    .bind(serde_json::to_string(hello).map_err(corrupt)?)
+                    .bind(serde_json::to_string(&hello.labels).map_err(corrupt)?)
+                    .bind(hello.arch.as_str())
+                    .bind(*class)
+                    .bind(i64::from(write.online.unwrap_or(true)))
+                    .bind(now_ms)
+                    .bind(now_ms);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for online in [false, true] {
+            let devices: Vec<&str> = sorted
+                .iter()
+                .filter(|write| write.online == Some(online))
+                .map(|write| write.device.as_str())
+                .collect();
+            for chunk in devices.chunks(CHUNK) {
+                let sql = format!(
+                    "UPDATE devices SET online = $1, last_seen_ms = $2 WHERE device_id IN ({})",
+                    placeholders(3, chunk.len())
+                );
+                let sql = self.placeholders.sql(sql);
+                let mut query = sqlx::query(&sql).bind(i64::from(online)).bind(now_ms);
+                for device in chunk {
+                    query = query.bind(*device);
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
