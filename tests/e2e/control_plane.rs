@@ -182,10 +182,13 @@ async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_ov
         db.desired_documents().await,
         "the new leader re-assigned devices"
     );
+    // One 100 % step: the new leader still analyses a canary step, but with no stable
+    // devices left to compare against, two processes' real inference latencies on a loaded
+    // test machine (a p95 of ~10 samples each) cannot fail it as a regression.
     let v2 = publish_variants(&artifacts, "2.0.0");
     standin.kubectl_ok(
         &["apply", "-f", "-"],
-        Some(&manifest("2.0.0", &v2, "[{percent: 50}]")),
+        Some(&manifest("2.0.0", &v2, "[{percent: 100}]")),
     );
     promote(&standin, &agents, "2.0.0", 3, Duration::from_secs(120)).await;
     println!(
