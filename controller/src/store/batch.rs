@@ -20,6 +20,14 @@ pub(super) fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// `($first, …), ($first+columns, …), …`: the VALUES rows of a multi-row statement.
+pub(super) fn value_rows(first: usize, rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|i| format!("({})", placeholders(first + columns * i, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How the database wants statement parameters written. Batch statements are built with
 /// `$1..$N` in order of appearance; SQLite resolves each `$N` by a linear search over the
 /// statement's parameter names (when parsing and again when binding), so a multi-row statement
@@ -98,10 +106,7 @@ pub(super) async fn upsert_assignments(
     const COLUMNS: usize = 13;
     // 13 parameters a row: stay well under the bind limits
     for chunk in writes.chunks(CHUNK / 2) {
-        let values = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(COLUMNS * i + 1, COLUMNS)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = value_rows(1, chunk.len(), COLUMNS);
         let sql = format!(
             "INSERT INTO assignments (namespace, name, device_id, version, variant, role, reason, assignment_json,
                generation, phase, phase_reason, serving_sha256, updated_ms)
@@ -204,10 +209,7 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         for chunk in documents.chunks(CHUNK) {
-            let values = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(4 * i + 1, 4)))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(1, chunk.len(), 4);
             let sql = format!(
                 "INSERT INTO device_desired (device_id, generation, document_json, published_ms) VALUES {values}
                  ON CONFLICT (device_id) DO UPDATE SET generation = excluded.generation,
@@ -253,10 +255,7 @@ impl Store {
         let mut updated = 0;
         let mut tx = self.pool.begin().await?;
         for chunk in latest.chunks(CHUNK / 2) {
-            let values = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(COLUMNS * i + 2, COLUMNS)))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(2, chunk.len(), COLUMNS);
             // VALUES columns are column1..column8 in both SQLite and PostgreSQL.
             let sql = self.placeholders.sql(format!(
                 "UPDATE assignments SET phase = v.column6, phase_reason = v.column7,
@@ -319,6 +318,7 @@ mod tests {
             )
         );
         assert_eq!(Placeholders::Positional.sql("x = '$'".into()), "x = '$'");
+        assert_eq!(value_rows(2, 2, 3), "($2, $3, $4), ($5, $6, $7)");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use edgefleet_crds::wire::{DeviceId, Hello};
 
-use super::batch::{CHUNK, placeholders};
+use super::batch::{CHUNK, placeholders, value_rows};
 use super::{Result, Store, StoreError};
 
 /// What a batch of presence messages leaves behind for one device.
@@ -31,13 +31,11 @@ impl Store {
             .iter()
             .filter_map(|write| write.hello.map(|(hello, class)| (*write, hello, class)))
             .collect();
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
         let mut tx = self.pool.begin().await?;
         const COLUMNS: usize = 8;
         for chunk in hellos.chunks(CHUNK / 2) {
-            let values = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(COLUMNS * i + 1, COLUMNS)))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(1, chunk.len(), COLUMNS);
             let sql = format!(
                 "INSERT INTO devices (device_id, hello_json, labels_json, arch, device_class, online, first_seen_ms, last_seen_ms)
                  VALUES {values}
@@ -48,7 +46,6 @@ impl Store {
             let sql = self.placeholders.sql(sql);
             let mut query = sqlx::query(&sql);
             for (write, hello, class) in chunk {
-                let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
                 query = query
                     .bind(write.device.as_str())
                     .bind(serde_json::to_string(hello).map_err(corrupt)?)
