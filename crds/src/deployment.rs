@@ -400,6 +400,57 @@ pub enum TensorDatatype {
     Bool,
 }
 
+impl TensorDatatype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TensorDatatype::Fp32 => "FP32",
+            TensorDatatype::Fp64 => "FP64",
+            TensorDatatype::Int64 => "INT64",
+            TensorDatatype::Int32 => "INT32",
+            TensorDatatype::Uint8 => "UINT8",
+            TensorDatatype::Bool => "BOOL",
+        }
+    }
+
+    /// Why `value` (a self-test number, which YAML and JSON give as f64) cannot be an element
+    /// of this type: integer types take whole numbers in their range (`101.0` is the token id
+    /// 101), BOOL takes 0 or 1, and no type takes NaN or infinities. The agent encodes
+    /// self-test tensors by the same rule, so what admission accepts the agent can build.
+    pub fn check_value(self, value: f64) -> Result<(), String> {
+        if !value.is_finite() {
+            return Err("not a finite number".into());
+        }
+        // Bounds as f64 are exact for these types; INT64's upper bound 2^63 is exclusive.
+        let (min, below_max, range) = match self {
+            TensorDatatype::Fp64 => return Ok(()),
+            TensorDatatype::Fp32 if value.abs() > f64::from(f32::MAX) => {
+                return Err("out of the FP32 range".into());
+            }
+            TensorDatatype::Fp32 => return Ok(()),
+            TensorDatatype::Bool if value == 0.0 || value == 1.0 => return Ok(()),
+            TensorDatatype::Bool => return Err("BOOL takes 0 or 1".into()),
+            TensorDatatype::Int64 => (
+                i64::MIN as f64,
+                value < 9_223_372_036_854_775_808.0,
+                "-9223372036854775808 to 9223372036854775807",
+            ),
+            TensorDatatype::Int32 => (
+                f64::from(i32::MIN),
+                value <= f64::from(i32::MAX),
+                "-2147483648 to 2147483647",
+            ),
+            TensorDatatype::Uint8 => (0.0, value <= 255.0, "0 to 255"),
+        };
+        if value.fract() != 0.0 {
+            return Err(format!("{} takes whole numbers", self.as_str()));
+        }
+        if value < min || !below_max {
+            return Err(format!("out of the {} range ({range})", self.as_str()));
+        }
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------- status
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

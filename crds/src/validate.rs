@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::deployment::{ModelDeploymentSpec, Precision, SelectorOperator};
+use crate::deployment::{ModelDeploymentSpec, Precision, SelectorOperator, SelfTestInput};
 use crate::offload::OffloadPolicy;
 
 /// One problem, with the path of the offending field as `kubectl` would print it.
@@ -92,8 +92,10 @@ pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
             let path = format!("spec.selfTest.inputs[{i}]");
             let elements: u64 = input.shape.iter().product();
             match (&input.data, input.fill) {
-                (Some(_), Some(_)) => push(path, "give either data or fill, not both".into()),
-                (None, None) => push(path, "give data or fill".into()),
+                (Some(_), Some(_)) => {
+                    push(path.clone(), "give either data or fill, not both".into())
+                }
+                (None, None) => push(path.clone(), "give data or fill".into()),
                 (Some(data), None) if data.len() as u64 != elements => push(
                     format!("{path}.data"),
                     format!(
@@ -106,6 +108,9 @@ pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
                     push(format!("{path}.shape"), "more than 16M elements".into())
                 }
                 _ => {}
+            }
+            if let Some((field, message)) = unrepresentable_value(input) {
+                push(format!("{path}.{field}"), message);
             }
         }
     }
@@ -127,6 +132,29 @@ pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
         validate_offload(offload, &mut push);
     }
     errors
+}
+
+/// The first self-test value its datatype cannot hold (`1.5` or `-1` as a token id, `2` as a
+/// BOOL): the agent could never build that tensor, so the self-test could never pass.
+fn unrepresentable_value(input: &SelfTestInput) -> Option<(String, String)> {
+    let dt = input.datatype;
+    let describe =
+        |value: f64, why: String| format!("{value} is not a valid {}: {why}", dt.as_str());
+    if let Some(fill) = input.fill
+        && let Err(why) = dt.check_value(fill)
+    {
+        return Some(("fill".into(), describe(fill, why)));
+    }
+    input
+        .data
+        .iter()
+        .flatten()
+        .enumerate()
+        .find_map(|(i, value)| {
+            dt.check_value(*value)
+                .err()
+                .map(|why| (format!("data[{i}]"), describe(*value, why)))
+        })
 }
 
 fn validate_offload(offload: &OffloadPolicy, push: &mut impl FnMut(String, String)) {
@@ -170,6 +198,88 @@ fn validate_offload(offload: &OffloadPolicy, push: &mut impl FnMut(String, Strin
         push(
             "spec.offload.rateLimit.requestsPerSecond".into(),
             format!("{rate} must be above 0; remove spec.offload to never offload"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::TensorDatatype;
+
+    #[test]
+    fn integer_datatypes_take_whole_numbers_in_range() {
+        use TensorDatatype::*;
+        let ok = [
+            (Int64, 101.0),
+            (Int64, -1.0),
+            (Int64, i64::MIN as f64),
+            (Int64, 9_007_199_254_740_992.0),
+            (Int32, f64::from(i32::MAX)),
+            (Int32, f64::from(i32::MIN)),
+            (Uint8, 0.0),
+            (Uint8, 255.0),
+            (Bool, 0.0),
+            (Bool, 1.0),
+            (Fp32, 0.1),
+            (Fp64, 1e300),
+        ];
+        for (dt, v) in ok {
+            assert_eq!(dt.check_value(v), Ok(()), "{v} as {}", dt.as_str());
+        }
+        let refused = [
+            (Int64, 1.5, "whole numbers"),
+            (Int64, 9_223_372_036_854_775_808.0, "out of the INT64 range"),
+            (Int32, 2_147_483_648.0, "out of the INT32 range"),
+            (Int32, -2_147_483_649.0, "out of the INT32 range"),
+            (Uint8, 256.0, "out of the UINT8 range (0 to 255)"),
+            (Uint8, -1.0, "out of the UINT8 range"),
+            (Bool, 2.0, "BOOL takes 0 or 1"),
+            (Bool, 0.5, "BOOL takes 0 or 1"),
+            (Fp32, 1e39, "out of the FP32 range"),
+            (Fp64, f64::NAN, "not a finite number"),
+            (Int64, f64::INFINITY, "not a finite number"),
+        ];
+        for (dt, v, needle) in refused {
+            let why = dt.check_value(v).expect_err("refused");
+            assert!(why.contains(needle), "{v} as {}: {why:?}", dt.as_str());
+        }
+    }
+
+    #[test]
+    fn the_first_unrepresentable_self_test_value_is_named() {
+        let input = |datatype, fill: Option<f64>, data: Option<Vec<f64>>| SelfTestInput {
+            name: "input_ids".into(),
+            shape: vec![1, 3],
+            datatype,
+            fill,
+            data,
+        };
+        let ids = input(
+            TensorDatatype::Int64,
+            None,
+            Some(vec![101.0, 7592.0, 102.0]),
+        );
+        assert_eq!(unrepresentable_value(&ids), None);
+        let ids = input(TensorDatatype::Int64, None, Some(vec![101.0, 1.5, 0.25]));
+        assert_eq!(
+            unrepresentable_value(&ids),
+            Some((
+                "data[1]".into(),
+                "1.5 is not a valid INT64: INT64 takes whole numbers".into()
+            ))
+        );
+        let mask = input(TensorDatatype::Bool, Some(2.0), None);
+        assert_eq!(
+            unrepresentable_value(&mask),
+            Some((
+                "fill".into(),
+                "2 is not a valid BOOL: BOOL takes 0 or 1".into()
+            ))
+        );
+        assert_eq!(
+            unrepresentable_value(&input(TensorDatatype::Fp32, Some(0.1), None)),
+            None
         );
     }
 }

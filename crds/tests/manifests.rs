@@ -172,3 +172,38 @@ fn offload_mistakes_are_refused_naming_the_field() {
         "{errors:?}"
     );
 }
+
+/// Token ids are written as YAML integers but arrive as f64: whole numbers are valid INT64.
+#[test]
+fn integer_self_test_values_are_admitted_when_whole_and_in_range() {
+    let with_self_test = |ids: &str, mask: &str| {
+        format!(
+            "{}  selfTest:\n    inputs:\n      - {{name: input_ids, shape: [1, 4], datatype: INT64, data: {ids}}}\n      - {{name: attention_mask, shape: [1, 4], datatype: BOOL, {mask}}}\n",
+            minimal()
+        )
+    };
+    let md = admit_yaml(&with_self_test("[101, 7592, 2088, 102]", "fill: 1")).expect("admitted");
+    let test = md.spec.self_test.expect("self-test kept");
+    assert_eq!(
+        test.inputs[0].data,
+        Some(vec![101.0, 7592.0, 2088.0, 102.0])
+    );
+
+    let errors = admit_yaml(&with_self_test("[101, -1.5, 2088, 102]", "fill: 1"))
+        .expect_err("fractional token id");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "spec.selfTest.inputs[0].data[1]"
+                && e.message.contains("-1.5 is not a valid INT64")),
+        "{errors:?}"
+    );
+    let errors =
+        admit_yaml(&with_self_test("[101, 7592, 2088, 102]", "fill: 2")).expect_err("BOOL 2");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "spec.selfTest.inputs[1].fill" && e.message.contains("0 or 1")),
+        "{errors:?}"
+    );
+}

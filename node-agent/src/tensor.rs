@@ -72,6 +72,36 @@ impl From<TensorDatatype> for DataType {
     }
 }
 
+impl DataType {
+    /// The CRD's name for this type; INT8 has none (self-tests cannot use it).
+    fn crd_type(self) -> Option<TensorDatatype> {
+        Some(match self {
+            DataType::Fp32 => TensorDatatype::Fp32,
+            DataType::Fp64 => TensorDatatype::Fp64,
+            DataType::Int64 => TensorDatatype::Int64,
+            DataType::Int32 => TensorDatatype::Int32,
+            DataType::Uint8 => TensorDatatype::Uint8,
+            DataType::Bool => TensorDatatype::Bool,
+            DataType::Int8 => return None,
+        })
+    }
+
+    /// Why `value` cannot be an element of this type: the rule admission applies to
+    /// self-test values ([`TensorDatatype::check_value`]), so both always agree.
+    pub fn check_f64(self, value: f64) -> Result<(), String> {
+        match self.crd_type() {
+            Some(dt) => dt.check_value(value),
+            None if value.fract() != 0.0 || !value.is_finite() => {
+                Err("INT8 takes whole numbers".into())
+            }
+            None if !(-128.0..=127.0).contains(&value) => {
+                Err("out of the INT8 range (-128 to 127)".into())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl fmt::Display for DataType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -98,6 +128,13 @@ pub enum TensorError {
         index: usize,
         dt: DataType,
         value: String,
+    },
+    #[error("element {index} is not a valid {dt}: {value} ({reason})")]
+    Unrepresentable {
+        index: usize,
+        dt: DataType,
+        value: f64,
+        reason: String,
     },
     #[error("shape {0:?} is too large")]
     TooLarge(Vec<usize>),
@@ -134,6 +171,48 @@ impl Tensor {
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Tensor, TensorError> {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor::from_bytes(DataType::Fp32, shape, Bytes::from(bytes))
+    }
+
+    /// Encodes numbers given as f64 (self-test values: YAML and JSON numbers) as `dt`. Whole
+    /// values are exact integers (`101.0` is the token id 101); a value `dt` cannot hold
+    /// exactly (1.5 as INT64, 300 as UINT8, 2 as BOOL) is an error naming the element.
+    pub fn from_f64(
+        dt: DataType,
+        shape: Vec<usize>,
+        values: &[f64],
+    ) -> Result<Tensor, TensorError> {
+        let expected = element_count(&shape).ok_or_else(|| TensorError::TooLarge(shape.clone()))?;
+        if values.len() != expected {
+            return Err(TensorError::ElementCount {
+                shape,
+                expected,
+                found: values.len(),
+            });
+        }
+        let mut out = Vec::with_capacity(expected.saturating_mul(dt.size()));
+        for (index, &value) in values.iter().enumerate() {
+            dt.check_f64(value)
+                .map_err(|reason| TensorError::Unrepresentable {
+                    index,
+                    dt,
+                    value,
+                    reason,
+                })?;
+            // Checked above: every cast below is exact.
+            match dt {
+                DataType::Bool | DataType::Uint8 => out.push(value as u8),
+                DataType::Int8 => out.extend_from_slice(&(value as i8).to_le_bytes()),
+                DataType::Int32 => out.extend_from_slice(&(value as i32).to_le_bytes()),
+                DataType::Int64 => out.extend_from_slice(&(value as i64).to_le_bytes()),
+                DataType::Fp32 => out.extend_from_slice(&(value as f32).to_le_bytes()),
+                DataType::Fp64 => out.extend_from_slice(&value.to_le_bytes()),
+            }
+        }
+        Ok(Tensor {
+            dt,
+            shape,
+            data: Bytes::from(out),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -332,6 +411,122 @@ mod tests {
             }
         ));
         assert!(Tensor::from_json(DataType::Fp32, vec![usize::MAX, 4], &json!([])).is_err());
+    }
+
+    #[test]
+    fn whole_f64_values_are_exact_integers() {
+        let ids = Tensor::from_f64(DataType::Int64, vec![1, 3], &[101.0, 7592.0, 102.0])
+            .expect("token ids");
+        assert_eq!(ids.to_json(), json!([101, 7592, 102]));
+        let big = Tensor::from_f64(
+            DataType::Int64,
+            vec![2],
+            &[-9.0e18, 9_007_199_254_740_992.0],
+        )
+        .expect("large ids");
+        assert_eq!(
+            big.to_json(),
+            json!([-9_000_000_000_000_000_000i64, 9_007_199_254_740_992i64])
+        );
+        let i32s =
+            Tensor::from_f64(DataType::Int32, vec![2], &[-2_147_483_648.0, 7.0]).expect("i32");
+        assert_eq!(i32s.to_json(), json!([-2_147_483_648i64, 7]));
+        let bytes = Tensor::from_f64(DataType::Uint8, vec![2], &[0.0, 255.0]).expect("u8");
+        assert_eq!(&bytes.data[..], &[0, 255]);
+        let mask = Tensor::from_f64(DataType::Bool, vec![2], &[1.0, 0.0]).expect("bool");
+        assert_eq!(mask.to_json(), json!([true, false]));
+        let signed = Tensor::from_f64(DataType::Int8, vec![2], &[-128.0, 127.0]).expect("i8");
+        assert_eq!(signed.to_json(), json!([-128, 127]));
+        let floats = Tensor::from_f64(DataType::Fp32, vec![2], &[0.1, -2.5]).expect("f32");
+        assert_eq!(floats.to_f64(), vec![f64::from(0.1f32), -2.5]);
+    }
+
+    #[test]
+    fn f64_values_a_type_cannot_hold_are_refused_naming_the_element() {
+        let cases = [
+            (
+                DataType::Int64,
+                vec![101.0, 1.5],
+                "element 1 is not a valid INT64: 1.5 (INT64 takes whole numbers)",
+            ),
+            (
+                DataType::Int64,
+                vec![9.3e18],
+                "element 0 is not a valid INT64: 9300000000000000000 (out of the INT64 range",
+            ),
+            (
+                DataType::Int32,
+                vec![0.0, 0.0, 3e9],
+                "element 2 is not a valid INT32: 3000000000 (out of the INT32 range",
+            ),
+            (
+                DataType::Uint8,
+                vec![256.0],
+                "element 0 is not a valid UINT8: 256 (out of the UINT8 range (0 to 255))",
+            ),
+            (DataType::Uint8, vec![-1.0], "out of the UINT8 range"),
+            (
+                DataType::Bool,
+                vec![2.0],
+                "element 0 is not a valid BOOL: 2 (BOOL takes 0 or 1)",
+            ),
+            (DataType::Int8, vec![128.0], "out of the INT8 range"),
+            (DataType::Int8, vec![0.5], "INT8 takes whole numbers"),
+            (DataType::Fp32, vec![f64::NAN], "not a finite number"),
+        ];
+        for (dt, values, needle) in cases {
+            let shape = vec![values.len()];
+            let e = Tensor::from_f64(dt, shape, &values).expect_err("refused");
+            assert!(e.to_string().contains(needle), "{dt} {values:?}: {e}");
+        }
+        let e = Tensor::from_f64(DataType::Int64, vec![3], &[1.0]).expect_err("count");
+        assert!(matches!(
+            e,
+            TensorError::ElementCount {
+                expected: 3,
+                found: 1,
+                ..
+            }
+        ));
+    }
+
+    /// The agent builds every self-test tensor that admission accepts, and refuses the rest.
+    #[test]
+    fn agent_and_admission_agree_on_self_test_values() {
+        let probes = [
+            0.0,
+            1.0,
+            -1.0,
+            0.5,
+            2.0,
+            101.0,
+            255.0,
+            256.0,
+            1e10,
+            -1e10,
+            2_147_483_647.0,
+            2_147_483_648.0,
+            9.2e18,
+            9.3e18,
+            -9.3e18,
+            1e39,
+            f64::NAN,
+            f64::INFINITY,
+        ];
+        for dt in [
+            TensorDatatype::Fp32,
+            TensorDatatype::Fp64,
+            TensorDatatype::Int64,
+            TensorDatatype::Int32,
+            TensorDatatype::Uint8,
+            TensorDatatype::Bool,
+        ] {
+            for v in probes {
+                let admitted = dt.check_value(v).is_ok();
+                let built = Tensor::from_f64(dt.into(), vec![1], &[v]).is_ok();
+                assert_eq!(admitted, built, "{v} as {}", dt.as_str());
+            }
+        }
     }
 
     #[test]

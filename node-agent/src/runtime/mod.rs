@@ -100,12 +100,21 @@ pub fn self_test_inputs(model: &dyn Model, test: Option<&SelfTest>) -> Result<Ve
             Some(input) => {
                 let shape: Vec<usize> = input.shape.iter().map(|d| *d as usize).collect();
                 let n = element_count(&shape).ok_or("self-test shape overflows")?;
+                let dt = DataType::from(input.datatype);
                 let values = match (&input.data, input.fill) {
                     (Some(data), _) => data.clone(),
-                    (None, fill) => vec![fill.unwrap_or(0.0); n],
+                    (None, fill) => {
+                        let fill = fill.unwrap_or(0.0);
+                        dt.check_f64(fill).map_err(|why| {
+                            format!(
+                                "self-test input {:?}: fill {fill} is not a valid {dt} ({why})",
+                                spec.name
+                            )
+                        })?;
+                        vec![fill; n]
+                    }
                 };
-                let json = serde_json::Value::from(values);
-                Tensor::from_json(input.datatype.into(), shape, &json)
+                Tensor::from_f64(dt, shape, &values)
                     .map_err(|e| format!("self-test input {:?}: {e}", spec.name))?
             }
             None => {
@@ -178,4 +187,86 @@ pub fn prepare(model: &dyn Model, test: Option<&SelfTest>) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgefleet_crds::{SelfTestInput, TensorDatatype};
+
+    /// A transformer's token inputs; `run` is never called.
+    struct TokenModel(Vec<IoSpec>);
+
+    impl Model for TokenModel {
+        fn inputs(&self) -> &[IoSpec] {
+            &self.0
+        }
+        fn outputs(&self) -> &[IoSpec] {
+            &[]
+        }
+        fn run(&self, _: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
+            anyhow::bail!("not a real model")
+        }
+    }
+
+    fn token_model() -> TokenModel {
+        let spec = |name: &str| IoSpec {
+            name: name.into(),
+            dt: DataType::Int64,
+            shape: vec![-1, -1],
+        };
+        TokenModel(vec![spec("input_ids"), spec("attention_mask")])
+    }
+
+    fn input(name: &str, fill: Option<f64>, data: Option<Vec<f64>>) -> SelfTestInput {
+        SelfTestInput {
+            name: name.into(),
+            shape: vec![1, 3],
+            datatype: TensorDatatype::Int64,
+            fill,
+            data,
+        }
+    }
+
+    #[test]
+    fn integer_self_test_inputs_take_whole_f64_values() {
+        let test = SelfTest {
+            inputs: vec![
+                input("input_ids", None, Some(vec![101.0, 7592.0, 102.0])),
+                input("attention_mask", Some(1.0), None),
+            ],
+        };
+        let tensors = self_test_inputs(&token_model(), Some(&test)).expect("token ids are valid");
+        assert_eq!(tensors[0].to_json(), serde_json::json!([101, 7592, 102]));
+        assert_eq!(tensors[1].to_json(), serde_json::json!([1, 1, 1]));
+        assert_eq!(tensors[0].shape, vec![1, 3]);
+    }
+
+    #[test]
+    fn unrepresentable_self_test_values_name_the_input_and_element() {
+        let test = SelfTest {
+            inputs: vec![
+                input("input_ids", None, Some(vec![101.0, 1.5, 102.0])),
+                input("attention_mask", Some(1.0), None),
+            ],
+        };
+        let e = self_test_inputs(&token_model(), Some(&test)).expect_err("1.5 is no token id");
+        assert_eq!(
+            e,
+            "self-test input \"input_ids\": element 1 is not a valid INT64: 1.5 \
+             (INT64 takes whole numbers)"
+        );
+        let test = SelfTest {
+            inputs: vec![
+                input("input_ids", None, Some(vec![101.0, 7592.0, 102.0])),
+                input("attention_mask", Some(0.5), None),
+            ],
+        };
+        let e = self_test_inputs(&token_model(), Some(&test)).expect_err("0.5 fill");
+        assert_eq!(
+            e,
+            "self-test input \"attention_mask\": fill 0.5 is not a valid INT64 \
+             (INT64 takes whole numbers)"
+        );
+    }
 }
