@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::{self, Command};
 use crate::offload::OffloadRuntime;
 use crate::registry::Registry;
+use crate::repository::InstallStates;
 use crate::runtime;
 use crate::spool::Spool;
 use crate::store::{self, Store};
@@ -54,8 +55,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         })
     };
 
+    let install_states = Arc::new(InstallStates::default());
     let api_state = Arc::new(ApiInner {
         registry: registry.clone(),
+        install_states: install_states.clone(),
         metrics: metrics.clone(),
         stats: stats.clone(),
         ready: AtomicBool::new(false),
@@ -101,6 +104,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         backends,
         free_limit: config.capabilities.disk_free_mib.map(|mib| mib << 20),
         trusted_keys: config.trusted_keys.clone(),
+        install_states,
     });
     let (events_tx, mut events_rx) = mpsc::channel(256);
     let (desired_tx, mut desired_rx) = mpsc::channel(16);

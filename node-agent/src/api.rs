@@ -19,6 +19,7 @@ use crate::config::TestKnobs;
 use crate::metrics::Metrics;
 use crate::offload::{self, CloudRequest, Marker, OffloadOutcome, OffloadRuntime};
 use crate::registry::{Registry, Served};
+use crate::repository::{self, InstallStates};
 use crate::runtime::IoSpec;
 use crate::telemetry::WindowStats;
 use crate::tensor::{DataType, Tensor};
@@ -27,6 +28,8 @@ pub const BINARY_HEADER: &str = "inference-header-content-length";
 
 pub struct ApiInner {
     pub registry: Arc<Registry>,
+    /// Install phases of the applied desired document (for the repository index).
+    pub install_states: Arc<InstallStates>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<WindowStats>,
     /// Set once the models persisted from the last run are serving again.
@@ -50,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/repository/index", post(repository_index))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -141,6 +145,32 @@ async fn model_ready(State(s): State<ApiState>, Path(name): Path<String>) -> Sta
     } else {
         StatusCode::NOT_FOUND
     }
+}
+
+/// The repository extension's index request; an empty body asks for every model.
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(
+    State(s): State<ApiState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("invalid repository index request: {e}")))?
+    };
+    let served = s.registry.all();
+    let wanted = s.install_states.snapshot();
+    Ok(axum::Json(repository::index(
+        &served,
+        &wanted,
+        request.ready,
+    )))
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,7 @@ pub mod mqtt;
 pub mod offload;
 pub mod pull;
 pub mod registry;
+pub mod repository;
 pub mod runtime;
 pub mod signing;
 pub mod spool;

@@ -46,11 +46,16 @@ pub struct DeploymentRecord {
 }
 
 impl PersistedState {
-    /// Digests that garbage collection must keep: current and previous of each deployment.
+    /// Digests that garbage collection must keep: current and previous of each deployment, and
+    /// every artifact the applied desired document still asks for. The last keeps a verified
+    /// download whose install failed (a self-test, say) for the retry, which then needs no
+    /// download; once the controller stops asking for it, the next collection removes it.
     pub fn referenced(&self) -> BTreeSet<String> {
+        let wanted = self.desired.iter().flat_map(|d| &d.assignments);
         self.deployments
             .values()
             .flat_map(|r| r.serving.iter().chain(r.previous.iter()))
+            .chain(wanted)
             .map(|a| a.artifact.sha256.clone())
             .collect()
     }
@@ -208,6 +213,63 @@ mod tests {
         store.save_state(&state).expect("save");
         assert_eq!(store.load_state().expect("load"), state);
         assert!(store.free_bytes().expect("statvfs") > 0);
+    }
+
+    #[test]
+    fn gc_keeps_what_the_desired_document_still_wants() {
+        use edgefleet_crds::wire::{DeviceId, Role};
+        use edgefleet_crds::{Artifact, ModelRef, Precision, Runtime};
+        let assignment = |deployment: &str, sha: &str| Assignment {
+            deployment: deployment.into(),
+            model: ModelRef {
+                name: "m".into(),
+                version: "1".into(),
+            },
+            variant: "fp32".into(),
+            precision: Precision::Fp32,
+            runtime: Runtime::Tract,
+            artifact: Artifact {
+                uri: "http://x/m.onnx".into(),
+                sha256: sha.into(),
+                size_bytes: 1,
+                signature: None,
+            },
+            role: Role::Stable,
+            self_test: None,
+            offload: None,
+        };
+        let (serving, previous, failed, old) = (
+            "a".repeat(64),
+            "b".repeat(64),
+            "c".repeat(64),
+            "d".repeat(64),
+        );
+        let desired = |sha: &str| Desired {
+            device_id: DeviceId::new("dev").expect("valid id"),
+            generation: 1,
+            assignments: vec![assignment("ns/d", sha)],
+        };
+        let mut state = PersistedState {
+            // The install of `failed` did not pass its self-test: `serving` still serves.
+            desired: Some(desired(&failed)),
+            deployments: [(
+                "ns/d".to_string(),
+                DeploymentRecord {
+                    serving: Some(assignment("ns/d", &serving)),
+                    previous: Some(assignment("ns/d", &previous)),
+                },
+            )]
+            .into(),
+        };
+        let keep = |s: &PersistedState| s.referenced().into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            keep(&state),
+            vec![serving.clone(), previous.clone(), failed.clone()]
+        );
+        assert!(!state.referenced().contains(&old));
+        // The controller moves on: the failed digest is no longer kept.
+        state.desired = Some(desired(&serving));
+        assert_eq!(keep(&state), vec![serving, previous]);
     }
 
     #[test]

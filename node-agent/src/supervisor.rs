@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::Command;
 use crate::pull;
 use crate::registry::{Registry, Served};
+use crate::repository::{InstallStates, Wanted};
 use crate::runtime::{self, Backend, Model};
 use crate::signing::TrustedKeys;
 use crate::store::{self, PersistedState, Store};
@@ -31,6 +32,8 @@ pub struct InstallContext {
     /// Caps the free disk space believed available (capability override).
     pub free_limit: Option<u64>,
     pub trusted_keys: TrustedKeys,
+    /// Where the repository index reads the install phases from.
+    pub install_states: Arc<InstallStates>,
 }
 
 impl InstallContext {
@@ -242,7 +245,19 @@ impl Supervisor {
             self.remove(&deployment);
         }
         for a in &desired.assignments {
-            if !self.phases.contains_key(&a.deployment) {
+            let settled = serving
+                .get(&a.deployment)
+                .is_some_and(|current| assignments::same_artifact(current, a));
+            if settled {
+                // Back to what already serves (after a failed or superseded install of another
+                // artifact): that install is moot and its phase no longer describes the device.
+                self.abort(&a.deployment);
+                let sha = a.artifact.sha256.clone();
+                self.phases.insert(
+                    a.deployment.clone(),
+                    model_state(a, ModelPhase::Ready, Some(sha)),
+                );
+            } else if !self.phases.contains_key(&a.deployment) {
                 let sha = self.serving_sha(&a.deployment);
                 self.phases
                     .insert(a.deployment.clone(), model_state(a, ModelPhase::Ready, sha));
@@ -395,6 +410,7 @@ impl Supervisor {
                     .with_label_values(&["failed"])
                     .inc();
                 tracing::error!(%deployment, %sha, %reason, serving = ?serving, "install failed; keeping the previous model");
+                // A verified download stays (still wanted): a retry needs no download.
                 self.gc();
             }
         }
@@ -419,6 +435,23 @@ impl Supervisor {
         }
     }
 
+    /// The applied document's assignments with their phases, for the repository index.
+    fn publish_install_states(&self) {
+        let wanted = self
+            .persisted
+            .desired
+            .iter()
+            .flat_map(|d| &d.assignments)
+            .filter_map(|a| {
+                self.phases.get(&a.deployment).map(|state| Wanted {
+                    model: a.model.name.clone(),
+                    state: state.clone(),
+                })
+            })
+            .collect();
+        self.ctx.install_states.publish(wanted);
+    }
+
     pub fn state_report(&self) -> Option<StateReport> {
         let desired = self.persisted.desired.as_ref()?;
         let models = desired
@@ -435,6 +468,7 @@ impl Supervisor {
     }
 
     fn report(&self) {
+        self.publish_install_states();
         if let Some(report) = self.state_report()
             && self.mqtt.try_send(Command::State(report)).is_err()
         {

@@ -1,7 +1,8 @@
 use super::*;
+use crate::repository::Wanted;
 use crate::runtime::Model;
 use axum::http::Request;
-use edgefleet_crds::wire::{Assignment, Role};
+use edgefleet_crds::wire::{Assignment, ModelPhase, ModelState, Role};
 use edgefleet_crds::{Artifact, ModelRef, Precision, Runtime};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -67,6 +68,7 @@ fn state() -> ApiState {
     });
     Arc::new(ApiInner {
         registry,
+        install_states: Default::default(),
         metrics: Arc::new(Metrics::new()),
         stats: Arc::new(WindowStats::new(0)),
         ready: AtomicBool::new(false),
@@ -282,4 +284,109 @@ async fn clear_client_errors() {
     // Unknown model.
     let req = post_json("/v2/models/other/infer", json!({"inputs": []}));
     assert_eq!(call(&s, req).await.0, StatusCode::NOT_FOUND);
+}
+
+fn model_state(deployment: &str, version: &str, sha: &str, phase: ModelPhase) -> ModelState {
+    ModelState {
+        deployment: deployment.into(),
+        variant: "fp32".into(),
+        version: version.into(),
+        sha256: sha.into(),
+        phase,
+        bytes_done: None,
+        bytes_total: None,
+        reason: None,
+        serving_sha256: None,
+    }
+}
+
+#[tokio::test]
+async fn repository_index_lists_served_loading_and_failed_models() {
+    let s = state();
+    // v2.0 serves; its v3.0 failed the self-test; a second deployment is downloading.
+    let mut failed = model_state(
+        "vision/doubler",
+        "3.0",
+        &"cd".repeat(32),
+        ModelPhase::Failed,
+    );
+    failed.reason = Some("self-test: self-test output \"y\" is not finite (round 0)".into());
+    let mut downloading = model_state(
+        "audio/vad",
+        "6.2",
+        &"ef".repeat(32),
+        ModelPhase::Downloading,
+    );
+    (downloading.bytes_done, downloading.bytes_total) = (Some(100), Some(1000));
+    s.install_states.publish(vec![
+        Wanted {
+            model: "double".into(),
+            state: failed,
+        },
+        Wanted {
+            model: "silero-vad".into(),
+            state: downloading,
+        },
+    ]);
+    let (status, headers, body) = call(&s, post_json("/v2/repository/index", json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(
+        json_of(&body),
+        json!([
+            {"name": "double", "version": "2.0", "state": "READY", "reason": "",
+             "deployment": "vision/doubler", "variant": "fp32"},
+            {"name": "double", "version": "3.0", "state": "UNAVAILABLE",
+             "reason": "self-test: self-test output \"y\" is not finite (round 0)",
+             "deployment": "vision/doubler", "variant": "fp32"},
+            {"name": "silero-vad", "version": "6.2", "state": "LOADING",
+             "reason": "downloading (100 of 1000 bytes)",
+             "deployment": "audio/vad", "variant": "fp32"},
+        ])
+    );
+    // An empty body is a request for every model too; `ready` keeps the READY ones.
+    let req = Request::post("/v2/repository/index")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = call(&s, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json_of(&body).as_array().unwrap().len(), 3);
+    let (_, _, body) = call(
+        &s,
+        post_json("/v2/repository/index", json!({"ready": true})),
+    )
+    .await;
+    let ready = json_of(&body);
+    assert_eq!(ready.as_array().unwrap().len(), 1, "{ready}");
+    assert_eq!(ready[0]["state"], "READY");
+    // The index is a POST, as the protocol has it; a bad body is a 400 naming the problem.
+    let (status, _, body) = call(
+        &s,
+        post_json("/v2/repository/index", json!({"ready": "yes"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        json_of(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid repository index request")
+    );
+    assert_eq!(
+        call(&s, get("/v2/repository/index")).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn repository_index_of_a_model_that_serves_its_wanted_artifact_has_one_entry() {
+    let s = state();
+    s.install_states.publish(vec![Wanted {
+        model: "double".into(),
+        state: model_state("vision/doubler", "2.0", &"ab".repeat(32), ModelPhase::Ready),
+    }]);
+    let (_, _, body) = call(&s, post_json("/v2/repository/index", json!({}))).await;
+    let index = json_of(&body);
+    assert_eq!(index.as_array().unwrap().len(), 1, "{index}");
+    assert_eq!(index[0]["state"], "READY");
 }

@@ -225,6 +225,7 @@ fn state(tag: f32, offload: Option<OffloadPolicy>) -> ApiState {
     });
     Arc::new(ApiInner {
         registry,
+        install_states: Default::default(),
         metrics: Arc::new(Metrics::new()),
         stats: Arc::new(WindowStats::new(0)),
         ready: AtomicBool::new(true),
