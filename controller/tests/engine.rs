@@ -158,6 +158,11 @@ impl Fleet {
 
     /// Devices report latency windows, attributed the way the ingest path does it.
     fn report_latency(&self, now_ms: i64, latency_for: impl Fn(&str, Role) -> f64) {
+        self.report_latency_of(now_ms, |_, variant, role| latency_for(variant, role));
+    }
+
+    /// As `report_latency`, with the latency chosen per device, variant and role.
+    fn report_latency_of(&self, now_ms: i64, latency_for: impl Fn(&str, &str, Role) -> f64) {
         for (device, doc) in self.desired() {
             let class = self
                 .engine
@@ -168,7 +173,7 @@ impl Fleet {
                 let role = self.engine.attribution.role_of(&a.deployment, &device);
                 let mut latency = LatencyHistogram::default();
                 for _ in 0..30 {
-                    latency.observe(latency_for(&a.variant, role));
+                    latency.observe(latency_for(&device, &a.variant, role));
                 }
                 let window = ModelWindow {
                     deployment: a.deployment.clone(),
@@ -441,4 +446,123 @@ async fn a_restarted_controller_knows_which_devices_already_hold_the_target() {
             facts.installed_sha256
         );
     }
+}
+
+/// Issue 17: a cohort demoted during the canary must keep serving once the others promote.
+#[tokio::test]
+async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {
+    let mut fleet = fleet_of_ten().await;
+    // small x86 devices run int8 too, and it is fast there
+    for i in 0..5 {
+        let small = hello(&format!("x86small-{i}"), "x86_64", 1024);
+        fleet
+            .engine
+            .inventory
+            .apply_hello(&small, 0)
+            .await
+            .expect("hello");
+    }
+    let steps = "[{percent: 20}, {percent: 60}]";
+    let demote = |version: &str| {
+        let mut s = spec(version, steps);
+        s.rollout.analysis.on_failure = edgefleet_crds::FailureAction::Demote;
+        s
+    };
+    fleet.reconcile(&demote("1"), 0).await;
+    fleet.devices_become_ready(10).await;
+    fleet.reconcile(&demote("1"), 20).await;
+    let served_before: Vec<String> = fleet.desired().keys().cloned().collect();
+    assert_eq!(served_before.len(), 15);
+
+    let mut now = 1_000;
+    let mut status = fleet.reconcile(&demote("2"), now).await;
+    for _ in 0..40 {
+        fleet.devices_become_ready(now).await;
+        // version 2's int8 is 20x over the 50 ms limit on the aarch64 class only
+        fleet.report_latency_of(now, |device, variant, role| {
+            if role == Role::Canary && variant == "int8" && device.starts_with("pi") {
+                1.0
+            } else {
+                0.010
+            }
+        });
+        now += 1_500;
+        status = fleet.reconcile(&demote("2"), now).await;
+        if status.phase == Phase::Succeeded {
+            break;
+        }
+    }
+    assert_eq!(status.phase, Phase::Succeeded, "{status:#?}");
+
+    let check = |status: &ModelDeploymentStatus, desired: &BTreeMap<String, Desired>| {
+        // every device that served before promotion still serves
+        for device in &served_before {
+            let doc = desired.get(device).expect("still has a document");
+            assert_eq!(doc.assignments.len(), 1, "{device} serves nothing: {doc:?}");
+            let a = &doc.assignments[0];
+            let expected = if device.starts_with("x86small") {
+                ("2", "int8")
+            } else if device.starts_with("x86") {
+                ("2", "fp32")
+            } else {
+                ("1", "int8")
+            };
+            assert_eq!(
+                (a.model.version.as_str(), a.variant.as_str()),
+                expected,
+                "{device}"
+            );
+            assert_eq!(a.role, Role::Stable);
+        }
+        let d = &status.devices;
+        assert_eq!((d.matched, d.assigned), (16, 15), "{d:?}");
+        assert_eq!((d.demoted, d.kept_previous, d.no_fit), (5, 5, 1), "{d:?}");
+        let demoted = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Demoted")
+            .expect("a Demoted condition");
+        assert_eq!(demoted.status, "True");
+        assert!(
+            demoted.message.contains("aarch64") && demoted.message.contains("5 keep 1"),
+            "{}",
+            demoted.message
+        );
+        // the promoted int8's figure comes from the class that runs it (~10 ms), not blended
+        // with the demoted class's 1 s canary windows
+        let int8 = status
+            .variants
+            .iter()
+            .find(|v| v.name == "int8")
+            .expect("int8 in status");
+        assert_eq!(int8.devices, 5, "only the small x86 devices run 2/int8");
+        let p95 = int8.p95_latency_ms.expect("int8 p95");
+        assert!(p95 < 50.0, "int8 p95 {p95} ms blends the demoted cohort in");
+    };
+    fleet.devices_become_ready(now).await;
+    fleet.report_latency(now, |_, _| 0.010);
+    let status = fleet.reconcile(&demote("2"), now + 1_000).await;
+    check(&status, &fleet.desired());
+
+    // A restarted controller (new engine over the same database) keeps it that way and does
+    // not republish anything.
+    let published = fleet.sent.lock().expect("lock").len();
+    let metrics = Metrics::new();
+    let inventory = Arc::new(
+        Inventory::load(fleet.engine.store.clone(), metrics.clone())
+            .await
+            .expect("inventory"),
+    );
+    let restarted = Engine::new(
+        fleet.engine.store.clone(),
+        inventory,
+        Arc::new(Telemetry::new(1000, 3_600_000)),
+        metrics,
+        Publisher::Recorder(fleet.sent.clone()),
+    );
+    fleet.engine = restarted;
+    fleet.report_latency(now + 59_000, |_, _| 0.010);
+    let status = fleet.reconcile(&demote("2"), now + 60_000).await;
+    check(&status, &fleet.desired());
+    assert_eq!(fleet.sent.lock().expect("lock").len(), published);
 }

@@ -288,7 +288,8 @@ pub enum FailureAction {
     /// Return every device of the deployment to the previous version.
     #[default]
     Rollback,
-    /// Move only the failing cohort to its next-best variant; the rest go on.
+    /// Move only the failing cohort to its next-best variant (or, when none is left, keep it
+    /// on the previous version, after promotion too); the rest go on.
     Demote,
 }
 
@@ -496,7 +497,16 @@ pub struct DeviceCounts {
     pub ready: u32,
     pub failed: u32,
     pub offline: u32,
+    /// Selected devices that no variant of the target fits, demotions aside.
     pub no_fit: u32,
+    /// Devices whose first-choice target variant was demoted for their device class: they run
+    /// the next-best target variant or, when none is left, keep the previous version.
+    #[serde(default)]
+    pub demoted: u32,
+    /// Of the demoted devices, those running the previous version because every target
+    /// variant that fits them was demoted.
+    #[serde(default)]
+    pub kept_previous: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

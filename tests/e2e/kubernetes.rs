@@ -397,3 +397,119 @@ async fn a_slow_canary_is_rolled_back_automatically() {
         "a RolledBack event was recorded"
     );
 }
+
+/// Issue 17: with `onFailure: Demote`, the aarch64 class whose only fitting new variant is too
+/// slow is demoted and keeps 1.0.0; the x86_64 class passes and 2.0.0 is promoted. After
+/// promotion, and after a controller restart, every device still serves a model, and the
+/// status says how many devices were demoted and kept the previous version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_class_keeps_serving_after_promotion() {
+    let logs = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let standin = StandIn::start_with_crd();
+    let artifacts = ArtifactServer::start().await;
+    let db = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", db.path().join("fleet.db").display());
+    let mut controller =
+        ControllerProc::start(&standin, &database, &broker.url(), "demote", logs.path());
+    // aarch64 devices with 256 MiB fit only int8; 2.0.0's int8 is 800 ms slower there
+    let knob = [(
+        "EDGEFLEET_AGENT_EXTRA_LATENCY_MS_BY_VARIANT",
+        "int8-next=800",
+    )];
+    let mut devices: Vec<DeviceSpec> = fleet()
+        .into_iter()
+        .filter(|d| d.id.starts_with("gw-x86") || d.id == "mcu-arm-1")
+        .collect();
+    let mut second_mcu = devices.last().cloned().unwrap();
+    second_mcu.id = "mcu-arm-2".into();
+    devices.push(second_mcu);
+    let agents: Vec<AgentProc> = devices
+        .iter()
+        .map(|d| AgentProc::start_with_env(d, &broker.url(), logs.path(), &knob))
+        .collect();
+    let steps = "[{percent: 50}, {percent: 75}]";
+    let demote = |manifest: String| {
+        manifest.replace(
+            "stepTimeoutSeconds: 120}",
+            "stepTimeoutSeconds: 120, onFailure: Demote}",
+        )
+    };
+    let v1 = publish_variants(&artifacts, "1.0.0");
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&demote(manifest("1.0.0", &v1, steps))),
+    );
+    wait_succeeded(&standin, "1.0.0", 4, Duration::from_secs(120)).await;
+
+    let v2 = publish_variants(&artifacts, "2.0.0");
+    let v2_manifest =
+        demote(manifest("2.0.0", &v2, steps)).replace("name: int8", "name: int8-next");
+    standin.kubectl_ok(&["apply", "-f", "-"], Some(&v2_manifest));
+    // 2.0.0 is promoted on the two x86 devices; the two aarch64 devices keep 1.0.0
+    promote(&standin, &agents, "2.0.0", 2, Duration::from_secs(240)).await;
+
+    let serving = &agents;
+    let check = |status: serde_json::Value| async move {
+        for agent in serving {
+            let served = agent
+                .model(MODEL)
+                .await
+                .ok_or(format!("{} serves nothing; {status}", agent.device.id))?;
+            let expected = if agent.device.id.starts_with("gw-x86") {
+                ("2.0.0", "fp32")
+            } else {
+                ("1.0.0", "int8")
+            };
+            if (served["version"].as_str(), served["variant"].as_str())
+                != (Some(expected.0), Some(expected.1))
+            {
+                return Err(format!("{}: {served}", agent.device.id));
+            }
+            agent
+                .infer(MODEL, "x", &[1, 3, 224, 224], 0.5)
+                .await
+                .map_err(|e| format!("{} does not answer: {e}", agent.device.id))?;
+        }
+        let d = &status["devices"];
+        let counts = (
+            d["matched"].as_u64(),
+            d["assigned"].as_u64(),
+            d["demoted"].as_u64(),
+            d["keptPrevious"].as_u64(),
+            d["noFit"].as_u64(),
+        );
+        if counts != (Some(4), Some(4), Some(2), Some(2), Some(0)) {
+            return Err(format!("counts {counts:?}: {status}"));
+        }
+        let demoted = status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Demoted"))
+            .ok_or(format!("no Demoted condition: {status}"))?;
+        let message = demoted["message"].as_str().unwrap_or_default();
+        if demoted["status"] != "True" || !message.contains("/int8-next demoted: 2 keep 1.0.0") {
+            return Err(format!("Demoted condition: {demoted}"));
+        }
+        Ok::<_, String>(counts)
+    };
+    let counts = eventually(Duration::from_secs(60), "every device serves", || async {
+        check(md_status(&standin)).await
+    })
+    .await;
+
+    // a restarted controller changes nothing
+    controller.proc.terminate(Duration::from_secs(10));
+    controller = ControllerProc::start(&standin, &database, &broker.url(), "demote-2", logs.path());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    eventually(
+        Duration::from_secs(60),
+        "every device serves after a restart",
+        || async { check(md_status(&standin)).await },
+    )
+    .await;
+    println!(
+        "RELIABILITY demote_after_promotion: (matched, assigned, demoted, kept_previous, no_fit)={counts:?} \
+         serving=4/4 after promotion and after a controller restart"
+    );
+    drop(controller);
+}

@@ -10,7 +10,9 @@
 //!   gets under the previous spec, as stable. A device the previous spec does not select or fit
 //!   gets nothing until the rollout reaches it, rather than the unproven target.
 //!   Devices whose every fitting variant was demoted keep the previous version.
-//! - Promoted: every device runs the target as stable; a device it does not fit gets nothing.
+//! - Promoted: every device runs the target as stable; a device it does not fit gets nothing,
+//!   except a device whose every fitting variant was demoted for its class: it keeps the
+//!   previous version, as during the canary (`Demote` moves only the failing cohort).
 //! - Rolled back: the previous spec is in force again, including its selector.
 //!
 //! Devices the selector in force does not select are not in the plan at all.
@@ -86,6 +88,9 @@ pub struct DevicePlan {
     pub online: bool,
     /// The target spec's variant choice for this device, after demotions.
     pub target: Choice,
+    /// The target variant this device would run had its class's cohort not been demoted;
+    /// `None` when demotions did not change its choice.
+    pub demoted_from: Option<String>,
     /// `None`: the device should run nothing of this deployment.
     pub assignment: Option<PlannedAssignment>,
     /// Why this role and version (or why nothing), in one line.
@@ -110,8 +115,13 @@ pub struct PlanCounts {
     pub assigned: u32,
     pub canary: u32,
     pub stable: u32,
-    /// No variant of the target fits (including after demotions).
+    /// No variant of the target fits, demotions aside.
     pub no_fit: u32,
+    /// Whose first-choice target variant was demoted for their class: they run the next-best
+    /// target variant or, when none is left, the previous version.
+    pub demoted: u32,
+    /// Of the demoted, those left with no target variant, running the previous version.
+    pub kept_previous: u32,
     /// Selected but running nothing of this deployment.
     pub unassigned: u32,
     pub offline: u32,
@@ -195,29 +205,42 @@ pub fn plan_rollout(
     selected.sort_by(|a, b| a.id.cmp(&b.id));
     selected.dedup_by(|a, b| a.id == b.id);
 
-    let classified: Vec<(&DeviceFacts, String, Choice)> = selected
+    let classified: Vec<Classified> = selected
         .into_iter()
-        .map(|d| {
-            let class = device_class(d);
+        .map(|device| {
+            let class = device_class(device);
             let excluded: Vec<&str> = demotions
                 .iter()
                 .filter(|k| k.device_class == class)
                 .map(|k| k.variant.as_str())
                 .collect();
-            let choice = next_best(d, spec, &excluded);
-            (d, class, choice)
+            let target = next_best(device, spec, &excluded);
+            let demoted_from = if excluded.is_empty() {
+                None
+            } else {
+                next_best(device, spec, &[])
+                    .variant_name()
+                    .filter(|first| Some(*first) != target.variant_name())
+                    .map(str::to_string)
+            };
+            Classified {
+                device,
+                class,
+                target,
+                demoted_from,
+            }
         })
         .collect();
 
     let canaries = match (stage, previous) {
         (Stage::Canary { step }, Some(_)) => {
-            let population = group_by_cohort(classified.iter().filter_map(|(d, class, c)| {
-                let variant = c.variant_name()?;
-                Some((CohortKey::new(class, variant), d.id.clone()))
+            let population = group_by_cohort(classified.iter().filter_map(|c| {
+                let variant = c.target.variant_name()?;
+                Some((CohortKey::new(&c.class, variant), c.device.id.clone()))
             }));
             let tiers: BTreeMap<&DeviceId, Tier> = classified
                 .iter()
-                .map(|(d, _, c)| (&d.id, canary_tier(spec, d, c)))
+                .map(|c| (&c.device.id, canary_tier(spec, c.device, &c.target)))
                 .collect();
             canary_members_by_tier(uid, step_percent(&spec.rollout, step), &population, |d| {
                 tiers.get(d).copied().unwrap_or(Tier::Offline)
@@ -228,9 +251,14 @@ pub fn plan_rollout(
 
     let plans: Vec<DevicePlan> = classified
         .into_iter()
-        .map(|(device, class, target)| {
-            let (mut assignment, reason) =
-                assign(spec, previous, stage, device, &target, &canaries);
+        .map(|classified| {
+            let (mut assignment, reason) = assign(spec, previous, stage, &classified, &canaries);
+            let Classified {
+                device,
+                class,
+                target,
+                demoted_from,
+            } = classified;
             // The CR as it is now decides what may leave a device, whichever spec's model
             // the device runs: withdrawn consent applies at once, not after a rollout.
             if let Some(a) = assignment.as_mut() {
@@ -241,6 +269,7 @@ pub fn plan_rollout(
                 device_class: class,
                 online: device.online,
                 target,
+                demoted_from,
                 assignment,
                 reason,
             }
@@ -266,16 +295,42 @@ fn canary_tier(spec: &ModelDeploymentSpec, device: &DeviceFacts, target: &Choice
     }
 }
 
+/// A selected device with its class and its target choice after demotions.
+struct Classified<'a> {
+    device: &'a DeviceFacts,
+    class: String,
+    target: Choice,
+    demoted_from: Option<String>,
+}
+
+impl Classified<'_> {
+    /// Every target variant that fits this device was demoted for its class.
+    fn only_demoted_fit(&self) -> bool {
+        self.demoted_from.is_some() && self.target.variant_index().is_none()
+    }
+
+    /// Why the target has nothing for this device.
+    fn no_target_reason(&self, version: &str) -> String {
+        match &self.demoted_from {
+            Some(variant) if self.only_demoted_fit() => format!(
+                "{version}'s {variant} was demoted for {} and no other variant fits",
+                self.class
+            ),
+            _ => format!("no variant of {version} fits"),
+        }
+    }
+}
+
 type Assigned = (Option<PlannedAssignment>, String);
 
 fn assign(
     spec: &ModelDeploymentSpec,
     previous: Option<&ModelDeploymentSpec>,
     stage: Stage,
-    device: &DeviceFacts,
-    target: &Choice,
+    classified: &Classified<'_>,
     canaries: &BTreeSet<DeviceId>,
 ) -> Assigned {
+    let (device, target) = (classified.device, &classified.target);
     let version = &spec.model.version;
     let Some(previous) = previous else {
         return match stage {
@@ -289,6 +344,15 @@ fn assign(
         };
     };
     match stage {
+        // Demote moves only the failing cohort: promotion must not leave it with nothing.
+        Stage::Promoted if classified.only_demoted_fit() => with_previous(
+            previous,
+            device,
+            format!(
+                "promoted to {version}, but {}",
+                classified.no_target_reason(version)
+            ),
+        ),
         Stage::Promoted => {
             with_target(spec, target, Role::Stable, format!("promoted to {version}"))
         }
@@ -307,7 +371,7 @@ fn assign(
             let why = if target.variant_index().is_some() {
                 format!("not a canary yet for {version}")
             } else {
-                format!("no variant of {version} fits")
+                classified.no_target_reason(version)
             };
             with_previous(previous, device, why)
         }
@@ -377,7 +441,12 @@ fn summarize(devices: Vec<DevicePlan>) -> RolloutPlan {
     for d in &devices {
         counts.matched += 1;
         counts.offline += u32::from(!d.online);
-        counts.no_fit += u32::from(d.target.variant_index().is_none());
+        let demoted = d.demoted_from.is_some();
+        counts.no_fit += u32::from(d.target.variant_index().is_none() && !demoted);
+        counts.demoted += u32::from(demoted);
+        let on_previous = d.assignment.as_ref().map(|a| a.source) == Some(Source::Previous);
+        counts.kept_previous +=
+            u32::from(demoted && d.target.variant_index().is_none() && on_previous);
         match &d.assignment {
             None => counts.unassigned += 1,
             Some(a) => {

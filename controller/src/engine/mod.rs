@@ -407,7 +407,15 @@ impl Engine {
         self.attribution.set_variants(&key, BTreeSet::new());
         self.telemetry.forget_deployment(namespace, name);
         for state in [
-            "matched", "assigned", "updated", "ready", "failed", "offline", "no_fit",
+            "matched",
+            "assigned",
+            "updated",
+            "ready",
+            "failed",
+            "offline",
+            "no_fit",
+            "demoted",
+            "kept_previous",
         ] {
             let _ = self
                 .metrics
@@ -425,6 +433,8 @@ impl Engine {
         Ok(())
     }
 
+    /// p95 per target variant over the last 5 minutes, leaving out demoted cohorts: their
+    /// canary data is why they were demoted and says nothing of the classes that run it now.
     fn variant_p95(
         &self,
         input: &DeploymentInput<'_>,
@@ -432,6 +442,12 @@ impl Engine {
         now_ms: i64,
     ) -> BTreeMap<String, f64> {
         let since = now_ms - 5 * 60 * 1000;
+        let demoted = |labels: &crate::telemetry::CohortLabels| {
+            state
+                .demotions
+                .iter()
+                .any(|k| k.device_class == labels.device_class && k.variant == labels.variant)
+        };
         state
             .target
             .variants
@@ -439,7 +455,9 @@ impl Engine {
             .filter_map(|v| {
                 let window = self
                     .telemetry
-                    .since_where(input.namespace, input.name, since, |l| l.variant == v.name);
+                    .since_where(input.namespace, input.name, since, |l| {
+                        l.variant == v.name && !demoted(l)
+                    });
                 Some((v.name.clone(), window.p95_ms()?))
             })
             .collect()
@@ -455,6 +473,8 @@ impl Engine {
             ("failed", d.failed),
             ("offline", d.offline),
             ("no_fit", d.no_fit),
+            ("demoted", d.demoted),
+            ("kept_previous", d.kept_previous),
         ] {
             self.metrics
                 .deployment_devices

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use edgefleet_core::plan::{RolloutPlan, Stage};
+use edgefleet_core::plan::{RolloutPlan, Source, Stage};
 use edgefleet_core::{CohortKey, CohortVerdict};
 use edgefleet_crds::validate::FieldError;
 use edgefleet_crds::{
@@ -43,6 +43,8 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
             .count() as u32,
         offline: counts.offline,
         no_fit: counts.no_fit,
+        demoted: counts.demoted,
+        kept_previous: counts.kept_previous,
     };
 
     let online: std::collections::HashSet<&str> = input
@@ -168,6 +170,17 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
             },
             failed_devices(input.rows),
         ),
+        condition(
+            input,
+            "Demoted",
+            !input.state.demotions.is_empty(),
+            if input.state.demotions.is_empty() {
+                "NoDemotions"
+            } else {
+                "CohortsDemoted"
+            },
+            demoted_cohorts(input),
+        ),
     ];
 
     ModelDeploymentStatus {
@@ -213,6 +226,49 @@ pub fn invalid_status(
         observed_generation: generation,
     }];
     status
+}
+
+/// Which cohorts were demoted and what their devices run instead, for the Demoted condition.
+fn demoted_cohorts(input: &StatusInput<'_>) -> String {
+    if input.state.demotions.is_empty() {
+        return "no cohort was demoted".into();
+    }
+    let previous_version = input.state.previous.as_ref().map(|p| &p.model.version);
+    let lines: Vec<String> = input
+        .state
+        .demotions
+        .iter()
+        .map(|key| {
+            let members = input.plan.devices.iter().filter(|d| {
+                d.device_class == key.device_class
+                    && d.demoted_from.as_deref() == Some(key.variant.as_str())
+            });
+            let (mut next_best, mut kept, mut nothing) = (BTreeMap::new(), 0, 0);
+            for d in members {
+                match &d.assignment {
+                    Some(a) if a.source == Source::Previous => kept += 1,
+                    Some(a) => *next_best.entry(a.variant.name.as_str()).or_insert(0) += 1,
+                    None => nothing += 1,
+                }
+            }
+            let mut parts: Vec<String> = next_best
+                .iter()
+                .map(|(variant, n)| format!("{n} run {variant}"))
+                .collect();
+            if kept > 0 {
+                let version = previous_version.map_or("the previous version", |v| v.as_str());
+                parts.push(format!("{kept} keep {version}"));
+            }
+            if nothing > 0 {
+                parts.push(format!("{nothing} run nothing"));
+            }
+            if parts.is_empty() {
+                parts.push("no device now".into());
+            }
+            format!("{key} demoted: {}", parts.join(", "))
+        })
+        .collect();
+    lines.join("; ")
 }
 
 /// Which devices failed and why (the first few), for the Degraded condition.

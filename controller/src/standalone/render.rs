@@ -164,14 +164,16 @@ pub fn describe(d: &Description) -> String {
         &mut out,
         "Devices:",
         format!(
-            "matched {} assigned {} updated {} ready {} failed {} offline {} noFit {}",
+            "matched {} assigned {} updated {} ready {} failed {} offline {} noFit {} demoted {} keptPrevious {}",
             num(&c["matched"]),
             num(&c["assigned"]),
             num(&c["updated"]),
             num(&c["ready"]),
             num(&c["failed"]),
             num(&c["offline"]),
-            num(&c["noFit"])
+            num(&c["noFit"]),
+            num(&c["demoted"]),
+            num(&c["keptPrevious"])
         ),
     );
 

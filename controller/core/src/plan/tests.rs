@@ -83,6 +83,8 @@ fn a_first_deployment_goes_straight_to_stable() {
             canary: 0,
             stable: 39,
             no_fit: 1,
+            demoted: 0,
+            kept_previous: 0,
             unassigned: 1,
             offline: 0,
         }
@@ -429,11 +431,92 @@ fn a_class_with_every_variant_demoted_keeps_the_previous_version() {
     );
     let small = plan.device(&id("dev-00")).expect("planned");
     assert_eq!(small.target.variant_name(), None);
-    assert_eq!(small.reason, "no variant of 2.0.0 fits; keeps 1.0.0");
+    assert_eq!(small.demoted_from.as_deref(), Some("int8"));
+    assert_eq!(
+        small.reason,
+        "2.0.0's int8 was demoted for aarch64-none-mem1g and no other variant fits; keeps 1.0.0"
+    );
     assert_eq!(assignment(&plan, "dev-00").source, Source::Previous);
-    assert_eq!(plan.counts.no_fit, 20);
+    assert_eq!(plan.counts.no_fit, 0, "demoted is not no-fit");
+    assert_eq!(plan.counts.demoted, 20);
+    assert_eq!(plan.counts.kept_previous, 20);
     assert_eq!(plan.counts.canary, 10);
     assert_eq!(plan.canary_cohorts().len(), 1);
+}
+
+/// The plan once the canary passed for the large class and the small class was demoted.
+fn promoted_with(demoted: &BTreeSet<CohortKey>, devices: &[DeviceFacts]) -> RolloutPlan {
+    let (target, previous) = specs();
+    plan_rollout(
+        UID,
+        &target,
+        Some(&previous),
+        Stage::Promoted,
+        devices,
+        demoted,
+    )
+}
+
+#[test]
+fn promotion_keeps_the_previous_version_on_a_class_with_every_variant_demoted() {
+    let demoted = BTreeSet::from([CohortKey::new(SMALL, "int8")]);
+    let plan = promoted_with(&demoted, &fleet());
+    // every device served before promotion, and every one still does
+    assert_eq!(plan.counts.matched, 40);
+    assert_eq!(plan.counts.assigned, 40);
+    assert_eq!(plan.counts.unassigned, 0);
+    assert_eq!(plan.counts.no_fit, 0);
+    assert_eq!((plan.counts.demoted, plan.counts.kept_previous), (20, 20));
+    let small = plan.device(&id("dev-00")).expect("planned");
+    let kept = assignment(&plan, "dev-00");
+    assert_eq!((kept.source, kept.role), (Source::Previous, Role::Stable));
+    assert_eq!(
+        (kept.model.version.as_str(), kept.variant.name.as_str()),
+        ("1.0.0", "fp32")
+    );
+    assert_eq!(
+        small.reason,
+        "promoted to 2.0.0, but 2.0.0's int8 was demoted for aarch64-none-mem1g and no other \
+         variant fits; keeps 1.0.0"
+    );
+    let large = assignment(&plan, "dev-01");
+    assert_eq!(
+        (large.source, large.variant.name.as_str()),
+        (Source::Target, "fp16")
+    );
+    assert_eq!(plan.target_variants, BTreeMap::from([("fp16".into(), 20)]));
+}
+
+#[test]
+fn promotion_gives_a_demoted_class_its_next_best_target_variant() {
+    let demoted = BTreeSet::from([CohortKey::new(LARGE, "fp16")]);
+    let plan = promoted_with(&demoted, &fleet());
+    let large = assignment(&plan, "dev-01");
+    assert_eq!(
+        (large.source, large.variant.name.as_str()),
+        (Source::Target, "int8")
+    );
+    assert_eq!(
+        plan.device(&id("dev-01"))
+            .and_then(|d| d.demoted_from.as_deref()),
+        Some("fp16")
+    );
+    assert_eq!((plan.counts.demoted, plan.counts.kept_previous), (20, 0));
+    assert_eq!(plan.counts.assigned, 40);
+    assert_eq!(plan.target_variants, BTreeMap::from([("int8".into(), 40)]));
+}
+
+#[test]
+fn promotion_still_leaves_a_device_nothing_fits_without_an_assignment() {
+    let demoted = BTreeSet::from([CohortKey::new(SMALL, "int8")]);
+    let mut devices = fleet();
+    devices[1].runtimes.clear(); // a large device that fits no variant of either version
+    let plan = promoted_with(&demoted, &devices);
+    let nothing = plan.device(&id("dev-01")).expect("planned");
+    assert!(nothing.assignment.is_none());
+    assert_eq!(nothing.demoted_from, None);
+    assert_eq!(plan.counts.no_fit, 1);
+    assert_eq!(plan.counts.kept_previous, 20);
 }
 
 #[test]
