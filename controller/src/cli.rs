@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr; text is coloured only on a terminal and without NO_COLOR.
     #[arg(
         long,
         global = true,

@@ -24,6 +24,7 @@ use crate::offload::OffloadPolicy;
     printcolumn = r#"{"name":"Matched","type":"integer","jsonPath":".status.devices.matched"}"#,
     printcolumn = r#"{"name":"Updated","type":"integer","jsonPath":".status.devices.updated"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.devices.ready"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.devices.failed"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

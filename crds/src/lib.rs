@@ -7,6 +7,7 @@ pub mod histogram;
 pub mod manifest;
 pub mod offload;
 pub mod presence;
+pub mod terminal;
 pub mod validate;
 pub mod wire;
 

@@ -19,8 +19,12 @@ fn main() -> ExitCode {
     let filter =
         EnvFilter::try_from_env("EDGEFLEET_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("EDGEFLEET_AGENT_LOG_FORMAT").is_ok_and(|f| f == "json");
-    // Logs go to stderr (stdout carries only the listen address line), colored on a terminal.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Logs go to stderr (stdout carries only the listen address line), colored on a terminal
+    // unless NO_COLOR says otherwise.
+    let ansi = edgefleet_crds::terminal::use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -255,7 +255,9 @@ fn cli_refuses_bad_manifests_naming_the_field_and_stores_nothing() {
         table.starts_with("NAME") && table.contains("cli-demo"),
         "{table}"
     );
-    for column in ["PHASE", "STEP", "MATCHED", "UPDATED", "READY", "AGE"] {
+    for column in [
+        "PHASE", "STEP", "MATCHED", "UPDATED", "READY", "FAILED", "AGE",
+    ] {
         assert!(table.contains(column), "{table}");
     }
     let out = cli(

@@ -2,6 +2,7 @@
 the CRD applies, every example applies, every invalid example is refused naming its field."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,17 @@ def test_generated_crd_and_every_example_apply(project_srv):
         assert name in listing, listing
     # printer columns come from the generated CRD
     header = listing.splitlines()[0]
-    for column in ("PHASE", "STEP", "MATCHED", "UPDATED", "READY", "AGE"):
+    for column in ("PHASE", "STEP", "MATCHED", "UPDATED", "READY", "FAILED", "AGE"):
         assert column in header, header
+    # a rollout whose only device failed says so in `kubectl get md`, not just READY 0
+    devices = {"matched": 1, "assigned": 1, "updated": 1, "ready": 0, "failed": 1, "offline": 0, "noFit": 0}
+    project_srv.kubectl(
+        "patch", "md", "vad", "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"phase": "Progressing", "currentStep": 3, "devices": devices}}),
+    )
+    header, row = project_srv.kubectl("get", "md", "vad").stdout.splitlines()[:2]
+    cells = dict(zip(header.split(), row.split()))
+    assert cells["READY"] == "0" and cells["FAILED"] == "1", (header, row)
     # defaults from the schema are filled in by the server, as on a real cluster
     vad = project_srv.kget("md", "vad")
     assert vad["spec"]["rollout"]["steps"][0]["percent"] == 10

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::api::{Description, DeviceRow, uid_created_ms};
+use super::api::{Description, DeviceLine, DeviceRow, uid_created_ms};
 
 /// Left-aligned columns separated by three spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -49,7 +49,7 @@ fn num(v: &Value) -> String {
     v.as_u64().map_or_else(|| "0".into(), |n| n.to_string())
 }
 
-/// NAME PHASE STEP MATCHED UPDATED READY AGE, like the CRD's printer columns.
+/// NAME PHASE STEP MATCHED UPDATED READY FAILED AGE, like the CRD's printer columns.
 pub fn deployments(items: &[Value], now_ms: i64) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -74,13 +74,14 @@ pub fn deployments(items: &[Value], now_ms: i64) -> String {
                 num(&status["devices"]["matched"]),
                 num(&status["devices"]["updated"]),
                 num(&status["devices"]["ready"]),
+                num(&status["devices"]["failed"]),
                 age,
             ]
         })
         .collect();
     table(
         &[
-            "NAME", "PHASE", "STEP", "MATCHED", "UPDATED", "READY", "AGE",
+            "NAME", "PHASE", "STEP", "MATCHED", "UPDATED", "READY", "FAILED", "AGE",
         ],
         &rows,
     )
@@ -192,9 +193,7 @@ pub fn describe(d: &Description) -> String {
                     .unwrap_or_else(|| "no fit".into()),
                 l.role.clone().unwrap_or_else(|| "-".into()),
                 l.phase.clone().unwrap_or_else(|| "-".into()),
-                l.assignment_reason
-                    .clone()
-                    .unwrap_or_else(|| l.choice_reason.clone()),
+                device_reason(l),
             ]
         })
         .collect();
@@ -223,6 +222,8 @@ pub fn describe(d: &Description) -> String {
         out.push_str(&table(&["  VARIANT", "DEVICES", "READY", "P95"], &rows));
     }
     if let Some(cohorts) = status["cohorts"].as_array() {
+        // CANARY: the current step's canary members (none once promoted); SERVING: devices of
+        // the cohort's class that run its variant of the target version and are Ready.
         out.push_str("\nCohorts:\n");
         let rows: Vec<Vec<String>> = cohorts
             .iter()
@@ -230,6 +231,7 @@ pub fn describe(d: &Description) -> String {
                 vec![
                     format!("  {}", c["name"].as_str().unwrap_or_default()),
                     num(&c["devices"]),
+                    serving(c, status["targetVersion"].as_str(), &d.devices).to_string(),
                     c["verdict"].as_str().unwrap_or_default().into(),
                     num(&c["samples"]),
                     c["p95LatencyMs"]
@@ -241,7 +243,7 @@ pub fn describe(d: &Description) -> String {
             .collect();
         out.push_str(&table(
             &[
-                "  COHORT", "DEVICES", "VERDICT", "SAMPLES", "P95", "MESSAGE",
+                "  COHORT", "CANARY", "SERVING", "VERDICT", "SAMPLES", "P95", "MESSAGE",
             ],
             &rows,
         ));
@@ -271,6 +273,30 @@ pub fn describe(d: &Description) -> String {
     out
 }
 
+/// Why a device runs what it runs, or, when it failed, why it failed.
+fn device_reason(l: &DeviceLine) -> String {
+    if l.phase.as_deref() == Some("Failed") {
+        return format!(
+            "failed: {}",
+            l.phase_reason.as_deref().unwrap_or("no reason given")
+        );
+    }
+    l.assignment_reason
+        .clone()
+        .unwrap_or_else(|| l.choice_reason.clone())
+}
+
+/// Devices of `cohort`'s class Ready on its variant of the target version.
+fn serving(cohort: &Value, target_version: Option<&str>, devices: &[DeviceLine]) -> usize {
+    devices
+        .iter()
+        .filter(|l| Some(l.device_class.as_str()) == cohort["deviceClass"].as_str())
+        .filter(|l| l.assigned_variant.as_deref() == cohort["variant"].as_str())
+        .filter(|l| target_version.is_some() && l.assigned_version.as_deref() == target_version)
+        .filter(|l| l.phase.as_deref() == Some("Ready"))
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +307,133 @@ mod tests {
         assert_eq!(age(300_000), "5m");
         assert_eq!(age(3 * 3_600_000), "3h");
         assert_eq!(age(3 * 86_400_000), "3d");
+    }
+
+    /// The cell under `column` in the first data row of a rendered table.
+    fn cell(table: &str, column: &str) -> String {
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+        let row: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
+        let at = header
+            .iter()
+            .position(|h| *h == column)
+            .unwrap_or_else(|| panic!("no {column} column in:\n{table}"));
+        row.get(at).expect("a cell per column").to_string()
+    }
+
+    fn failed_device_status() -> Value {
+        serde_json::json!({
+            "metadata": {"name": "vad", "namespace": "default", "uid": "00000000-0000-0000-0000-000000000000"},
+            "spec": {"model": {"name": "vad", "version": "2.0.0"}},
+            "status": {
+                "phase": "Progressing",
+                "targetVersion": "2.0.0",
+                "currentStep": 3,
+                "devices": {"matched": 1, "assigned": 1, "updated": 1, "ready": 0, "failed": 1,
+                            "offline": 0, "noFit": 0},
+            }
+        })
+    }
+
+    #[test]
+    fn get_md_shows_failed_devices() {
+        let text = deployments(&[failed_device_status()], 0);
+        assert_eq!(cell(&text, "PHASE"), "Progressing", "{text}");
+        assert_eq!(cell(&text, "READY"), "0", "{text}");
+        assert_eq!(cell(&text, "FAILED"), "1", "{text}");
+    }
+
+    fn line(device: &str, variant: &str, phase: &str, phase_reason: Option<&str>) -> DeviceLine {
+        DeviceLine {
+            device: device.into(),
+            device_class: "x86_64".into(),
+            online: true,
+            chosen: Some(variant.into()),
+            choice_reason: format!("{variant} fits, ranked first"),
+            assigned_version: Some("2.0.0".into()),
+            assigned_variant: Some(variant.into()),
+            role: Some("stable".into()),
+            phase: Some(phase.into()),
+            phase_reason: phase_reason.map(Into::into),
+            assignment_reason: Some(format!("{variant} fits, ranked first")),
+        }
+    }
+
+    /// The REASON cell of `device`'s row in the describe output.
+    fn reason_of(text: &str, device: &str) -> String {
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(device))
+            .unwrap_or_else(|| panic!("no row for {device} in:\n{text}"));
+        row.split_whitespace().skip(6).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn describe_shows_why_a_failed_device_failed() {
+        let d = Description {
+            deployment: failed_device_status(),
+            devices: vec![
+                line("dev-a", "int8", "Failed", Some("self-test: output is NaN")),
+                line("dev-b", "int8", "Failed", None),
+                line("dev-c", "fp32", "Ready", None),
+            ],
+            history: Vec::new(),
+        };
+        let text = describe(&d);
+        assert_eq!(
+            reason_of(&text, "dev-a"),
+            "failed: self-test: output is NaN",
+            "{text}"
+        );
+        assert_eq!(
+            reason_of(&text, "dev-b"),
+            "failed: no reason given",
+            "{text}"
+        );
+        assert_eq!(
+            reason_of(&text, "dev-c"),
+            "fp32 fits, ranked first",
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn describe_counts_the_devices_serving_each_cohort_after_promotion() {
+        let mut deployment = failed_device_status();
+        deployment["status"]["phase"] = "Succeeded".into();
+        // after promotion no cohort has canary members: the status says 0 for each
+        deployment["status"]["cohorts"] = serde_json::json!([
+            {"name": "x86_64/int8", "deviceClass": "x86_64", "variant": "int8", "devices": 0,
+             "verdict": "Pass", "samples": 40},
+            {"name": "x86_64/fp32", "deviceClass": "x86_64", "variant": "fp32", "devices": 0,
+             "verdict": "Fail", "samples": 40},
+        ]);
+        let mut old = line("dev-d", "int8", "Ready", None);
+        old.assigned_version = Some("1.0.0".into());
+        let d = Description {
+            deployment,
+            devices: vec![
+                line("dev-a", "int8", "Ready", None),
+                line("dev-b", "int8", "Ready", None),
+                line("dev-c", "int8", "Failed", Some("load failed")),
+                old,
+            ],
+            history: Vec::new(),
+        };
+        let text = describe(&d);
+        let cohorts = text.split("\nCohorts:\n").nth(1).expect("a Cohorts table");
+        let rows: Vec<Vec<&str>> = cohorts
+            .lines()
+            .take(3)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0][..4],
+            ["COHORT", "CANARY", "SERVING", "VERDICT"],
+            "{text}"
+        );
+        assert_eq!(rows[1][..3], ["x86_64/int8", "0", "2"], "{text}");
+        assert_eq!(rows[2][..3], ["x86_64/fp32", "0", "0"], "{text}");
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub fn conditions(status: &ModelDeploymentStatus) -> String {
 pub struct View {
     output: DemoOutput,
     tty: bool,
+    /// Bold headings: on a terminal without NO_COLOR.
+    colour: bool,
     drawn: usize,
     stage: String,
     started: Instant,
@@ -122,6 +124,10 @@ impl View {
         View {
             output,
             tty: output == DemoOutput::Text && std::io::stdout().is_terminal(),
+            colour: edgefleet_crds::terminal::use_colour(
+                std::io::stdout().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ),
             drawn: 0,
             stage: String::new(),
             started: Instant::now(),
@@ -167,7 +173,8 @@ impl View {
             return;
         }
         let mut text = format!(
-            "\x1b[1mEdgeFleet demo\x1b[0m  {}  ({:.0}s)\n{DEPLOYMENT}: {line}\n\n",
+            "{}  {}  ({:.0}s)\n{DEPLOYMENT}: {line}\n\n",
+            self.bold("EdgeFleet demo"),
             self.stage,
             self.started.elapsed().as_secs_f64()
         );
@@ -179,6 +186,14 @@ impl View {
         let _ = write!(out, "{text}");
         let _ = out.flush();
         self.drawn = text.lines().count();
+    }
+
+    fn bold(&self, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[1m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
     }
 
     fn p95(&self, device: &str, version: &str) -> Option<f64> {
@@ -303,7 +318,8 @@ impl View {
             .await?;
         println!();
         println!(
-            "\x1b[1mSummary\x1b[0m  ({:.0} s, canary steps observed for v2.0.0: {:?})",
+            "{}  ({:.0} s, canary steps observed for v2.0.0: {:?})",
+            self.bold("Summary"),
             elapsed.as_secs_f64(),
             self.steps_seen
         );
