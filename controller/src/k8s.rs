@@ -5,8 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use edgefleet_crds::ModelDeployment;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -15,7 +19,10 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use crate::engine::{DeploymentInput, Engine, ReconcileError, now_ms};
+use crate::engine::{DeploymentInput, Engine, ReconcileError, now_ms, rfc3339};
+
+mod guard;
+pub use guard::{GuardedDeployment, UNREADABLE_REASON, Unreadable, UnreadableGauge};
 
 /// Removed only after the deployment's models left every device.
 pub const FINALIZER: &str = "edgefleet.io/cleanup";
@@ -27,6 +34,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// True while this replica holds the Lease.
     pub leader: watch::Receiver<bool>,
+    /// Unreadable objects already logged at WARN (`ns/name@generation: field`), so repeated
+    /// reconciles of the same one do not flood the log.
+    warned_unreadable: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -41,6 +51,7 @@ impl Context {
             client,
             recorder,
             leader,
+            warned_unreadable: Mutex::default(),
         }
     }
 }
@@ -53,11 +64,21 @@ pub async fn run(
     kick: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<ModelDeployment> = match &watch_namespace {
+    // Guarded: an object that does not deserialize is kept (and reported) instead of failing
+    // the whole LIST, which would stop every deployment.
+    let api: Api<GuardedDeployment> = match &watch_namespace {
         Some(ns) => Api::namespaced(context.client.clone(), ns),
         None => Api::all(context.client.clone()),
     };
     let (reader, writer) = reflector::store();
+    if let Err(err) = context
+        .engine
+        .metrics
+        .registry
+        .register(Box::new(UnreadableGauge::new(reader.clone())))
+    {
+        tracing::warn!(%err, "edgefleet_deployments_unreadable is not exported");
+    }
     // Status patches must not wake the controller: only spec changes, deletion and finalizers do.
     let deployments = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -76,30 +97,51 @@ pub async fn run(
         .await;
 }
 
-fn spec_or_lifecycle(md: &ModelDeployment) -> Option<u64> {
+fn spec_or_lifecycle(object: &GuardedDeployment) -> Option<u64> {
     use std::hash::{Hash, Hasher};
+    let meta = object.meta();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    md.metadata.uid.hash(&mut hasher);
-    md.metadata.generation.hash(&mut hasher);
-    md.metadata.deletion_timestamp.is_some().hash(&mut hasher);
-    md.finalizers().hash(&mut hasher);
+    meta.uid.hash(&mut hasher);
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    object.finalizers().hash(&mut hasher);
     Some(hasher.finish())
 }
 
-#[tracing::instrument(skip_all, fields(deployment = %format!("{}/{}", md.namespace().unwrap_or_default(), md.name_any())))]
+fn key(object: &impl Resource) -> String {
+    format!(
+        "{}/{}",
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+#[tracing::instrument(skip_all, fields(deployment = %key(object.as_ref())))]
 pub async fn reconcile(
-    md: Arc<ModelDeployment>,
+    object: Arc<GuardedDeployment>,
     context: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     if !*context.leader.borrow() {
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
+    match &object.0 {
+        Ok(md) => reconcile_readable(Arc::new(md.clone()), context).await,
+        Err(bad) => reconcile_unreadable(bad, object.object_ref(&()), &context).await,
+    }
+}
+
+async fn reconcile_readable(
+    md: Arc<ModelDeployment>,
+    context: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let namespace = md.namespace().unwrap_or_else(|| "default".into());
     let api: Api<ModelDeployment> = Api::namespaced(context.client.clone(), &namespace);
     finalizer(&api, FINALIZER, md, |event| async {
         match event {
             Finalizer::Apply(md) => apply(&md, &context).await,
-            Finalizer::Cleanup(md) => cleanup(&md, &context).await,
+            Finalizer::Cleanup(md) => {
+                cleanup(&namespace, &md.name_any(), &md.object_ref(&()), &context).await
+            }
         }
     })
     .await
@@ -130,21 +172,30 @@ async fn apply(md: &ModelDeployment, context: &Context) -> Result<Action, Reconc
             .await
             .map_err(|e| ReconcileError::Kube(format!("patching status: {e}")))?;
     }
+    let reference = md.object_ref(&());
     for event in output.events {
-        publish_event(context, md, event.reason, event.message, event.warning).await;
+        publish_event(
+            context,
+            &reference,
+            event.reason,
+            event.message,
+            event.warning,
+        )
+        .await;
     }
     Ok(Action::requeue(output.requeue_after))
 }
 
-async fn cleanup(md: &ModelDeployment, context: &Context) -> Result<Action, ReconcileError> {
-    let namespace = md.namespace().unwrap_or_else(|| "default".into());
-    context
-        .engine
-        .remove(&namespace, &md.name_any(), now_ms())
-        .await?;
+async fn cleanup(
+    namespace: &str,
+    name: &str,
+    reference: &ObjectReference,
+    context: &Context,
+) -> Result<Action, ReconcileError> {
+    context.engine.remove(namespace, name, now_ms()).await?;
     publish_event(
         context,
-        md,
+        reference,
         "ModelsRemoved",
         "the model was removed from every device".into(),
         false,
@@ -153,10 +204,73 @@ async fn cleanup(md: &ModelDeployment, context: &Context) -> Result<Action, Reco
     Ok(Action::await_change())
 }
 
+/// An object this controller cannot read gets `SpecValid=False` naming the field and a
+/// warning Event, once per change; its devices keep what they run. Deleting it still works:
+/// cleanup needs only its name, so the finalizer is removed without reading the spec.
+async fn reconcile_unreadable(
+    bad: &Unreadable,
+    reference: ObjectReference,
+    context: &Context,
+) -> Result<Action, ReconcileError> {
+    let namespace = bad.metadata.namespace.as_deref().unwrap_or("default");
+    let name = bad.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<GuardedDeployment> = Api::namespaced(context.client.clone(), namespace);
+    if bad.metadata.deletion_timestamp.is_some() {
+        let finalizers = bad.metadata.finalizers.clone().unwrap_or_default();
+        if finalizers.iter().any(|f| f == FINALIZER) {
+            cleanup(namespace, name, &reference, context).await?;
+            let remaining: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+            // resourceVersion makes the merge patch fail rather than drop a finalizer added since
+            let patch = serde_json::json!({ "metadata": {
+                "finalizers": remaining,
+                "resourceVersion": bad.metadata.resource_version,
+            }});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| ReconcileError::Kube(format!("removing the finalizer: {e}")))?;
+        }
+        return Ok(Action::await_change());
+    }
+    let warned = format!(
+        "{namespace}/{name}@{}: {}",
+        bad.metadata.generation.unwrap_or_default(),
+        bad.field
+    );
+    let first_time = context
+        .warned_unreadable
+        .lock()
+        .map(|mut seen| seen.insert(warned))
+        .unwrap_or(true);
+    if first_time {
+        tracing::warn!(
+            deployment = %format!("{namespace}/{name}"),
+            field = %bad.field,
+            error = %bad.error,
+            "cannot read this ModelDeployment; it is not reconciled until it is fixed"
+        );
+    }
+    let status = guard::unreadable_status(bad, &rfc3339(now_ms()));
+    if bad.status.as_ref() != Some(&status) {
+        publish_event(
+            context,
+            &reference,
+            UNREADABLE_REASON,
+            guard::unreadable_message(bad),
+            true,
+        )
+        .await;
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| ReconcileError::Kube(format!("patching status: {e}")))?;
+    }
+    Ok(Action::await_change())
+}
+
 /// Events are best effort: a failure to record one never fails the reconcile.
 async fn publish_event(
     context: &Context,
-    md: &ModelDeployment,
+    reference: &ObjectReference,
     reason: &str,
     note: String,
     warning: bool,
@@ -172,13 +286,17 @@ async fn publish_event(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(err) = context.recorder.publish(&event, &md.object_ref(&())).await {
+    if let Err(err) = context.recorder.publish(&event, reference).await {
         tracing::warn!(%err, reason, "could not record an Event");
     }
 }
 
-fn error_policy(md: Arc<ModelDeployment>, error: &ReconcileError, context: Arc<Context>) -> Action {
-    tracing::warn!(deployment = %md.name_any(), category = error.category(), %error, "reconcile failed");
+fn error_policy(
+    object: Arc<GuardedDeployment>,
+    error: &ReconcileError,
+    context: Arc<Context>,
+) -> Action {
+    tracing::warn!(deployment = %key(object.as_ref()), category = error.category(), %error, "reconcile failed");
     context
         .engine
         .metrics

@@ -48,6 +48,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Exit even if a task is stuck in a blocking call (a resolver, a dead peer): the graceful
+    // part of shutdown has already had its bounded time.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -206,10 +206,39 @@ pub async fn kubernetes(args: RunArgs) -> anyhow::Result<()> {
         WatchStream::from_changes(plane.kick.subscribe()).map(|_| ()),
         WatchStream::from_changes(leader).map(|_| ()),
     );
-    crate::k8s::run(context, watch_namespace, kicks, shutdown_signal()).await;
-    plane.link.disconnect().await;
+    let (signalled_tx, mut signalled) = watch::channel(false);
+    let trigger = async move {
+        shutdown_signal().await;
+        let _ = signalled_tx.send(true);
+    };
+    let graceful = async {
+        crate::k8s::run(context, watch_namespace, kicks, trigger).await;
+        plane.link.disconnect().await;
+    };
+    tokio::pin!(graceful);
+    tokio::select! {
+        () = &mut graceful => return Ok(()),
+        _ = signalled.wait_for(|signalled| *signalled) => {}
+    }
+    // In-flight reconciles wait on the API server, the MQTT disconnect on the broker: either
+    // may be gone. Past the grace the process exits anyway (main drops the runtime with a
+    // timeout too, so no blocked task keeps it alive).
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            "shutdown grace passed with reconciles or the MQTT disconnect unfinished \
+             (API server or broker unreachable?); exiting anyway"
+        );
+    }
     Ok(())
 }
+
+/// How long SIGTERM waits for in-flight work before the process exits regardless; well
+/// under Kubernetes' default 30 s termination grace.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 use futures::StreamExt;
 

@@ -199,3 +199,130 @@ async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_ov
     drop(survivor);
     db.drop().await;
 }
+
+fn md_json(standin: &StandIn, name: &str) -> serde_json::Value {
+    serde_json::from_str(&standin.kubectl_ok(&["get", "md", name, "-o", "json"], None)).unwrap()
+}
+
+/// The valid deployment `vad` was reconciled at generation `generation`.
+async fn vad_reconciled(standin: &StandIn, controller: &ControllerProc, generation: u64) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("vad reconciled at generation {generation}"),
+        || async {
+            let status = md_json(standin, "vad")["status"].clone();
+            if status["observedGeneration"] == generation && status["phase"] == "Succeeded" {
+                Ok(())
+            } else {
+                Err(format!("{status}\n{}", controller.proc.log_tail()))
+            }
+        },
+    )
+    .await;
+}
+
+/// A CRD upgrade adds `spec.priority`; this controller version does not know it, so
+/// `vad-next` (applied with `--validate=false`, as in the issue) cannot be read. It must
+/// neither stop `vad` nor, after a restart, the initial LIST; it gets a condition and an
+/// Event naming the field, a metric counts it, and SIGTERM ends the controller within 10 s,
+/// even with the API server and the broker gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_deployment_stops_nothing_and_sigterm_stays_prompt() {
+    let logs = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", db.path().join("fleet.db").display());
+    let mut broker = Broker::start();
+    let mut standin = StandIn::start_with_crd();
+    standin.kubectl_ok(
+        &[
+            "patch",
+            "crd",
+            "modeldeployments.edgefleet.io",
+            "--type=json",
+            "-p",
+            r#"[{"op": "add", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/priority", "value": {"type": "integer"}}]"#,
+        ],
+        None,
+    );
+    let vad = std::fs::read_to_string(repo_root().join("crds/examples/vad-minimal.yaml")).unwrap();
+    let vad_next = vad
+        .replace("  name: vad\n", "  name: vad-next\n")
+        .replace("spec:\n", "spec:\n  priority: 5\n");
+    let mut controller =
+        ControllerProc::start(&standin, &database_url, &broker.url(), "a", logs.path());
+    standin.kubectl_ok(&["apply", "-f", "-"], Some(&vad));
+    standin.kubectl_ok(&["apply", "--validate=false", "-f", "-"], Some(&vad_next));
+    assert_eq!(md_json(&standin, "vad-next")["spec"]["priority"], 5);
+
+    // while running: the valid one is reconciled, the other reported where users look
+    vad_reconciled(&standin, &controller, 1).await;
+    let condition = eventually(
+        Duration::from_secs(30),
+        "vad-next has a SpecValid=False condition",
+        || async {
+            let status = md_json(&standin, "vad-next")["status"].clone();
+            match status["conditions"].as_array().and_then(|c| {
+                c.iter()
+                    .find(|c| c["type"] == "SpecValid" && c["status"] == "False")
+            }) {
+                Some(condition) => Ok(condition.clone()),
+                None => Err(format!("{status}\n{}", controller.proc.log_tail())),
+            }
+        },
+    )
+    .await;
+    assert_eq!(condition["reason"], "UnreadableSpec", "{condition}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.priority"),
+        "{condition}"
+    );
+    let events = standin.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"], None);
+    assert!(
+        events.contains("UnreadableSpec") && events.contains("spec.priority"),
+        "{events}"
+    );
+    let table = standin.kubectl_ok(&["get", "md", "vad-next"], None);
+    assert!(table.contains("Failed"), "{table}");
+
+    // restart: vad changes while the controller is down; the new one's initial LIST holds both
+    let first_exit = controller.proc.sigterm_exit_time(Duration::from_secs(10));
+    standin.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&vad.replace("version: 6.2.3", "version: 6.2.4")),
+    );
+    controller = ControllerProc::start(&standin, &database_url, &broker.url(), "b", logs.path());
+    vad_reconciled(&standin, &controller, 2).await;
+    assert_eq!(md_json(&standin, "vad")["status"]["targetVersion"], "6.2.4");
+    let metrics = controller.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "edgefleet_deployments_unreadable"),
+        1.0,
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(&controller.proc.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("default/vad-next") && l.contains("spec.priority")),
+        "no log line names the object and the field:\n{log}"
+    );
+    assert!(
+        !log.contains("ModelDeploymentList"),
+        "the whole list was logged:\n{log}"
+    );
+
+    // SIGTERM with the API server and the broker gone
+    standin.stop();
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second_exit = controller.proc.sigterm_exit_time(Duration::from_secs(10));
+    println!(
+        "RELIABILITY unreadable_object: sigterm_exit_s={:.2} sigterm_exit_s_api_and_broker_gone={:.2}",
+        first_exit.as_ref().map_or(f64::NAN, Duration::as_secs_f64),
+        second_exit.as_ref().map_or(f64::NAN, Duration::as_secs_f64),
+    );
+    first_exit.unwrap();
+    second_exit.unwrap_or_else(|e| panic!("{e}\n{}", controller.proc.log_tail()));
+}

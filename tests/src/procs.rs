@@ -66,6 +66,26 @@ impl Proc {
         self.kill();
     }
 
+    /// SIGTERM, then how long the process took to exit; `Err` (and a kill) past `limit`.
+    pub fn sigterm_exit_time(&mut self, limit: Duration) -> Result<Duration, String> {
+        let sent = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        while sent.elapsed() < limit {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return Ok(sent.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        Err(format!(
+            "{} still running {limit:?} after SIGTERM",
+            self.name
+        ))
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -195,7 +215,7 @@ pub struct StandIn {
     pub kubeconfig: PathBuf,
     pub port: u16,
     kubectl_bin: PathBuf,
-    _proc: Proc,
+    proc: Proc,
     dir: TempDir,
 }
 
@@ -244,7 +264,7 @@ impl StandIn {
             kubeconfig,
             port,
             kubectl_bin,
-            _proc: proc,
+            proc,
             dir,
         }
     }
@@ -263,6 +283,11 @@ impl StandIn {
             None,
         );
         standin
+    }
+
+    /// Kills the API server (it does not come back).
+    pub fn stop(&mut self) {
+        self.proc.kill();
     }
 
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
