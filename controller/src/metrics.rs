@@ -16,6 +16,7 @@ pub struct Metrics {
     pub mqtt_published: IntCounterVec,
     pub mqtt_connected: IntGauge,
     pub mqtt_connections: IntCounter,
+    pub mqtt_stalls: IntCounter,
     pub devices: IntGaugeVec,
     pub deployment_devices: IntGaugeVec,
     pub rollout_step: IntGaugeVec,
@@ -68,6 +69,11 @@ impl Metrics {
             mqtt_connections: IntCounter::new(
                 "edgefleet_mqtt_connections_total",
                 "Connections the broker accepted (CONNACKs); more than one means reconnects",
+            )
+            .unwrap_or_else(|_| unreachable!("static counter options are valid")),
+            mqtt_stalls: IntCounter::new(
+                "edgefleet_mqtt_stalls_total",
+                "Connections dropped because the broker stopped delivering (loopback probe lost)",
             )
             .unwrap_or_else(|_| unreachable!("static counter options are valid")),
             devices: gauge_vec(
@@ -149,6 +155,7 @@ impl Metrics {
             Box::new(self.mqtt_published.clone()),
             Box::new(self.mqtt_connected.clone()),
             Box::new(self.mqtt_connections.clone()),
+            Box::new(self.mqtt_stalls.clone()),
             Box::new(self.devices.clone()),
             Box::new(self.deployment_devices.clone()),
             Box::new(self.rollout_step.clone()),

@@ -5,11 +5,14 @@
 //! MQTT 5, so the broker knows how large a packet the controller reads (the CONNECT property
 //! Maximum Packet Size) and drops larger messages for it instead of sending them: with MQTT
 //! 3.1.1, one oversized message in the persistent session (or retained on a device topic)
-//! broke the connection on every redelivery. A broker that ignores the property gets one
+//! broke the connection on every redelivery. A broker that ignores the property, or stops
+//! delivering after dropping such messages (Mosquitto 2.0.11: see `probe`), gets one
 //! reconnect: the link then reads packets of any size and drops the oversized ones (counted
 //! as `too_large`).
 
-use std::time::Duration;
+mod probe;
+
+use std::time::{Duration, Instant};
 
 use edgefleet_crds::presence::{encode_presence, presence_topic};
 use edgefleet_crds::wire::{
@@ -22,6 +25,7 @@ use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use self::probe::{LoopbackProbe, ProbeAction};
 use crate::http::LinkHealthHandle;
 use crate::metrics::Metrics;
 
@@ -210,6 +214,10 @@ pub fn connect(
 /// queue does not grow forever.
 const SESSION_EXPIRY_SECONDS: u32 = 24 * 60 * 60;
 
+/// How often the loopback probe goes out, and how long it may take to come back.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// MQTT's own ceiling on a packet (the largest Remaining Length plus header): the read limit
 /// once a broker has shown it ignores our Maximum Packet Size.
 const MQTT_MAX_PACKET_BYTES: u32 = 268_435_460;
@@ -234,13 +242,57 @@ async fn run_event_loop(
     presence_topic: String,
 ) {
     let mut failures: u32 = 0;
+    let probe_topic = format!("{presence_topic}/probe");
+    let mut probe = LoopbackProbe::new(PROBE_TIMEOUT);
+    let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match eventloop.poll().await {
+        let event = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    event = &mut poll => break Some(event),
+                    _ = probe_tick.tick() => match probe.on_tick(Instant::now()) {
+                        ProbeAction::Send(payload) => {
+                            if let Err(err) = client.try_publish(
+                                probe_topic.clone(),
+                                QoS::AtLeastOnce,
+                                false,
+                                payload,
+                            ) {
+                                tracing::debug!(%err, "probe not queued");
+                            }
+                        }
+                        ProbeAction::Wait => {}
+                        ProbeAction::Stalled => break None,
+                    },
+                }
+            }
+        };
+        let Some(event) = event else {
+            // The broker holds our session but delivers nothing: reconnect (session kept).
+            metrics.mqtt_connected.set(0);
+            metrics.mqtt_stalls.inc();
+            health.update(|h| h.lost(Instant::now()));
+            probe.lost();
+            tracing::warn!(
+                timeout_s = PROBE_TIMEOUT.as_secs(),
+                "the MQTT broker stopped delivering to this client (the loopback probe did \
+                 not come back; Mosquitto 2.0.11 does so after 20 QoS 1 messages over our \
+                 Maximum Packet Size); reconnecting, reading packets of any size from now on"
+            );
+            read_any_size(&mut eventloop);
+            eventloop.clean();
+            continue;
+        };
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
                 metrics.mqtt_connected.set(1);
                 metrics.mqtt_connections.inc();
-                health.update(|h| h.connected(std::time::Instant::now()));
+                health.update(|h| h.connected(Instant::now()));
+                probe.connected();
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to the MQTT broker"
@@ -248,17 +300,18 @@ async fn run_event_loop(
                 if !ack.session_present {
                     fresh_sessions.send_modify(|n| *n = n.wrapping_add(1));
                 }
-                for channel in [
+                let filters = [
                     Channel::Hello,
                     Channel::Status,
                     Channel::State,
                     Channel::Telemetry,
-                ] {
-                    if let Err(err) = client
-                        .subscribe(wire::subscription(channel), QoS::AtLeastOnce)
-                        .await
-                    {
-                        tracing::warn!(%err, channel = channel.as_str(), "subscribe failed");
+                ]
+                .map(wire::subscription)
+                .into_iter()
+                .chain([probe_topic.clone()]);
+                for filter in filters {
+                    if let Err(err) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                        tracing::warn!(%err, filter, "subscribe failed");
                     }
                 }
                 // Queued after the subscriptions, so the broker holds them before agents
@@ -275,7 +328,11 @@ async fn run_event_loop(
                     tracing::warn!(%err, "presence not published");
                 }
             }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == probe_topic => {
+                probe.echoed(&publish.payload);
+            }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                probe.delivered(Instant::now());
                 let topic = String::from_utf8_lossy(&publish.topic);
                 match decode_device_message(&topic, &publish.payload) {
                     Ok(Some(message)) => {
@@ -297,7 +354,8 @@ async fn run_event_loop(
             Ok(_) => {}
             Err(err) => {
                 metrics.mqtt_connected.set(0);
-                health.update(|h| h.lost(std::time::Instant::now()));
+                health.update(|h| h.lost(Instant::now()));
+                probe.lost();
                 if is_oversized_packet(&err) {
                     // The broker ignored our Maximum Packet Size (MQTT 3.1.1-only brokers,
                     // rumqttd): it would send the same message on every reconnect. Read
@@ -306,9 +364,7 @@ async fn run_event_loop(
                         .mqtt_rejected
                         .with_label_values(&["too_large"])
                         .inc();
-                    eventloop
-                        .options
-                        .set_max_packet_size(Some(MQTT_MAX_PACKET_BYTES));
+                    read_any_size(&mut eventloop);
                     tracing::warn!(
                         %err,
                         max_packet_bytes = wire::MAX_PACKET_BYTES,
@@ -324,6 +380,15 @@ async fn run_event_loop(
             }
         }
     }
+}
+
+/// The fallback when the broker cannot be trusted to drop what is over our Maximum Packet
+/// Size (it sent one anyway, or stalled on dropping them): from the next connection on, read
+/// packets of any size; the decoder drops the oversized ones (`too_large`).
+fn read_any_size(eventloop: &mut EventLoop) {
+    eventloop
+        .options
+        .set_max_packet_size(Some(MQTT_MAX_PACKET_BYTES));
 }
 
 fn channel_of(message: &DeviceMessage) -> &'static str {
