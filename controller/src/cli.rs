@@ -74,6 +74,13 @@ pub struct UpArgs {
     pub artifacts_dir: Option<std::path::PathBuf>,
     #[arg(long, env = "EDGEFLEET_TELEMETRY_SLICE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub telemetry_slice_seconds: u32,
+    /// Seconds the MQTT link may be down (or keep dropping) before /readyz answers 503.
+    #[arg(
+        long,
+        env = "EDGEFLEET_MQTT_UNREADY_AFTER_SECONDS",
+        default_value_t = 30
+    )]
+    pub mqtt_unready_after_seconds: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -268,6 +275,13 @@ pub struct ControlArgs {
     /// Width in seconds of the telemetry slices canary analysis reads.
     #[arg(long, env = "EDGEFLEET_TELEMETRY_SLICE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub telemetry_slice_seconds: u32,
+    /// Seconds the MQTT link may be down (or keep dropping) before /readyz answers 503.
+    #[arg(
+        long,
+        env = "EDGEFLEET_MQTT_UNREADY_AFTER_SECONDS",
+        default_value_t = 30
+    )]
+    pub mqtt_unready_after_seconds: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub mqtt_rejected: IntCounterVec,
     pub mqtt_published: IntCounterVec,
     pub mqtt_connected: IntGauge,
+    pub mqtt_connections: IntCounter,
+    pub mqtt_stalls: IntCounter,
     pub devices: IntGaugeVec,
     pub deployment_devices: IntGaugeVec,
     pub rollout_step: IntGaugeVec,
@@ -64,6 +66,16 @@ impl Metrics {
                 "1 while the controller is connected to the MQTT broker",
             )
             .unwrap_or_else(|_| unreachable!("static gauge options are valid")),
+            mqtt_connections: IntCounter::new(
+                "edgefleet_mqtt_connections_total",
+                "Connections the broker accepted (CONNACKs); more than one means reconnects",
+            )
+            .unwrap_or_else(|_| unreachable!("static counter options are valid")),
+            mqtt_stalls: IntCounter::new(
+                "edgefleet_mqtt_stalls_total",
+                "Connections dropped because the broker stopped delivering (loopback probe lost)",
+            )
+            .unwrap_or_else(|_| unreachable!("static counter options are valid")),
             devices: gauge_vec(
                 "edgefleet_devices",
                 "Known devices by state (online, offline)",
@@ -142,6 +154,8 @@ impl Metrics {
             Box::new(self.mqtt_rejected.clone()),
             Box::new(self.mqtt_published.clone()),
             Box::new(self.mqtt_connected.clone()),
+            Box::new(self.mqtt_connections.clone()),
+            Box::new(self.mqtt_stalls.clone()),
             Box::new(self.devices.clone()),
             Box::new(self.deployment_devices.clone()),
             Box::new(self.rollout_step.clone()),

@@ -1,19 +1,32 @@
 //! The controller's MQTT link: subscribes to every device's hello/status/state/telemetry,
 //! decodes them (bad payloads are counted and dropped, never fatal) and publishes retained
 //! desired documents. Reconnects by itself with jittered backoff.
+//!
+//! MQTT 5, so the broker knows how large a packet the controller reads (the CONNECT property
+//! Maximum Packet Size) and drops larger messages for it instead of sending them: with MQTT
+//! 3.1.1, one oversized message in the persistent session (or retained on a device topic)
+//! broke the connection on every redelivery. A broker that ignores the property, or stops
+//! delivering after dropping such messages (Mosquitto 2.0.11: see `probe`), gets one
+//! reconnect: the link then reads packets of any size and drops the oversized ones (counted
+//! as `too_large`).
 
-use std::time::Duration;
+mod probe;
+
+use std::time::{Duration, Instant};
 
 use edgefleet_crds::presence::{encode_presence, presence_topic};
 use edgefleet_crds::wire::{
     self, Channel, Desired, DeviceStatus, Hello, StateReport, Telemetry, WireError, WireMessage,
 };
-use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
-};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
+use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use self::probe::{LoopbackProbe, ProbeAction};
+use crate::http::LinkHealthHandle;
 use crate::metrics::Metrics;
 
 /// A decoded message from a device.
@@ -120,7 +133,7 @@ impl MqttLink {
     }
 
     /// Publishes a device's full desired document, retained, QoS 1.
-    pub async fn publish_desired(&self, desired: &Desired) -> Result<(), rumqttc::ClientError> {
+    pub async fn publish_desired(&self, desired: &Desired) -> Result<(), rumqttc::v5::ClientError> {
         let topic = wire::topic(&desired.device_id, Channel::Desired);
         self.client
             .publish(topic, QoS::AtLeastOnce, true, wire::encode(desired))
@@ -154,6 +167,7 @@ pub fn connect(
     broker: &BrokerConnection,
     client_id: &str,
     metrics: Metrics,
+    health: LinkHealthHandle,
     channel_capacity: usize,
 ) -> (MqttLink, mpsc::Receiver<DeviceMessage>, JoinHandle<()>) {
     let address = &broker.address;
@@ -167,19 +181,19 @@ pub fn connect(
         options.set_credentials(username, password);
     }
     options.set_keep_alive(Duration::from_secs(15));
-    options.set_clean_session(false);
+    // A persistent session in MQTT 5 needs both: no clean start and an expiry interval.
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(SESSION_EXPIRY_SECONDS));
     let presence = presence_topic(client_id);
     options.set_last_will(LastWill::new(
         presence.clone(),
         encode_presence(false),
         QoS::AtLeastOnce,
         true,
+        None,
     ));
-    options.set_max_packet_size(
-        wire::MAX_PAYLOAD_BYTES + 4096,
-        wire::MAX_PAYLOAD_BYTES + 4096,
-    );
-    options.set_inflight(1000);
+    options.set_max_packet_size(Some(wire::MAX_PACKET_BYTES as u32));
+    options.set_outgoing_inflight_upper_limit(1000);
     let (client, eventloop) = AsyncClient::new(options, 4096);
     let (tx, rx) = mpsc::channel(channel_capacity);
     let (fresh_tx, fresh_sessions) = watch::channel(0u64);
@@ -190,25 +204,95 @@ pub fn connect(
         presence_topic: presence.clone(),
     };
     let task = tokio::spawn(run_event_loop(
-        client, eventloop, tx, fresh_tx, metrics, presence,
+        client, eventloop, tx, fresh_tx, metrics, health, presence,
     ));
     (link, rx, task)
 }
 
+/// How long the broker keeps the controller's session (and queues its QoS 1 telemetry) while
+/// it is away: long enough for any restart or upgrade, short enough that a removed replica's
+/// queue does not grow forever.
+const SESSION_EXPIRY_SECONDS: u32 = 24 * 60 * 60;
+
+/// How often the loopback probe goes out, and how long it may take to come back.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// MQTT's own ceiling on a packet (the largest Remaining Length plus header): the read limit
+/// once a broker has shown it ignores our Maximum Packet Size.
+const MQTT_MAX_PACKET_BYTES: u32 = 268_435_460;
+
+/// True when the connection broke because the broker sent a packet over our read limit.
+pub fn is_oversized_packet(err: &ConnectionError) -> bool {
+    matches!(
+        err,
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. }
+        ))
+    )
+}
+
 async fn run_event_loop(
     client: AsyncClient,
-    mut eventloop: rumqttc::EventLoop,
+    mut eventloop: EventLoop,
     tx: mpsc::Sender<DeviceMessage>,
     fresh_sessions: watch::Sender<u64>,
     metrics: Metrics,
+    health: LinkHealthHandle,
     presence_topic: String,
 ) {
     let mut failures: u32 = 0;
+    let probe_topic = format!("{presence_topic}/probe");
+    let mut probe = LoopbackProbe::new(PROBE_TIMEOUT);
+    let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match eventloop.poll().await {
+        let event = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    event = &mut poll => break Some(event),
+                    _ = probe_tick.tick() => match probe.on_tick(Instant::now()) {
+                        ProbeAction::Send(payload) => {
+                            if let Err(err) = client.try_publish(
+                                probe_topic.clone(),
+                                QoS::AtLeastOnce,
+                                false,
+                                payload,
+                            ) {
+                                tracing::debug!(%err, "probe not queued");
+                            }
+                        }
+                        ProbeAction::Wait => {}
+                        ProbeAction::Stalled => break None,
+                    },
+                }
+            }
+        };
+        let Some(event) = event else {
+            // The broker holds our session but delivers nothing: reconnect (session kept).
+            metrics.mqtt_connected.set(0);
+            metrics.mqtt_stalls.inc();
+            health.update(|h| h.lost(Instant::now()));
+            probe.lost();
+            tracing::warn!(
+                timeout_s = PROBE_TIMEOUT.as_secs(),
+                "the MQTT broker stopped delivering to this client (the loopback probe did \
+                 not come back; Mosquitto 2.0.11 does so after 20 QoS 1 messages over our \
+                 Maximum Packet Size); reconnecting, reading packets of any size from now on"
+            );
+            read_any_size(&mut eventloop);
+            eventloop.clean();
+            continue;
+        };
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
                 metrics.mqtt_connected.set(1);
+                metrics.mqtt_connections.inc();
+                health.update(|h| h.connected(Instant::now()));
+                probe.connected();
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to the MQTT broker"
@@ -216,17 +300,18 @@ async fn run_event_loop(
                 if !ack.session_present {
                     fresh_sessions.send_modify(|n| *n = n.wrapping_add(1));
                 }
-                for channel in [
+                let filters = [
                     Channel::Hello,
                     Channel::Status,
                     Channel::State,
                     Channel::Telemetry,
-                ] {
-                    if let Err(err) = client
-                        .subscribe(wire::subscription(channel), QoS::AtLeastOnce)
-                        .await
-                    {
-                        tracing::warn!(%err, channel = channel.as_str(), "subscribe failed");
+                ]
+                .map(wire::subscription)
+                .into_iter()
+                .chain([probe_topic.clone()]);
+                for filter in filters {
+                    if let Err(err) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                        tracing::warn!(%err, filter, "subscribe failed");
                     }
                 }
                 // Queued after the subscriptions, so the broker holds them before agents
@@ -243,8 +328,13 @@ async fn run_event_loop(
                     tracing::warn!(%err, "presence not published");
                 }
             }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == probe_topic => {
+                probe.echoed(&publish.payload);
+            }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                match decode_device_message(&publish.topic, &publish.payload) {
+                probe.delivered(Instant::now());
+                let topic = String::from_utf8_lossy(&publish.topic);
+                match decode_device_message(&topic, &publish.payload) {
                     Ok(Some(message)) => {
                         metrics
                             .mqtt_received
@@ -257,13 +347,32 @@ async fn run_event_loop(
                     Ok(None) => {}
                     Err(err) => {
                         metrics.mqtt_rejected.with_label_values(&[err.kind()]).inc();
-                        tracing::warn!(topic = %publish.topic, %err, "dropped a device message");
+                        tracing::warn!(%topic, %err, "dropped a device message");
                     }
                 }
             }
             Ok(_) => {}
             Err(err) => {
                 metrics.mqtt_connected.set(0);
+                health.update(|h| h.lost(Instant::now()));
+                probe.lost();
+                if is_oversized_packet(&err) {
+                    // The broker ignored our Maximum Packet Size (MQTT 3.1.1-only brokers,
+                    // rumqttd): it would send the same message on every reconnect. Read
+                    // anything from now on and drop what is too large after reading it.
+                    metrics
+                        .mqtt_rejected
+                        .with_label_values(&["too_large"])
+                        .inc();
+                    read_any_size(&mut eventloop);
+                    tracing::warn!(
+                        %err,
+                        max_packet_bytes = wire::MAX_PACKET_BYTES,
+                        "the MQTT broker sent a packet over the Maximum Packet Size this client \
+                         announced; reading packets of any size from now on. Set the broker's \
+                         packet limit (Mosquitto: max_packet_size) to at most max_packet_bytes"
+                    );
+                }
                 failures = failures.saturating_add(1);
                 let delay = backoff(failures);
                 tracing::warn!(%err, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
@@ -271,6 +380,15 @@ async fn run_event_loop(
             }
         }
     }
+}
+
+/// The fallback when the broker cannot be trusted to drop what is over our Maximum Packet
+/// Size (it sent one anyway, or stalled on dropping them): from the next connection on, read
+/// packets of any size; the decoder drops the oversized ones (`too_large`).
+fn read_any_size(eventloop: &mut EventLoop) {
+    eventloop
+        .options
+        .set_max_packet_size(Some(MQTT_MAX_PACKET_BYTES));
 }
 
 fn channel_of(message: &DeviceMessage) -> &'static str {

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::cli::{ControlArgs, RunArgs};
 use crate::engine::{Engine, Publisher};
-use crate::http::{HealthState, Readiness};
+use crate::http::{HealthState, LinkHealthHandle, Readiness};
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, BrokerAddress, BrokerConnection};
@@ -51,8 +51,16 @@ pub async fn start_with(
         .register(Box::new(TelemetryHandle(telemetry.clone())))
         .context("registering telemetry metrics")?;
 
-    let (link, messages, _mqtt_task) =
-        mqtt::connect(&broker, &args.mqtt_client_id, metrics.clone(), 10_000);
+    let link_health = LinkHealthHandle::new(std::time::Duration::from_secs(
+        args.mqtt_unready_after_seconds,
+    ));
+    let (link, messages, _mqtt_task) = mqtt::connect(
+        &broker,
+        &args.mqtt_client_id,
+        metrics.clone(),
+        link_health.clone(),
+        10_000,
+    );
     let engine = Arc::new(Engine::new(
         store,
         inventory,
@@ -67,6 +75,7 @@ pub async fn start_with(
     let app = crate::http::router(HealthState {
         metrics,
         readiness: readiness.clone(),
+        link: link_health,
     })
     .merge(extra_routes(&engine, &kick));
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -25,6 +25,13 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const TOPIC_PREFIX: &str = "edgefleet/v1/devices";
 /// Larger payloads are refused before parsing; a desired document for hundreds of models fits.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// The largest MQTT packet an EdgeFleet client reads (a maximal payload plus topic, header
+/// and MQTT 5 properties). The controller advertises it as its MQTT 5 Maximum Packet Size.
+pub const MAX_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES + 4096;
+/// The packet limit brokers we configure enforce on publishers (rumqttd, the Mosquitto of
+/// `--broker-impl mosquitto` and of the Helm chart): below [`MAX_PACKET_BYTES`], so whatever
+/// the broker accepts, every client reads, whatever properties the broker adds when forwarding.
+pub const BROKER_MAX_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES + 2048;
 const MAX_DEVICE_ID_LEN: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

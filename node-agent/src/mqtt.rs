@@ -7,6 +7,11 @@
 //! Telemetry leaves the spool only on the broker's PubAck. rumqttc reports a QoS 1 publish's
 //! packet id as an `Outgoing::Publish` event, in the order publishes were queued; since only this
 //! task queues publishes, and only while connected, a FIFO of tags maps packet ids to seqs.
+//!
+//! The client reads packets up to `wire::MAX_PACKET_BYTES`. A broker that forwards a larger
+//! one (an oversized *retained* desired document comes again on every subscribe) breaks the
+//! connection once; after that the link reads packets of any size, and the supervisor drops
+//! the oversized document (`edgefleet_agent_desired_rejected_total{reason="too_large"}`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -74,8 +79,7 @@ pub fn mqtt_options(config: &Config) -> anyhow::Result<MqttOptions> {
     let mut o = MqttOptions::new(config.device_id.as_str(), host.clone(), *port);
     o.set_keep_alive(config.keep_alive);
     o.set_clean_session(true);
-    let payload_limit = wire::MAX_PAYLOAD_BYTES + 4096;
-    o.set_max_packet_size(payload_limit, payload_limit);
+    o.set_max_packet_size(wire::MAX_PACKET_BYTES, wire::MAX_PACKET_BYTES);
     let offline = wire::encode(&DeviceStatus {
         device_id: config.device_id.clone(),
         online: false,
@@ -206,6 +210,19 @@ pub async fn run(
             Step::Event(Ok(event)) => link.on_event(event),
             Step::Event(Err(e)) => {
                 eventloop.state.events.clear();
+                if is_oversized_packet(&e) {
+                    link.metrics
+                        .desired_rejected
+                        .with_label_values(&["too_large"])
+                        .inc();
+                    eventloop
+                        .mqtt_options
+                        .set_max_packet_size(MQTT_MAX_PACKET_BYTES, wire::MAX_PACKET_BYTES);
+                    tracing::warn!(error = %e, max_packet_bytes = wire::MAX_PACKET_BYTES,
+                        "the broker sent a packet over this client's limit; reading packets of \
+                         any size from now on (set the broker's packet limit to at most \
+                         max_packet_bytes)");
+                }
                 let delay = backoff.next_delay(fastrand::f64());
                 if link.connected {
                     tracing::warn!(error = %e, ?delay, "lost the broker connection; reconnecting");
@@ -217,6 +234,19 @@ pub async fn run(
             }
         }
     }
+}
+
+/// MQTT's own ceiling on a packet: the read limit once a broker has sent an oversized one.
+const MQTT_MAX_PACKET_BYTES: usize = 268_435_460;
+
+/// True when the connection broke because the broker sent a packet over our read limit.
+pub fn is_oversized_packet(err: &ConnectionError) -> bool {
+    matches!(
+        err,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
 }
 
 impl Link {

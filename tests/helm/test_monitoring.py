@@ -82,11 +82,13 @@ def test_rules_have_the_required_alerts():
     groups = yaml.safe_load(RULES.read_text())["groups"]
     alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
     assert set(alerts) == {"EdgeFleetLatencySLOBreach", "EdgeFleetInferenceErrorRateHigh",
-                           "EdgeFleetRolloutStuck", "EdgeFleetControllerMQTTDisconnected"}
+                           "EdgeFleetRolloutStuck", "EdgeFleetControllerMQTTDisconnected",
+                           "EdgeFleetControllerMQTTReconnecting"}
     assert alerts["EdgeFleetLatencySLOBreach"]["for"] == "10m"
     assert alerts["EdgeFleetControllerMQTTDisconnected"]["for"] == "5m"
     assert "edgefleet_mqtt_connected" in alerts["EdgeFleetControllerMQTTDisconnected"]["expr"]
     assert "edgefleet_rollout_progressing" in alerts["EdgeFleetRolloutStuck"]["expr"]
+    assert "edgefleet_mqtt_connections_total" in alerts["EdgeFleetControllerMQTTReconnecting"]["expr"]
 
 
 def test_prometheusrule_embeds_the_rules_file_untemplated(helm, tmp_path):

@@ -215,3 +215,19 @@ def test_device_certificate_cannot_use_another_devices_prefix_on_the_closed_brok
     # The default controller CN is not the configured controllerUsername: no full access.
     closed_broker.pub("edgefleet-controller", f"{D}/dev-a/desired", "impostor")
     assert closed_broker.sub_one("dev-a", f"{D}/dev-a/desired") != "impostor"
+
+
+def test_publishes_larger_than_every_client_reads_are_refused(broker, tmp_path):
+    """EdgeFleet clients read packets up to 256 KiB + 4 KiB; the broker refuses anything over
+    256 KiB + 2 KiB (max_packet_size 264192), so no accepted message can break a subscriber."""
+    fits, too_big = tmp_path / "fits", tmp_path / "too-big"
+    fits.write_bytes(b"x" * (256 * 1024))
+    too_big.write_bytes(b"x" * (300 * 1024))
+    topic = f"{D}/dev-a/hello"
+    pub = lambda f: run([_binary("mosquitto_pub"), *broker.args("dev-a"), "-q", "1", "-t", topic,
+                         "-f", str(f), "-r"])
+    assert pub(fits).returncode == 0
+    assert pub(too_big).returncode != 0
+    got = run([_binary("mosquitto_sub"), *broker.args(None), "-q", "1", "-t", topic, "-C", "1", "-W", "2",
+               "-N"])
+    assert len(got.stdout) == 256 * 1024

@@ -2,6 +2,11 @@
 //! in code on a loopback port, or a private Mosquitto when asked for (`--broker-impl
 //! mosquitto`). Agents rely on retained `hello`/`desired`/`status` and on the last-will
 //! `status`; the tests below check both against rumqttd.
+//!
+//! Both refuse publishes over [`BROKER_MAX_PACKET_BYTES`] (the publisher is disconnected), a
+//! limit below what every EdgeFleet client reads, so no message this broker accepts can break
+//! a subscriber's connection. rumqttd speaks MQTT 3.1.1 (agents) and MQTT 5 (the controller)
+//! on two ports of one router; Mosquitto speaks both on one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::ValueEnum;
+use edgefleet_crds::wire::BROKER_MAX_PACKET_BYTES;
 
 /// Which broker `edgefleet up` / `edgefleet demo` runs.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -23,8 +29,11 @@ pub enum BrokerImpl {
 /// A running broker; a Mosquitto child is killed on drop. rumqttd has no shutdown API: its
 /// threads end with the process.
 pub struct RunningBroker {
+    /// What devices connect to (MQTT 3.1.1 and, with Mosquitto, 5).
     pub url: String,
     pub addr: SocketAddr,
+    /// What the controller connects to (MQTT 5): a second rumqttd listener, or `url`.
+    pub controller_url: String,
     _child: Option<tokio::process::Child>,
 }
 
@@ -35,9 +44,11 @@ pub async fn start(
     data_dir: &Path,
 ) -> anyhow::Result<RunningBroker> {
     let addr = resolve_port(listen)?;
+    let mut controller_addr = addr;
     let child = match kind {
         BrokerImpl::Embedded => {
-            let config = rumqttd_config(addr);
+            controller_addr = resolve_port(&SocketAddr::new(addr.ip(), 0).to_string())?;
+            let config = rumqttd_config(addr, controller_addr);
             std::thread::Builder::new()
                 .name("mqtt-broker".into())
                 .spawn(move || {
@@ -51,12 +62,15 @@ pub async fn start(
         }
         BrokerImpl::Mosquitto => Some(spawn_mosquitto(addr, data_dir)?),
     };
-    wait_listening(addr, Duration::from_secs(10))
-        .await
-        .with_context(|| format!("the MQTT broker did not listen on {addr}"))?;
+    for listener in [addr, controller_addr] {
+        wait_listening(listener, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("the MQTT broker did not listen on {listener}"))?;
+    }
     Ok(RunningBroker {
         url: format!("mqtt://{addr}"),
         addr,
+        controller_url: format!("mqtt://{controller_addr}"),
         _child: child,
     })
 }
@@ -84,25 +98,27 @@ async fn wait_listening(addr: SocketAddr, timeout: Duration) -> anyhow::Result<(
     }
 }
 
-/// rumqttd configured in code: one MQTT 3.1.1 listener (what rumqttc speaks), payloads up to
-/// the wire protocol's limit, and enough in-flight slots that every retained message of a
-/// wildcard subscription is forwarded (rumqttd drops retained messages beyond the free
-/// in-flight slots of the subscribing connection).
-pub fn rumqttd_config(addr: SocketAddr) -> rumqttd::Config {
+/// rumqttd configured in code: an MQTT 3.1.1 listener on `addr` (agents) and an MQTT 5 one on
+/// `v5_addr` (the controller), packets up to [`BROKER_MAX_PACKET_BYTES`], and enough
+/// in-flight slots that every retained message of a wildcard subscription is forwarded
+/// (rumqttd drops retained messages beyond the free in-flight slots of the subscribing
+/// connection). rumqttd ignores a client's Maximum Packet Size, so its own limit is what
+/// protects subscribers.
+pub fn rumqttd_config(addr: SocketAddr, v5_addr: SocketAddr) -> rumqttd::Config {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
-        max_payload_size: edgefleet_crds::wire::MAX_PAYLOAD_BYTES + 64 * 1024,
+        max_payload_size: BROKER_MAX_PACKET_BYTES,
         max_inflight_count: 10_000,
         auth: None,
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = rumqttd::ServerSettings {
-        name: "v4-1".into(),
-        listen: addr,
+    let server = |name: &str, listen: SocketAddr| rumqttd::ServerSettings {
+        name: name.into(),
+        listen,
         tls: None,
         next_connection_delay_ms: 1,
-        connections,
+        connections: connections.clone(),
     };
     rumqttd::Config {
         id: 0,
@@ -113,7 +129,8 @@ pub fn rumqttd_config(addr: SocketAddr) -> rumqttd::Config {
             max_segment_count: 10,
             ..Default::default()
         },
-        v4: Some(HashMap::from([("1".to_string(), server)])),
+        v4: Some(HashMap::from([("1".to_string(), server("v4-1", addr))])),
+        v5: Some(HashMap::from([("1".to_string(), server("v5-1", v5_addr))])),
         ..Default::default()
     }
 }
@@ -137,7 +154,7 @@ fn spawn_mosquitto(addr: SocketAddr, data_dir: &Path) -> anyhow::Result<tokio::p
     std::fs::write(
         &conf,
         format!(
-            "allow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} {}\nmax_queued_messages {MAX_QUEUED_MESSAGES}\n",
+            "allow_anonymous true\npersistence true\npersistence_location {}/\nlistener {} {}\nmax_queued_messages {MAX_QUEUED_MESSAGES}\nmax_packet_size {BROKER_MAX_PACKET_BYTES}\n",
             dir.display(),
             addr.port(),
             addr.ip()
@@ -309,5 +326,84 @@ mod tests {
             Some(&b"online"[..]),
             "{got:?}"
         );
+    }
+
+    /// The controller speaks MQTT 5 to the v5 listener and sees what devices publish on the
+    /// v4 one (retained messages included); a publish over the broker's limit is refused, and
+    /// the subscriber's connection is not touched.
+    #[tokio::test]
+    async fn embedded_broker_serves_mqtt5_and_refuses_oversized_publishes() {
+        use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
+        use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = start(BrokerImpl::Embedded, "127.0.0.1:0", dir.path())
+            .await
+            .expect("broker");
+        assert_ne!(broker.url, broker.controller_url);
+        let (device, mut device_loop) = connected(options("dev-3", broker.addr)).await;
+        device
+            .publish("t/dev-3/hello", QoS::AtLeastOnce, true, "hello")
+            .await
+            .expect("publish");
+        for _ in 0..4 {
+            let _ = tokio::time::timeout(Duration::from_millis(200), device_loop.poll()).await;
+        }
+
+        let v5_addr: SocketAddr = broker
+            .controller_url
+            .trim_start_matches("mqtt://")
+            .parse()
+            .expect("addr");
+        let mut o = Options5::new("controller", v5_addr.ip().to_string(), v5_addr.port());
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(3600));
+        o.set_max_packet_size(Some(edgefleet_crds::wire::MAX_PACKET_BYTES as u32));
+        let (controller, mut controller_loop) = Client5::new(o, 100);
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut oversized_sent = false;
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(200), controller_loop.poll()).await {
+                Ok(Ok(Event5::Incoming(Packet5::ConnAck(_)))) => controller
+                    .subscribe("t/+/hello", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                    .await
+                    .expect("sub"),
+                Ok(Ok(Event5::Incoming(Packet5::Publish(p)))) => {
+                    got.push((p.topic.to_vec(), p.payload.len(), p.retain))
+                }
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(err)) => panic!("the controller's connection broke: {err}"),
+            }
+            if !got.is_empty() && !oversized_sent {
+                oversized_sent = true;
+                // A device publishes more than the limit: refused, its connection closed.
+                let mut big = options("dev-big", broker.addr);
+                big.set_max_packet_size(1 << 20, 1 << 20);
+                let (client, mut big_loop) = connected(big).await;
+                client
+                    .publish(
+                        "t/dev-big/hello",
+                        QoS::AtLeastOnce,
+                        false,
+                        vec![0u8; 300 << 10],
+                    )
+                    .await
+                    .expect("queue");
+                let refused = tokio::time::timeout(Duration::from_secs(5), async {
+                    loop {
+                        match big_loop.poll().await {
+                            Ok(Event::Incoming(Packet::PubAck(_))) => return false,
+                            Ok(_) => {}
+                            Err(_) => return true,
+                        }
+                    }
+                })
+                .await
+                .expect("an answer");
+                assert!(refused, "rumqttd accepted an oversized publish");
+            }
+        }
+        assert_eq!(got, vec![(b"t/dev-3/hello".to_vec(), 5, true)]);
     }
 }

@@ -68,7 +68,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
     let token = write_token(&data_dir)?;
     let control = ControlArgs {
         database_url,
-        broker: broker.url.clone(),
+        broker: broker.controller_url.clone(),
         mqtt_client_id: "edgefleet-standalone".into(),
         mqtt_ca_file: None,
         mqtt_cert_file: None,
@@ -77,6 +77,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
         mqtt_password_file: None,
         listen: args.listen.clone(),
         telemetry_slice_seconds: args.telemetry_slice_seconds,
+        mqtt_unready_after_seconds: args.mqtt_unready_after_seconds,
     };
     let changed = Arc::new(Notify::new());
     let mut api_state = None;
