@@ -77,29 +77,10 @@ pub fn same_artifact(a: &Assignment, b: &Assignment) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgefleet_crds::{Artifact, ModelRef, Precision, Runtime};
     use wire::Role;
 
     fn assignment(deployment: &str, sha: char) -> Assignment {
-        Assignment {
-            deployment: deployment.into(),
-            model: ModelRef {
-                name: "m".into(),
-                version: "1".into(),
-            },
-            variant: "fp32".into(),
-            precision: Precision::Fp32,
-            runtime: Runtime::Tract,
-            artifact: Artifact {
-                uri: "http://x/m.onnx".into(),
-                sha256: sha.to_string().repeat(64),
-                size_bytes: 10,
-                signature: None,
-            },
-            role: Role::Stable,
-            self_test: None,
-            offload: None,
-        }
+        crate::testutil::assignment(deployment, "m", sha)
     }
 
     fn desired(generation: u64, assignments: Vec<Assignment>) -> Desired {

@@ -24,3 +24,5 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tensor;
+#[cfg(test)]
+mod testutil;

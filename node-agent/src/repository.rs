@@ -126,8 +126,6 @@ mod tests {
     use super::*;
     use crate::runtime::{IoSpec, Model};
     use crate::tensor::Tensor;
-    use edgefleet_crds::wire::{Assignment, Role};
-    use edgefleet_crds::{Artifact, ModelRef, Precision, Runtime};
 
     struct NoModel;
 
@@ -145,25 +143,7 @@ mod tests {
 
     fn served(deployment: &str, name: &str, sha: char) -> Arc<Served> {
         Arc::new(Served {
-            assignment: Assignment {
-                deployment: deployment.into(),
-                model: ModelRef {
-                    name: name.into(),
-                    version: "1".into(),
-                },
-                variant: "fp32".into(),
-                precision: Precision::Fp32,
-                runtime: Runtime::Tract,
-                artifact: Artifact {
-                    uri: "http://x/m.onnx".into(),
-                    sha256: sha.to_string().repeat(64),
-                    size_bytes: 1,
-                    signature: None,
-                },
-                role: Role::Stable,
-                self_test: None,
-                offload: None,
-            },
+            assignment: crate::testutil::assignment(deployment, name, sha),
             model: Arc::new(NoModel),
         })
     }

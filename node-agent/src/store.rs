@@ -217,26 +217,10 @@ mod tests {
 
     #[test]
     fn gc_keeps_what_the_desired_document_still_wants() {
-        use edgefleet_crds::wire::{DeviceId, Role};
-        use edgefleet_crds::{Artifact, ModelRef, Precision, Runtime};
-        let assignment = |deployment: &str, sha: &str| Assignment {
-            deployment: deployment.into(),
-            model: ModelRef {
-                name: "m".into(),
-                version: "1".into(),
-            },
-            variant: "fp32".into(),
-            precision: Precision::Fp32,
-            runtime: Runtime::Tract,
-            artifact: Artifact {
-                uri: "http://x/m.onnx".into(),
-                sha256: sha.into(),
-                size_bytes: 1,
-                signature: None,
-            },
-            role: Role::Stable,
-            self_test: None,
-            offload: None,
+        use edgefleet_crds::wire::DeviceId;
+        let assignment = |deployment: &str, sha: &str| {
+            let digit = sha.chars().next().expect("a digest");
+            crate::testutil::assignment(deployment, "m", digit)
         };
         let (serving, previous, failed, old) = (
             "a".repeat(64),

@@ -34,15 +34,25 @@ fn requests_for(server: &FileServer, name: &str) -> usize {
     server.ranges(name).len()
 }
 
-async fn repository_index(agent: &AgentProcess) -> Vec<Value> {
+/// POSTs a JSON body and returns the status and the JSON answer (the agent's dev build of
+/// reqwest has no `json` feature).
+async fn post_json(url: String, body: &Value) -> (u16, Value) {
     let r = reqwest::Client::new()
-        .post(agent.url("/v2/repository/index"))
-        .json(&json!({}))
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json::<Vec<Value>>().await.unwrap()
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+async fn repository_index(agent: &AgentProcess) -> Vec<Value> {
+    let (status, index) = post_json(agent.url("/v2/repository/index"), &json!({})).await;
+    assert_eq!(status, 200);
+    serde_json::from_value(index).unwrap()
 }
 
 fn minilm_bytes() -> Vec<u8> {
@@ -156,14 +166,8 @@ async fn minilm_with_a_token_id_self_test_installs_and_a_retry_needs_no_download
         {"name": "input_ids", "shape": [1, 8], "datatype": "INT64", "data": TOKEN_IDS.map(|v| v as i64)},
         {"name": "attention_mask", "shape": [1, 8], "datatype": "INT64", "data": [1, 1, 1, 1, 1, 1, 1, 1]},
     ]});
-    let r = reqwest::Client::new()
-        .post(agent.url("/v2/models/minilm/infer"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let response: Value = r.json().await.unwrap();
+    let (status, response) = post_json(agent.url("/v2/models/minilm/infer"), &request).await;
+    assert_eq!(status, 200, "{response}");
     for output in response["outputs"].as_array().unwrap() {
         let data = output["data"].as_array().unwrap();
         assert!(!data.is_empty());
