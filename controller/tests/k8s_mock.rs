@@ -61,15 +61,18 @@ fn mock_client(recorded: Recorded, object: serde_json::Value) -> kube::Client {
                 object.clone()
             };
             recorded.lock().expect("lock").push((method, path, body));
-            send.send_response(
-                Response::builder()
-                    .status(200)
-                    .body(Body::from(serde_json::to_vec(&answer).expect("json")))
-                    .expect("response"),
-            );
+            send.send_response(ok_json(&answer));
         }
     });
     kube::Client::new(service, "default")
+}
+
+/// A 200 answer with `body` as JSON, as the API server sends it.
+fn ok_json(body: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .body(Body::from(serde_json::to_vec(body).expect("json")))
+        .expect("response")
 }
 
 async fn context(client: kube::Client) -> Arc<Context> {
@@ -299,12 +302,7 @@ fn list_and_watch_server(recorded: Recorded, items: Vec<serde_json::Value>) -> k
                     .cloned()
                     .unwrap_or_default()
             };
-            send.send_response(
-                Response::builder()
-                    .status(200)
-                    .body(Body::from(serde_json::to_vec(&answer).expect("json")))
-                    .expect("response"),
-            );
+            send.send_response(ok_json(&answer));
         }
     });
     kube::Client::new(service, "default")
