@@ -1,6 +1,10 @@
 //! The `edgefleet` command line. Every flag also reads an environment variable.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::run::RunArgs;
+#[cfg(feature = "standalone")]
+use crate::standalone::args::{ApplyArgs, DeleteArgs, DemoArgs, DescribeArgs, GetArgs, UpArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,285 +32,34 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the ModelDeployment CRD generated from the Rust types.
     Crds,
+    #[cfg(feature = "standalone")]
     /// Run the whole control plane on this machine: embedded MQTT broker, SQLite, artifact
     /// server and the REST API the other verbs talk to.
     Up(Box<UpArgs>),
+    #[cfg(feature = "standalone")]
     /// Run a demo fleet: the standalone control plane, real agent processes and a real model
     /// rolled out in compressed variants through a canary.
     Demo(Box<DemoArgs>),
+    #[cfg(feature = "standalone")]
     /// Create or update ModelDeployments from YAML files (multi-document; `-` for stdin).
     Apply(ApplyArgs),
+    #[cfg(feature = "standalone")]
     /// List ModelDeployments (`md`) or devices.
     Get(GetArgs),
+    #[cfg(feature = "standalone")]
     /// Show one ModelDeployment in detail: devices, variants, cohorts, verdicts, history.
     Describe(DescribeArgs),
+    #[cfg(feature = "standalone")]
     /// Delete a ModelDeployment (its models leave every device).
     Delete(DeleteArgs),
+    #[cfg(feature = "compress")]
     /// Make int8/fp16 variants of an ONNX model and measure size, latency and drift
     /// (`edgefleet compress measure` imports a variant made by another tool).
     Compress(Box<edgefleet_compress::CompressArgs>),
-}
-
-/// Where the standalone control plane keeps its state and listens.
-#[derive(Args, Debug, Clone)]
-pub struct UpArgs {
-    /// State directory (fleet.db, token, artifacts); default $XDG_DATA_HOME/edgefleet.
-    #[arg(long, env = "EDGEFLEET_DATA_DIR")]
-    pub data_dir: Option<std::path::PathBuf>,
-    /// Fleet state database; default sqlite://<data-dir>/fleet.db.
-    #[arg(long, env = "EDGEFLEET_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// REST API, artifacts (/artifacts/), /healthz, /readyz and /metrics.
-    #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: String,
-    /// MQTT listener devices connect to.
-    #[arg(long, env = "EDGEFLEET_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
-    pub mqtt_listen: String,
-    #[arg(
-        long,
-        env = "EDGEFLEET_BROKER_IMPL",
-        value_enum,
-        default_value = "embedded"
-    )]
-    pub broker_impl: crate::standalone::broker::BrokerImpl,
-    /// Directory served at /artifacts/ (Range requests supported); default <data-dir>/artifacts.
-    #[arg(long, env = "EDGEFLEET_ARTIFACTS_DIR")]
-    pub artifacts_dir: Option<std::path::PathBuf>,
-    #[arg(long, env = "EDGEFLEET_TELEMETRY_SLICE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
-    pub telemetry_slice_seconds: u32,
-    /// Seconds the MQTT link may be down (or keep dropping) before /readyz answers 503.
-    #[arg(
-        long,
-        env = "EDGEFLEET_MQTT_UNREADY_AFTER_SECONDS",
-        default_value_t = 30
-    )]
-    pub mqtt_unready_after_seconds: u64,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct DemoArgs {
-    /// Number of agent processes (at least 4 devices are always started).
-    #[arg(long, env = "EDGEFLEET_DEMO_DEVICES", default_value_t = 8)]
-    pub devices: usize,
-    /// The edgefleet-agent binary; default: next to this executable.
-    #[arg(long, env = "EDGEFLEET_AGENT_BIN")]
-    pub agent_bin: Option<std::path::PathBuf>,
-    /// Where fetch-models.sh put the models; default ~/.cache/edgefleet/models.
-    #[arg(long, env = "EDGEFLEET_MODELS")]
-    pub models_dir: Option<std::path::PathBuf>,
-    #[arg(
-        long,
-        short = 'o',
-        env = "EDGEFLEET_DEMO_OUTPUT",
-        value_enum,
-        default_value = "text"
-    )]
-    pub output: DemoOutput,
-    /// Fewer devices and requests, no pauses: for tests.
-    #[arg(long, env = "EDGEFLEET_DEMO_SHORT")]
-    pub short: bool,
-    /// Keep state here instead of a temporary directory that is removed at the end.
-    #[arg(long, env = "EDGEFLEET_DEMO_DATA_DIR")]
-    pub data_dir: Option<std::path::PathBuf>,
-    #[arg(long, env = "EDGEFLEET_DEMO_LISTEN", default_value = "127.0.0.1:0")]
-    pub listen: String,
-    #[arg(
-        long,
-        env = "EDGEFLEET_DEMO_MQTT_LISTEN",
-        default_value = "127.0.0.1:0"
-    )]
-    pub mqtt_listen: String,
-    #[arg(
-        long,
-        env = "EDGEFLEET_BROKER_IMPL",
-        value_enum,
-        default_value = "embedded"
-    )]
-    pub broker_impl: crate::standalone::broker::BrokerImpl,
-    /// Keep the control plane and agents running after the summary, until Ctrl-C, to explore
-    /// with `edgefleet get/describe` and /metrics.
-    #[arg(long, env = "EDGEFLEET_DEMO_HOLD")]
-    pub hold: bool,
-    /// Give up (and fail) after this long.
-    #[arg(long, env = "EDGEFLEET_DEMO_TIMEOUT_SECONDS", default_value_t = 600)]
-    pub timeout_seconds: u64,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DemoOutput {
-    /// Live table on stderr-friendly ANSI, then a summary.
-    Text,
-    /// Only a machine-readable summary on stdout (progress goes to stderr).
-    Json,
-}
-
-/// How the CLI verbs reach the standalone API.
-#[derive(Args, Debug, Clone)]
-pub struct ClientArgs {
-    #[arg(
-        long,
-        env = "EDGEFLEET_SERVER",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub server: String,
-    /// Bearer token; default: read <data-dir>/token.
-    #[arg(long, env = "EDGEFLEET_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Where `edgefleet up` wrote the token; default $XDG_DATA_HOME/edgefleet.
-    #[arg(long, env = "EDGEFLEET_DATA_DIR")]
-    pub data_dir: Option<std::path::PathBuf>,
-    #[arg(
-        long,
-        short = 'n',
-        env = "EDGEFLEET_NAMESPACE",
-        default_value = "default"
-    )]
-    pub namespace: String,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct ApplyArgs {
-    /// YAML files with one or more ModelDeployments; `-` reads stdin.
-    #[arg(
-        long = "filename",
-        short = 'f',
-        env = "EDGEFLEET_APPLY_FILES",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub files: Vec<std::path::PathBuf>,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Yaml,
-    Json,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct GetArgs {
-    /// `md` (modeldeployments) or `devices`.
-    pub resource: String,
-    pub name: Option<String>,
-    #[arg(
-        long,
-        short = 'o',
-        env = "EDGEFLEET_OUTPUT",
-        value_enum,
-        default_value = "table"
-    )]
-    pub output: OutputFormat,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct DescribeArgs {
-    /// `md`
-    pub resource: String,
-    pub name: String,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct DeleteArgs {
-    /// `md`
-    pub resource: String,
-    pub name: String,
-    /// Wait until the models left the devices and the deployment is gone.
-    #[arg(long, env = "EDGEFLEET_DELETE_WAIT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub wait: bool,
-    #[command(flatten)]
-    pub client: ClientArgs,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// Settings shared by every mode that runs the control loop.
-#[derive(Args, Debug, Clone)]
-pub struct ControlArgs {
-    /// Fleet state database: sqlite://PATH (embedded) or postgres://... (production).
-    #[arg(
-        long,
-        env = "EDGEFLEET_DATABASE_URL",
-        default_value = "sqlite://edgefleet.db"
-    )]
-    pub database_url: String,
-    /// MQTT broker devices connect to.
-    #[arg(
-        long,
-        env = "EDGEFLEET_BROKER",
-        default_value = "mqtt://127.0.0.1:1883"
-    )]
-    pub broker: String,
-    /// CA certificate (PEM) of an `mqtts://` broker; the platform roots when unset.
-    #[arg(long, env = "EDGEFLEET_MQTT_CA_FILE")]
-    pub mqtt_ca_file: Option<std::path::PathBuf>,
-    /// Client certificate (PEM) for brokers that authenticate clients by certificate.
-    #[arg(long, env = "EDGEFLEET_MQTT_CERT_FILE", requires = "mqtt_key_file")]
-    pub mqtt_cert_file: Option<std::path::PathBuf>,
-    /// Private key (PEM) of --mqtt-cert-file.
-    #[arg(long, env = "EDGEFLEET_MQTT_KEY_FILE", requires = "mqtt_cert_file")]
-    pub mqtt_key_file: Option<std::path::PathBuf>,
-    /// MQTT username (with --mqtt-password-file).
-    #[arg(long, env = "EDGEFLEET_MQTT_USERNAME", requires = "mqtt_password_file")]
-    pub mqtt_username: Option<String>,
-    /// File holding the MQTT password (a file, so the secret never shows in `ps` or logs).
-    #[arg(long, env = "EDGEFLEET_MQTT_PASSWORD_FILE", requires = "mqtt_username")]
-    pub mqtt_password_file: Option<std::path::PathBuf>,
-    /// MQTT client id; keep it stable per replica so the broker holds telemetry across restarts.
-    #[arg(
-        long,
-        env = "EDGEFLEET_MQTT_CLIENT_ID",
-        default_value = "edgefleet-controller"
-    )]
-    pub mqtt_client_id: String,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: String,
-    /// Width in seconds of the telemetry slices canary analysis reads.
-    #[arg(long, env = "EDGEFLEET_TELEMETRY_SLICE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
-    pub telemetry_slice_seconds: u32,
-    /// Seconds the MQTT link may be down (or keep dropping) before /readyz answers 503.
-    #[arg(
-        long,
-        env = "EDGEFLEET_MQTT_UNREADY_AFTER_SECONDS",
-        default_value_t = 30
-    )]
-    pub mqtt_unready_after_seconds: u64,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub control: ControlArgs,
-    /// Only watch this namespace (empty: all namespaces).
-    #[arg(long, env = "EDGEFLEET_WATCH_NAMESPACE", default_value = "")]
-    pub watch_namespace: String,
-    /// Take part in leader election through a coordination.k8s.io Lease.
-    #[arg(long, env = "EDGEFLEET_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_election: bool,
-    #[arg(
-        long,
-        env = "EDGEFLEET_LEASE_NAME",
-        default_value = "edgefleet-controller"
-    )]
-    pub lease_name: String,
-    #[arg(long, env = "EDGEFLEET_LEASE_NAMESPACE", default_value = "default")]
-    pub lease_namespace: String,
-    /// This replica's identity in the Lease (the pod name in a cluster).
-    #[arg(
-        long,
-        env = "EDGEFLEET_IDENTITY",
-        default_value = "edgefleet-controller-0"
-    )]
-    pub identity: String,
 }

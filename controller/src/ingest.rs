@@ -2,14 +2,13 @@
 //! the telemetry aggregates. It runs apart from reconcile; a bad message costs one log line
 //! and a counter, never the loop.
 
-use std::sync::Arc;
-
-use edgefleet_crds::wire::{StateReport, Telemetry as TelemetryWindow};
+use edgefleet_protocol::wire::{StateReport, Telemetry as TelemetryWindow};
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::{Engine, now_ms};
+use crate::clock::now_ms;
 use crate::inventory::{Change, Presence};
 use crate::mqtt::DeviceMessage;
+use crate::reconcile::FleetState;
 use crate::telemetry::CohortLabels;
 
 /// Messages taken from the channel per round. Their hellos and statuses, and their state
@@ -20,7 +19,7 @@ const BATCH: usize = 512;
 /// Consumes device messages until the channel closes. `kick` is bumped whenever deployments
 /// should be reconciled again (fleet changed or devices made progress).
 pub async fn run(
-    engine: Arc<Engine>,
+    fleet: FleetState,
     mut messages: mpsc::Receiver<DeviceMessage>,
     kick: watch::Sender<u64>,
 ) {
@@ -38,11 +37,11 @@ pub async fn run(
             }
         }
         // presence first: state reports and telemetry need to know the device
-        let presence = engine.inventory.apply_presence(&presence, now_ms()).await;
-        let mut changed = noted(&engine, presence);
-        changed |= noted(&engine, record_states(&engine, &states).await);
-        if let Err(err) = record_telemetry(&engine, &windows).await {
-            engine.metrics.store_errors.inc();
+        let presence = fleet.inventory.apply_presence(&presence, now_ms()).await;
+        let mut changed = noted(&fleet, presence);
+        changed |= noted(&fleet, record_states(&fleet, &states).await);
+        if let Err(err) = record_telemetry(&fleet, &windows).await {
+            fleet.metrics.store_errors.inc();
             tracing::warn!(%err, windows = windows.len(), "telemetry windows not recorded");
         }
         if changed {
@@ -53,11 +52,11 @@ pub async fn run(
 }
 
 /// Whether a handled message changed something; a store error costs a counter and a log line.
-fn noted(engine: &Engine, result: Result<Change, crate::store::StoreError>) -> bool {
+fn noted(fleet: &FleetState, result: Result<Change, crate::store::StoreError>) -> bool {
     match result {
         Ok(change) => change != Change::Nothing,
         Err(err) => {
-            engine.metrics.store_errors.inc();
+            fleet.metrics.store_errors.inc();
             tracing::warn!(%err, "device message not recorded");
             false
         }
@@ -65,32 +64,32 @@ fn noted(engine: &Engine, result: Result<Change, crate::store::StoreError>) -> b
 }
 
 async fn record_states(
-    engine: &Engine,
+    fleet: &FleetState,
     reports: &[&StateReport],
 ) -> Result<Change, crate::store::StoreError> {
     for report in reports {
         for model in &report.models {
-            engine.attribution.serving(
+            fleet.attribution.serving(
                 &model.deployment,
                 report.device_id.as_str(),
                 model.serving_sha256.as_deref(),
             );
         }
     }
-    engine.inventory.apply_states(reports, now_ms()).await
+    fleet.inventory.apply_states(reports, now_ms()).await
 }
 
 pub async fn handle(
-    engine: &Engine,
+    fleet: &FleetState,
     message: &DeviceMessage,
 ) -> Result<Change, crate::store::StoreError> {
     let now = now_ms();
     match message {
-        DeviceMessage::Hello(hello) => engine.inventory.apply_hello(hello, now).await,
-        DeviceMessage::Status(status) => engine.inventory.apply_status(status, now).await,
-        DeviceMessage::State(report) => record_states(engine, &[report]).await,
+        DeviceMessage::Hello(hello) => fleet.inventory.apply_hello(hello, now).await,
+        DeviceMessage::Status(status) => fleet.inventory.apply_status(status, now).await,
+        DeviceMessage::State(report) => record_states(fleet, &[report]).await,
         DeviceMessage::Telemetry(window) => {
-            record_telemetry(engine, &[window]).await?;
+            record_telemetry(fleet, &[window]).await?;
             Ok(Change::Nothing)
         }
     }
@@ -99,15 +98,15 @@ pub async fn handle(
 /// Counts each window once: a replay (store-and-forward) or a QoS 1 duplicate carries a
 /// sequence number already claimed.
 async fn record_telemetry(
-    engine: &Engine,
+    fleet: &FleetState,
     windows: &[&TelemetryWindow],
 ) -> Result<(), crate::store::StoreError> {
     let known: Vec<(&TelemetryWindow, String)> = windows
         .iter()
         .filter_map(|window| {
-            let class = engine.inventory.device_class_of(&window.device_id);
+            let class = fleet.inventory.device_class_of(&window.device_id);
             if class.is_none() {
-                engine
+                fleet
                     .metrics
                     .telemetry_windows
                     .with_label_values(&["unknown_device"])
@@ -117,13 +116,13 @@ async fn record_telemetry(
         })
         .collect();
     for (window, device_class) in &known {
-        if engine
+        if fleet
             .telemetry
             .claim_seq(window.device_id.as_str(), window.seq)
         {
-            count_window(engine, window, device_class);
+            count_window(fleet, window, device_class);
         } else {
-            engine
+            fleet
                 .metrics
                 .telemetry_windows
                 .with_label_values(&["duplicate"])
@@ -133,26 +132,26 @@ async fn record_telemetry(
     Ok(())
 }
 
-fn count_window(engine: &Engine, window: &TelemetryWindow, device_class: &str) {
-    engine
+fn count_window(fleet: &FleetState, window: &TelemetryWindow, device_class: &str) {
+    fleet
         .metrics
         .telemetry_windows
         .with_label_values(&["counted"])
         .inc();
     for model in &window.models {
-        let known = engine
+        let known = fleet
             .attribution
             .is_known(&model.deployment, &model.variant);
         let Some((namespace, deployment)) = model.deployment.split_once('/').filter(|_| known)
         else {
-            engine
+            fleet
                 .metrics
                 .telemetry_windows
                 .with_label_values(&["unknown_model"])
                 .inc();
             continue;
         };
-        let role = engine
+        let role = fleet
             .attribution
             .role_of(&model.deployment, window.device_id.as_str());
         let labels = CohortLabels {
@@ -162,7 +161,7 @@ fn count_window(engine: &Engine, window: &TelemetryWindow, device_class: &str) {
             device_class: device_class.to_string(),
             role: role.as_str().to_string(),
         };
-        engine
+        fleet
             .telemetry
             .record(labels, window.window_start_ms, model);
     }

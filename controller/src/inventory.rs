@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use edgefleet_core::{DeviceFacts, device_class};
-use edgefleet_crds::wire::{DeviceId, DeviceStatus, Hello, ModelPhase, StateReport};
+use edgefleet_protocol::wire::{DeviceId, DeviceStatus, Hello, ModelPhase, StateReport};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;

@@ -19,7 +19,8 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use crate::engine::{DeploymentInput, Engine, ReconcileError, now_ms, rfc3339};
+use crate::clock::{now_ms, rfc3339};
+use crate::reconcile::{DeploymentInput, ReconcileError, Reconciler};
 
 mod guard;
 pub use guard::{GuardedDeployment, UNREADABLE_REASON, Unreadable, UnreadableGauge};
@@ -29,7 +30,7 @@ pub const FINALIZER: &str = "edgefleet.io/cleanup";
 const FIELD_MANAGER: &str = "edgefleet-controller";
 
 pub struct Context {
-    pub engine: Arc<Engine>,
+    pub reconciler: Arc<Reconciler>,
     pub client: Client,
     pub recorder: Recorder,
     /// True while this replica holds the Lease.
@@ -40,14 +41,14 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(engine: Arc<Engine>, client: Client, leader: watch::Receiver<bool>) -> Self {
+    pub fn new(reconciler: Arc<Reconciler>, client: Client, leader: watch::Receiver<bool>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("EDGEFLEET_IDENTITY").ok(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
         Self {
-            engine,
+            reconciler,
             client,
             recorder,
             leader,
@@ -72,7 +73,8 @@ pub async fn run(
     };
     let (reader, writer) = reflector::store();
     if let Err(err) = context
-        .engine
+        .reconciler
+        .fleet()
         .metrics
         .registry
         .register(Box::new(UnreadableGauge::new(reader.clone())))
@@ -164,7 +166,7 @@ async fn apply(md: &ModelDeployment, context: &Context) -> Result<Action, Reconc
         spec: &md.spec,
         status: md.status.as_ref(),
     };
-    let output = context.engine.reconcile(&input, now_ms()).await?;
+    let output = context.reconciler.reconcile(&input, now_ms()).await?;
     if md.status.as_ref() != Some(&output.status) {
         let api: Api<ModelDeployment> = Api::namespaced(context.client.clone(), &namespace);
         let patch = serde_json::json!({ "status": output.status });
@@ -192,7 +194,7 @@ async fn cleanup(
     reference: &ObjectReference,
     context: &Context,
 ) -> Result<Action, ReconcileError> {
-    context.engine.remove(namespace, name, now_ms()).await?;
+    context.reconciler.remove(namespace, name, now_ms()).await?;
     publish_event(
         context,
         reference,
@@ -297,12 +299,17 @@ fn error_policy(
     context: Arc<Context>,
 ) -> Action {
     tracing::warn!(deployment = %key(object.as_ref()), category = error.category(), %error, "reconcile failed");
-    context
-        .engine
-        .metrics
-        .reconcile_errors
-        .with_label_values(&[error.category()])
-        .inc();
+    // Store and publish failures were counted by the reconciler; only the Kubernetes API's
+    // own failures (patching status, events) are counted here, so each failure counts once.
+    if let ReconcileError::Kube(_) = error {
+        context
+            .reconciler
+            .fleet()
+            .metrics
+            .reconcile_errors
+            .with_label_values(&[error.category()])
+            .inc();
+    }
     Action::requeue(Duration::from_secs(5))
 }
 

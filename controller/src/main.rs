@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use edgefleet_controller::cli::{Cli, Command, LogFormat};
+#[cfg(feature = "standalone")]
 use edgefleet_controller::standalone;
 
 fn main() -> ExitCode {
@@ -9,8 +10,10 @@ fn main() -> ExitCode {
     // The demo draws a live table; keep library chatter off the terminal unless RUST_LOG asks.
     let default_filter = match &cli.command {
         // (the controller's own disconnect at the end reads as a lost connection)
+        #[cfg(feature = "standalone")]
         Command::Demo(_) => "warn,rumqttd=off,edgefleet_controller::mqtt=error",
         // rumqttd logs every closed client connection (and the readiness probe) as an error
+        #[cfg(feature = "standalone")]
         Command::Up(_) => "info,rumqttd=warn,rumqttd::server::broker=off",
         Command::Run(_) => "info",
         _ => "warn",
@@ -33,13 +36,20 @@ fn main() -> ExitCode {
                 print!("{}", edgefleet_crds::crd_yaml()?);
                 Ok(())
             }
+            #[cfg(feature = "standalone")]
             Command::Up(args) => standalone::up(*args).await,
+            #[cfg(feature = "standalone")]
             Command::Demo(args) => standalone::demo::run(*args).await,
+            #[cfg(feature = "standalone")]
             Command::Apply(args) => standalone::client::apply(args).await,
+            #[cfg(feature = "standalone")]
             Command::Get(args) => standalone::client::get(args).await,
+            #[cfg(feature = "standalone")]
             Command::Describe(args) => standalone::client::describe(args).await,
+            #[cfg(feature = "standalone")]
             Command::Delete(args) => standalone::client::delete(args).await,
             // CPU-bound model rewriting and measurement: off the async workers.
+            #[cfg(feature = "compress")]
             Command::Compress(args) => {
                 tokio::task::spawn_blocking(move || edgefleet_compress::run(*args))
                     .await
@@ -64,7 +74,7 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     // Colour only on a terminal and without NO_COLOR: logs piped to files stay plain text.
-    let ansi = edgefleet_crds::terminal::use_colour(
+    let ansi = edgefleet_protocol::terminal::use_colour(
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
         std::env::var_os("NO_COLOR").as_deref(),
     );

@@ -14,20 +14,22 @@ mod probe;
 
 use std::time::{Duration, Instant};
 
-use edgefleet_crds::presence::{encode_presence, presence_topic};
-use edgefleet_crds::wire::{
+use edgefleet_mqtt::{Backoff, BrokerUrl};
+use edgefleet_protocol::presence::{encode_presence, presence_topic};
+use edgefleet_protocol::wire::{
     self, Channel, Desired, DeviceStatus, Hello, StateReport, Telemetry, WireError, WireMessage,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
-use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use self::probe::{LoopbackProbe, ProbeAction};
 use crate::http::LinkHealthHandle;
 use crate::metrics::Metrics;
+use crate::reconcile::{PublishError, Publisher};
+use futures::future::BoxFuture;
 
 /// A decoded message from a device.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,61 +55,17 @@ pub fn decode_device_message(
     }))
 }
 
-#[derive(Debug, Clone)]
-pub struct BrokerAddress {
-    pub host: String,
-    pub port: u16,
-    /// `mqtts://`: TLS to the broker.
-    pub tls: bool,
-}
-
-impl BrokerAddress {
-    /// `mqtt://host:port` (port defaults to 1883) or `mqtts://host:port` (8883).
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("mqtts://") {
-            (rest, true, 8883)
-        } else if let Some(rest) = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-        {
-            (rest, false, 1883)
-        } else {
-            return Err(format!(
-                "broker URL {url:?} must start with mqtt:// or mqtts://"
-            ));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => {
-                let port = port
-                    .parse()
-                    .map_err(|_| format!("broker URL {url:?} has an invalid port {port:?}"))?;
-                (host, port)
-            }
-            None => (rest, default_port),
-        };
-        if host.is_empty() {
-            return Err(format!("broker URL {url:?} has no host"));
-        }
-        Ok(Self {
-            host: host.to_string(),
-            port,
-            tls,
-        })
-    }
-}
-
 /// Where and how the controller connects: address, TLS client (for `mqtts://`) and optional
 /// username/password (Mosquitto password file or an auth plugin).
 #[derive(Clone)]
 pub struct BrokerConnection {
-    pub address: BrokerAddress,
-    pub tls: Option<std::sync::Arc<edgefleet_mqtt_tls::rustls::ClientConfig>>,
+    pub address: BrokerUrl,
+    pub tls: Option<std::sync::Arc<edgefleet_mqtt::rustls::ClientConfig>>,
     pub credentials: Option<(String, String)>,
 }
 
 impl BrokerConnection {
-    pub fn plain(address: BrokerAddress) -> Self {
+    pub fn plain(address: BrokerUrl) -> Self {
         Self {
             address,
             tls: None,
@@ -160,6 +118,16 @@ impl MqttLink {
     }
 }
 
+impl Publisher for MqttLink {
+    fn publish<'a>(&'a self, desired: &'a Desired) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            self.publish_desired(desired)
+                .await
+                .map_err(|e| PublishError(e.to_string()))
+        })
+    }
+}
+
 /// Connects and returns the link plus the stream of decoded device messages.
 /// `client_id` should be stable per replica: with a persistent session the broker keeps
 /// QoS 1 telemetry for the controller while it restarts.
@@ -173,9 +141,7 @@ pub fn connect(
     let address = &broker.address;
     let mut options = MqttOptions::new(client_id, &address.host, address.port);
     if let Some(tls) = &broker.tls {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
+        options.set_transport(edgefleet_mqtt::transport(tls.clone()));
     }
     if let Some((username, password)) = &broker.credentials {
         options.set_credentials(username, password);
@@ -241,7 +207,7 @@ async fn run_event_loop(
     health: LinkHealthHandle,
     presence_topic: String,
 ) {
-    let mut failures: u32 = 0;
+    let mut backoff = reconnect_backoff();
     let probe_topic = format!("{presence_topic}/probe");
     let mut probe = LoopbackProbe::new(PROBE_TIMEOUT);
     let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
@@ -288,7 +254,7 @@ async fn run_event_loop(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
+                backoff.reset();
                 metrics.mqtt_connected.set(1);
                 metrics.mqtt_connections.inc();
                 health.update(|h| h.connected(Instant::now()));
@@ -373,8 +339,7 @@ async fn run_event_loop(
                          packet limit (Mosquitto: max_packet_size) to at most max_packet_bytes"
                     );
                 }
-                failures = failures.saturating_add(1);
-                let delay = backoff(failures);
+                let delay = backoff.next_random_delay();
                 tracing::warn!(%err, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
                 tokio::time::sleep(delay).await;
             }
@@ -400,39 +365,14 @@ fn channel_of(message: &DeviceMessage) -> &'static str {
     }
 }
 
-/// Exponential backoff from 200 ms to 30 s with full jitter, so a fleet of controllers and
-/// agents does not reconnect in lock-step after a broker restart.
-pub fn backoff(failures: u32) -> Duration {
-    let ceiling_ms = 200u64.saturating_mul(1 << failures.min(8)).min(30_000);
-    Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
+/// Reconnect delays: 400 ms doubling up to 30 s, each jittered down to half.
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(400), Duration::from_secs(30))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls_parse_or_say_why_not() {
-        let a = BrokerAddress::parse("mqtt://127.0.0.1:1884").expect("valid");
-        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 1884));
-        assert_eq!(
-            BrokerAddress::parse("mqtt://broker").expect("valid").port,
-            1883
-        );
-        let tls = BrokerAddress::parse("mqtts://broker").expect("valid");
-        assert_eq!((tls.port, tls.tls), (8883, true));
-        assert!(!BrokerAddress::parse("mqtt://broker").expect("valid").tls);
-        assert!(
-            BrokerAddress::parse("http://x")
-                .expect_err("scheme")
-                .contains("mqtts://")
-        );
-        assert!(
-            BrokerAddress::parse("mqtt://x:port")
-                .expect_err("port")
-                .contains("invalid port")
-        );
-    }
 
     #[test]
     fn device_messages_decode_by_topic() {
@@ -464,14 +404,5 @@ mod tests {
                 .kind(),
             "bad_topic"
         );
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) <= Duration::from_millis(400));
-        for failures in 0..50 {
-            assert!(backoff(failures) <= Duration::from_secs(30));
-        }
-        assert!(backoff(20) >= Duration::from_secs(15));
     }
 }

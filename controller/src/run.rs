@@ -1,24 +1,26 @@
-//! Wiring: store, inventory, MQTT, engine, HTTP and the ModelDeployment source, started
+//! Wiring: store, inventory, MQTT, reconciler, HTTP and the ModelDeployment source, started
 //! together and stopped together on SIGTERM/SIGINT.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use clap::Args;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::cli::{ControlArgs, RunArgs};
-use crate::engine::{Engine, Publisher};
+use crate::attribution::Attribution;
 use crate::http::{HealthState, LinkHealthHandle, Readiness};
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
-use crate::mqtt::{self, BrokerAddress, BrokerConnection};
+use crate::mqtt::{self, BrokerConnection};
+use crate::reconcile::{FleetState, Reconciler};
 use crate::store::{Store, redact};
 use crate::telemetry::Telemetry;
+use edgefleet_mqtt::{BrokerUrl, TlsSettingNames};
 
 /// The parts every mode shares, started.
 pub struct ControlPlane {
-    pub engine: Arc<Engine>,
+    pub reconciler: Arc<Reconciler>,
     pub kick: watch::Sender<u64>,
     pub readiness: Readiness,
     pub listen_addr: std::net::SocketAddr,
@@ -29,11 +31,11 @@ pub async fn start(args: &ControlArgs, extra_routes: axum::Router) -> anyhow::Re
     start_with(args, |_, _| extra_routes).await
 }
 
-/// Like [`start`], with routes built from the engine and the `kick` channel (the standalone
+/// Like [`start`], with routes built from the reconciler and the `kick` channel (the standalone
 /// API reads the same store and inventory).
 pub async fn start_with(
     args: &ControlArgs,
-    extra_routes: impl FnOnce(&Arc<Engine>, &watch::Sender<u64>) -> axum::Router,
+    extra_routes: impl FnOnce(&Arc<Reconciler>, &watch::Sender<u64>) -> axum::Router,
 ) -> anyhow::Result<ControlPlane> {
     let broker = broker_connection(args)?;
     let metrics = Metrics::new();
@@ -61,15 +63,16 @@ pub async fn start_with(
         link_health.clone(),
         10_000,
     );
-    let engine = Arc::new(Engine::new(
+    let fleet = FleetState {
         store,
         inventory,
         telemetry,
-        metrics.clone(),
-        Publisher::Mqtt(link.clone()),
-    ));
+        attribution: Arc::new(Attribution::default()),
+        metrics: metrics.clone(),
+    };
+    let reconciler = Arc::new(Reconciler::new(fleet.clone(), Arc::new(link.clone())));
     let (kick, _) = watch::channel(0u64);
-    tokio::spawn(crate::ingest::run(engine.clone(), messages, kick.clone()));
+    tokio::spawn(crate::ingest::run(fleet, messages, kick.clone()));
 
     let readiness = Readiness::default();
     let app = crate::http::router(HealthState {
@@ -77,7 +80,7 @@ pub async fn start_with(
         readiness: readiness.clone(),
         link: link_health,
     })
-    .merge(extra_routes(&engine, &kick));
+    .merge(extra_routes(&reconciler, &kick));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen / EDGEFLEET_LISTEN: cannot bind {}", args.listen))?;
@@ -89,7 +92,7 @@ pub async fn start_with(
         }
     });
     Ok(ControlPlane {
-        engine,
+        reconciler,
         kick,
         readiness,
         listen_addr,
@@ -97,9 +100,15 @@ pub async fn start_with(
     })
 }
 
+const TLS_FLAGS: TlsSettingNames = TlsSettingNames {
+    ca_file: "--mqtt-ca-file / EDGEFLEET_MQTT_CA_FILE",
+    cert_file: "--mqtt-cert-file / EDGEFLEET_MQTT_CERT_FILE",
+    key_file: "--mqtt-key-file / EDGEFLEET_MQTT_KEY_FILE",
+};
+
 /// The broker connection the flags describe; each error names the flag at fault.
 pub fn broker_connection(args: &ControlArgs) -> anyhow::Result<BrokerConnection> {
-    let address = BrokerAddress::parse(&args.broker)
+    let address = BrokerUrl::parse(&args.broker)
         .map_err(|e| anyhow::anyhow!("--broker / EDGEFLEET_BROKER: {e}"))?;
     let tls_flags_set = args.mqtt_ca_file.is_some() || args.mqtt_cert_file.is_some();
     if tls_flags_set && !address.tls {
@@ -113,22 +122,11 @@ pub fn broker_connection(args: &ControlArgs) -> anyhow::Result<BrokerConnection>
             .mqtt_cert_file
             .as_deref()
             .zip(args.mqtt_key_file.as_deref());
-        let config = edgefleet_mqtt_tls::client_config(edgefleet_mqtt_tls::TlsFiles {
+        let config = edgefleet_mqtt::client_config(edgefleet_mqtt::TlsFiles {
             ca_file: args.mqtt_ca_file.as_deref(),
             identity,
         })
-        .map_err(|err| {
-            let flag = match err.field() {
-                edgefleet_mqtt_tls::TlsField::CaFile => "--mqtt-ca-file / EDGEFLEET_MQTT_CA_FILE",
-                edgefleet_mqtt_tls::TlsField::CertFile => {
-                    "--mqtt-cert-file / EDGEFLEET_MQTT_CERT_FILE"
-                }
-                edgefleet_mqtt_tls::TlsField::KeyFile => {
-                    "--mqtt-key-file / EDGEFLEET_MQTT_KEY_FILE"
-                }
-            };
-            anyhow::anyhow!("{flag}: {err}")
-        })?;
+        .map_err(|err| anyhow::anyhow!(err.for_setting(&TLS_FLAGS)))?;
         Some(Arc::new(config))
     } else {
         None
@@ -159,7 +157,7 @@ pub fn broker_connection(args: &ControlArgs) -> anyhow::Result<BrokerConnection>
 /// documents may be gone too (a broker restarted without its state): publish them again.
 /// Only the leader publishes; a standby's documents would be the same, but it must not write.
 pub async fn republish_on_fresh_sessions(
-    engine: Arc<Engine>,
+    reconciler: Arc<Reconciler>,
     mut fresh: watch::Receiver<u64>,
     leader: watch::Receiver<bool>,
 ) {
@@ -167,7 +165,7 @@ pub async fn republish_on_fresh_sessions(
         if !*leader.borrow() {
             continue;
         }
-        match engine.republish_all().await {
+        match reconciler.republish_all().await {
             Ok(count) => tracing::info!(
                 count,
                 "republished desired documents on a fresh MQTT session"
@@ -189,23 +187,23 @@ pub async fn kubernetes(args: RunArgs) -> anyhow::Result<()> {
             &args.lease_name,
             &args.lease_namespace,
             &args.identity,
-            plane.engine.metrics.clone(),
+            plane.reconciler.fleet().metrics.clone(),
         )
         .await
         .context("leader election (--lease-name / --lease-namespace)")?
     } else {
-        plane.engine.metrics.leader.set(1);
+        plane.reconciler.fleet().metrics.leader.set(1);
         let (tx, rx) = watch::channel(true);
         (rx, tokio::spawn(async move { tx.closed().await }))
     };
     plane.readiness.set(true);
     tokio::spawn(republish_on_fresh_sessions(
-        plane.engine.clone(),
+        plane.reconciler.clone(),
         plane.link.fresh_sessions(),
         leader.clone(),
     ));
     let context = Arc::new(crate::k8s::Context::new(
-        plane.engine.clone(),
+        plane.reconciler.clone(),
         client,
         leader.clone(),
     ));
@@ -281,4 +279,87 @@ impl prometheus::core::Collector for TelemetryHandle {
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.0.collect()
     }
+}
+
+// ------------------------------------------------------------ flags
+
+/// Settings shared by every mode that runs the control loop.
+#[derive(Args, Debug, Clone)]
+pub struct ControlArgs {
+    /// Fleet state database: sqlite://PATH (embedded) or postgres://... (production).
+    #[arg(
+        long,
+        env = "EDGEFLEET_DATABASE_URL",
+        default_value = "sqlite://edgefleet.db"
+    )]
+    pub database_url: String,
+    /// MQTT broker devices connect to.
+    #[arg(
+        long,
+        env = "EDGEFLEET_BROKER",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    pub broker: String,
+    /// CA certificate (PEM) of an `mqtts://` broker; the platform roots when unset.
+    #[arg(long, env = "EDGEFLEET_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for brokers that authenticate clients by certificate.
+    #[arg(long, env = "EDGEFLEET_MQTT_CERT_FILE", requires = "mqtt_key_file")]
+    pub mqtt_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --mqtt-cert-file.
+    #[arg(long, env = "EDGEFLEET_MQTT_KEY_FILE", requires = "mqtt_cert_file")]
+    pub mqtt_key_file: Option<std::path::PathBuf>,
+    /// MQTT username (with --mqtt-password-file).
+    #[arg(long, env = "EDGEFLEET_MQTT_USERNAME", requires = "mqtt_password_file")]
+    pub mqtt_username: Option<String>,
+    /// File holding the MQTT password (a file, so the secret never shows in `ps` or logs).
+    #[arg(long, env = "EDGEFLEET_MQTT_PASSWORD_FILE", requires = "mqtt_username")]
+    pub mqtt_password_file: Option<std::path::PathBuf>,
+    /// MQTT client id; keep it stable per replica so the broker holds telemetry across restarts.
+    #[arg(
+        long,
+        env = "EDGEFLEET_MQTT_CLIENT_ID",
+        default_value = "edgefleet-controller"
+    )]
+    pub mqtt_client_id: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Width in seconds of the telemetry slices canary analysis reads.
+    #[arg(long, env = "EDGEFLEET_TELEMETRY_SLICE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub telemetry_slice_seconds: u32,
+    /// Seconds the MQTT link may be down (or keep dropping) before /readyz answers 503.
+    #[arg(
+        long,
+        env = "EDGEFLEET_MQTT_UNREADY_AFTER_SECONDS",
+        default_value_t = 30
+    )]
+    pub mqtt_unready_after_seconds: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Only watch this namespace (empty: all namespaces).
+    #[arg(long, env = "EDGEFLEET_WATCH_NAMESPACE", default_value = "")]
+    pub watch_namespace: String,
+    /// Take part in leader election through a coordination.k8s.io Lease.
+    #[arg(long, env = "EDGEFLEET_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    #[arg(
+        long,
+        env = "EDGEFLEET_LEASE_NAME",
+        default_value = "edgefleet-controller"
+    )]
+    pub lease_name: String,
+    #[arg(long, env = "EDGEFLEET_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(
+        long,
+        env = "EDGEFLEET_IDENTITY",
+        default_value = "edgefleet-controller-0"
+    )]
+    pub identity: String,
 }

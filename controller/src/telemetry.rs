@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use edgefleet_core::analysis::CohortWindow;
-use edgefleet_crds::LatencyHistogram;
-use edgefleet_crds::histogram::LATENCY_BUCKETS_SECONDS;
-use edgefleet_crds::wire::ModelWindow;
+use edgefleet_protocol::LatencyHistogram;
+use edgefleet_protocol::histogram::LATENCY_BUCKETS_SECONDS;
+use edgefleet_protocol::wire::ModelWindow;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
@@ -370,7 +370,7 @@ mod tests {
         let mut cloud_latency = LatencyHistogram::default();
         cloud_latency.observe(0.15);
         cloud_latency.observe(0.25);
-        offloading.offload = Some(edgefleet_crds::wire::OffloadWindow {
+        offloading.offload = Some(edgefleet_protocol::wire::OffloadWindow {
             requests: 2,
             fallbacks: 1,
             cloud_latency,

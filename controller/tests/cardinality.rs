@@ -1,18 +1,20 @@
 //! Bounded labels: the number of series on /metrics does not grow with the number of devices,
 //! and device-supplied strings cannot create series.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use edgefleet_controller::engine::{DeploymentInput, Engine, Publisher};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::fleet::{RecordingPublisher, fleet_state};
 use edgefleet_controller::ingest;
-use edgefleet_controller::inventory::Inventory;
 use edgefleet_controller::metrics::Metrics;
 use edgefleet_controller::mqtt::DeviceMessage;
-use edgefleet_controller::store::Store;
+use edgefleet_controller::reconcile::{DeploymentInput, Reconciler};
 use edgefleet_controller::telemetry::Telemetry;
-use edgefleet_crds::wire::{DeviceId, Hello, ModelWindow, Telemetry as Window};
-use edgefleet_crds::{LatencyHistogram, ModelDeploymentSpec, Runtime};
+use edgefleet_crds::{ModelDeploymentSpec, Runtime};
+use edgefleet_protocol::LatencyHistogram;
+use edgefleet_protocol::wire::{DeviceId, Hello, ModelWindow, Telemetry as Window};
 
 struct TelemetryCollector(Arc<Telemetry>);
 
@@ -37,24 +39,13 @@ fn spec() -> ModelDeploymentSpec {
 /// Series exported after `devices` devices said hello and reported a window each.
 async fn series_after(devices: usize) -> (usize, String) {
     let metrics = Metrics::new();
-    let store = Store::connect("sqlite::memory:").await.expect("store");
-    let inventory = Arc::new(
-        Inventory::load(store.clone(), metrics.clone())
-            .await
-            .expect("inventory"),
-    );
-    let telemetry = Arc::new(Telemetry::new(1000, 60_000));
+    let fleet = fleet_state(metrics.clone(), 1000, 60_000).await;
+    let telemetry = fleet.telemetry.clone();
     metrics
         .registry
         .register(Box::new(TelemetryCollector(telemetry.clone())))
         .expect("register");
-    let engine = Engine::new(
-        store,
-        inventory,
-        telemetry,
-        metrics.clone(),
-        Publisher::Recorder(Arc::new(Mutex::new(Vec::new()))),
-    );
+    let engine = Reconciler::new(fleet, Arc::new(RecordingPublisher::default()));
 
     let archs = ["x86_64", "aarch64"];
     let memories = [256, 2048, 8192];
@@ -72,7 +63,7 @@ async fn series_after(devices: usize) -> (usize, String) {
             accelerators: vec![],
             runtimes: vec![Runtime::Tract],
         };
-        ingest::handle(&engine, &DeviceMessage::Hello(hello))
+        ingest::handle(engine.fleet(), &DeviceMessage::Hello(hello))
             .await
             .expect("hello");
     }
@@ -128,7 +119,7 @@ async fn series_after(devices: usize) -> (usize, String) {
                 },
             ],
         };
-        ingest::handle(&engine, &DeviceMessage::Telemetry(window))
+        ingest::handle(engine.fleet(), &DeviceMessage::Telemetry(window))
             .await
             .expect("telemetry");
     }

@@ -1,24 +1,25 @@
-//! The reconcile engine end to end, without a network: SQLite, an inventory fed with device
+//! The reconcile pipeline end to end, without a network: SQLite, an inventory fed with device
 //! messages, and a recorder in place of the broker. Time is passed in, so rollouts run fast.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use edgefleet_controller::engine::{DeploymentInput, Engine, Publisher};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::fleet::{RecordingPublisher, fleet_state, fleet_state_over};
 use edgefleet_controller::inventory::Inventory;
 use edgefleet_controller::metrics::Metrics;
-use edgefleet_controller::store::Store;
+use edgefleet_controller::reconcile::{DeploymentInput, Reconciler};
 use edgefleet_controller::telemetry::{CohortLabels, Telemetry};
-use edgefleet_crds::wire::{
+use edgefleet_crds::{ModelDeploymentSpec, ModelDeploymentStatus, Phase, Runtime};
+use edgefleet_protocol::LatencyHistogram;
+use edgefleet_protocol::wire::{
     Desired, DeviceId, Hello, ModelPhase, ModelState, ModelWindow, Role, StateReport,
-};
-use edgefleet_crds::{
-    LatencyHistogram, ModelDeploymentSpec, ModelDeploymentStatus, Phase, Runtime,
 };
 
 struct Fleet {
-    engine: Engine,
-    sent: Arc<Mutex<Vec<Desired>>>,
+    reconciler: Reconciler,
+    sent: Arc<RecordingPublisher>,
     status: Option<ModelDeploymentStatus>,
 }
 
@@ -66,24 +67,10 @@ rollout:
 
 impl Fleet {
     async fn new() -> Self {
-        let metrics = Metrics::new();
-        let store = Store::connect("sqlite::memory:").await.expect("store");
-        let inventory = Arc::new(
-            Inventory::load(store.clone(), metrics.clone())
-                .await
-                .expect("inventory"),
-        );
-        let telemetry = Arc::new(Telemetry::new(1000, 3_600_000));
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let engine = Engine::new(
-            store,
-            inventory,
-            telemetry,
-            metrics,
-            Publisher::Recorder(sent.clone()),
-        );
+        let fleet = fleet_state(Metrics::new(), 1000, 3_600_000).await;
+        let sent = Arc::new(RecordingPublisher::default());
         Self {
-            engine,
+            reconciler: Reconciler::new(fleet, sent.clone()),
             sent,
             status: None,
         }
@@ -103,7 +90,7 @@ impl Fleet {
             status: self.status.as_ref(),
         };
         let output = self
-            .engine
+            .reconciler
             .reconcile(&input, now_ms)
             .await
             .expect("reconcile");
@@ -113,7 +100,7 @@ impl Fleet {
 
     /// The last desired document each device received.
     fn desired(&self) -> BTreeMap<String, Desired> {
-        let sent = self.sent.lock().expect("lock");
+        let sent = self.sent.0.lock().expect("lock");
         sent.iter()
             .map(|d| (d.device_id.to_string(), d.clone()))
             .collect()
@@ -141,13 +128,14 @@ impl Fleet {
                     })
                     .collect(),
             };
-            self.engine
+            self.reconciler
+                .fleet()
                 .inventory
                 .apply_state(&report, now_ms)
                 .await
                 .expect("state");
             for model in &report.models {
-                self.engine.attribution.serving(
+                self.reconciler.fleet().attribution.serving(
                     &model.deployment,
                     report.device_id.as_str(),
                     model.serving_sha256.as_deref(),
@@ -165,12 +153,17 @@ impl Fleet {
     fn report_latency_of(&self, now_ms: i64, latency_for: impl Fn(&str, &str, Role) -> f64) {
         for (device, doc) in self.desired() {
             let class = self
-                .engine
+                .reconciler
+                .fleet()
                 .inventory
                 .device_class_of(&DeviceId::new(&device).expect("id"))
                 .expect("known");
             for a in &doc.assignments {
-                let role = self.engine.attribution.role_of(&a.deployment, &device);
+                let role = self
+                    .reconciler
+                    .fleet()
+                    .attribution
+                    .role_of(&a.deployment, &device);
                 let mut latency = LatencyHistogram::default();
                 for _ in 0..30 {
                     latency.observe(latency_for(&device, &a.variant, role));
@@ -190,7 +183,10 @@ impl Fleet {
                     device_class: class.clone(),
                     role: role.as_str().into(),
                 };
-                self.engine.telemetry.record(labels, now_ms, &window);
+                self.reconciler
+                    .fleet()
+                    .telemetry
+                    .record(labels, now_ms, &window);
             }
         }
     }
@@ -200,13 +196,15 @@ async fn fleet_of_ten() -> Fleet {
     let fleet = Fleet::new().await;
     for i in 0..5 {
         fleet
-            .engine
+            .reconciler
+            .fleet()
             .inventory
             .apply_hello(&hello(&format!("x86-{i}"), "x86_64", 8192), 0)
             .await
             .expect("hello");
         fleet
-            .engine
+            .reconciler
+            .fleet()
             .inventory
             .apply_hello(&hello(&format!("pi-{i}"), "aarch64", 512), 0)
             .await
@@ -215,7 +213,8 @@ async fn fleet_of_ten() -> Fleet {
     let mut tiny = hello("tiny", "aarch64", 128);
     tiny.labels.insert("site".into(), "lab".into());
     fleet
-        .engine
+        .reconciler
+        .fleet()
         .inventory
         .apply_hello(&tiny, 0)
         .await
@@ -242,9 +241,9 @@ async fn first_deployment_assigns_each_device_its_variant_and_explains_no_fit() 
     assert_eq!(status.devices.ready, 10);
 
     // an unchanged reconcile publishes nothing and yields the identical status
-    let published = fleet.sent.lock().expect("lock").len();
+    let published = fleet.sent.0.lock().expect("lock").len();
     let again = fleet.reconcile(&spec("1", "[{percent: 20}]"), 60_000).await;
-    assert_eq!(fleet.sent.lock().expect("lock").len(), published);
+    assert_eq!(fleet.sent.0.lock().expect("lock").len(), published);
     assert_eq!(again, status);
 }
 
@@ -283,7 +282,8 @@ async fn a_good_version_is_promoted_step_by_step() {
                         && d.assignments[0].role == Role::Stable)
             );
             let history = fleet
-                .engine
+                .reconciler
+                .fleet()
                 .store
                 .history("default", "vad")
                 .await
@@ -336,6 +336,7 @@ async fn a_slow_version_is_rolled_back_before_it_leaves_the_canaries() {
             // only the first step's canaries ever received version 2
             let got_v2: Vec<String> = fleet
                 .sent
+                .0
                 .lock()
                 .expect("lock")
                 .iter()
@@ -358,14 +359,15 @@ async fn deleting_removes_the_model_from_every_device() {
     let mut fleet = fleet_of_ten().await;
     fleet.reconcile(&spec("1", "[{percent: 20}]"), 0).await;
     fleet
-        .engine
+        .reconciler
         .remove("default", "vad", 100)
         .await
         .expect("remove");
     assert!(fleet.desired().values().all(|d| d.assignments.is_empty()));
     assert!(
         fleet
-            .engine
+            .reconciler
+            .fleet()
             .store
             .rollout("default", "vad")
             .await
@@ -408,7 +410,11 @@ async fn an_invalid_spec_touches_no_device() {
         spec: &good,
         status: None,
     };
-    let output = fleet.engine.reconcile(&input, 0).await.expect("reconcile");
+    let output = fleet
+        .reconciler
+        .reconcile(&input, 0)
+        .await
+        .expect("reconcile");
     assert_ne!(output.status.phase, Phase::Failed, "{:?}", output.status);
     assert!(
         !fleet.desired().is_empty(),
@@ -433,7 +439,7 @@ async fn a_restarted_controller_knows_which_devices_already_hold_the_target() {
     assert_eq!(canaries.len(), 2, "{canaries:?}");
 
     // A new process over the same database, before any device reports again.
-    let reloaded = Inventory::load(fleet.engine.store.clone(), Metrics::new())
+    let reloaded = Inventory::load(fleet.reconciler.fleet().store.clone(), Metrics::new())
         .await
         .expect("inventory");
     for (device, target) in &canaries {
@@ -456,7 +462,8 @@ async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {
     for i in 0..5 {
         let small = hello(&format!("x86small-{i}"), "x86_64", 1024);
         fleet
-            .engine
+            .reconciler
+            .fleet()
             .inventory
             .apply_hello(&small, 0)
             .await
@@ -546,23 +553,16 @@ async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {
 
     // A restarted controller (new engine over the same database) keeps it that way and does
     // not republish anything.
-    let published = fleet.sent.lock().expect("lock").len();
-    let metrics = Metrics::new();
-    let inventory = Arc::new(
-        Inventory::load(fleet.engine.store.clone(), metrics.clone())
-            .await
-            .expect("inventory"),
-    );
-    let restarted = Engine::new(
-        fleet.engine.store.clone(),
-        inventory,
+    let published = fleet.sent.0.lock().expect("lock").len();
+    let state = fleet_state_over(
+        fleet.reconciler.fleet().store.clone(),
+        Metrics::new(),
         Arc::new(Telemetry::new(1000, 3_600_000)),
-        metrics,
-        Publisher::Recorder(fleet.sent.clone()),
-    );
-    fleet.engine = restarted;
+    )
+    .await;
+    fleet.reconciler = Reconciler::new(state, fleet.sent.clone());
     fleet.report_latency(now + 59_000, |_, _| 0.010);
     let status = fleet.reconcile(&demote("2"), now + 60_000).await;
     check(&status, &fleet.desired());
-    assert_eq!(fleet.sent.lock().expect("lock").len(), published);
+    assert_eq!(fleet.sent.0.lock().expect("lock").len(), published);
 }

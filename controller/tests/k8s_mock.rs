@@ -4,14 +4,14 @@
 //! controller cannot read gets a condition and an Event naming the field, and never stops the
 //! others, neither in a LIST nor while it is reconciled.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
-use edgefleet_controller::engine::{Engine, Publisher};
-use edgefleet_controller::inventory::Inventory;
+use common::fleet::{RecordingPublisher, fleet_state};
 use edgefleet_controller::k8s::{Context, FINALIZER, GuardedDeployment, reconcile};
 use edgefleet_controller::metrics::Metrics;
-use edgefleet_controller::store::Store;
-use edgefleet_controller::telemetry::Telemetry;
+use edgefleet_controller::reconcile::Reconciler;
 use edgefleet_crds::ModelDeployment;
 use http::{Request, Response};
 use kube::client::Body;
@@ -76,20 +76,8 @@ fn ok_json(body: &serde_json::Value) -> Response<Body> {
 }
 
 async fn context(client: kube::Client) -> Arc<Context> {
-    let metrics = Metrics::new();
-    let store = Store::connect("sqlite::memory:").await.expect("store");
-    let inventory = Arc::new(
-        Inventory::load(store.clone(), metrics.clone())
-            .await
-            .expect("inventory"),
-    );
-    let engine = Engine::new(
-        store,
-        inventory,
-        Arc::new(Telemetry::new(1000, 60_000)),
-        metrics,
-        Publisher::Recorder(Arc::default()),
-    );
+    let fleet = fleet_state(Metrics::new(), 1000, 60_000).await;
+    let engine = Reconciler::new(fleet, Arc::new(RecordingPublisher::default()));
     let (_tx, leader) = tokio::sync::watch::channel(true);
     std::mem::forget(_tx); // keep the leadership channel open for the test's duration
     Arc::new(Context::new(Arc::new(engine), client, leader))
@@ -346,7 +334,7 @@ async fn one_unreadable_object_in_the_list_does_not_stop_the_others() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let metrics = ctx.engine.metrics.render();
+    let metrics = ctx.reconciler.fleet().metrics.render();
     assert!(
         metrics.contains("edgefleet_deployments_unreadable 1"),
         "{metrics}"

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use edgefleet_controller::store::{AssignmentRow, DeviceWrite, ModelReport, RolloutRow, Store};
-use edgefleet_crds::wire::{DeviceId, Hello};
+use edgefleet_controller::store::{AssignmentRecord, DeviceWrite, ModelReport, RolloutRow, Store};
+use edgefleet_protocol::wire::{DeviceId, Hello, ModelPhase, Role};
 
 mod common;
 
@@ -23,19 +23,13 @@ fn hello(id: &str) -> Hello {
     }
 }
 
-fn assignment(device: &str, variant: &str, generation: i64) -> AssignmentRow {
-    AssignmentRow {
-        device_id: device.into(),
-        version: "1".into(),
-        variant: variant.into(),
-        role: "stable".into(),
-        reason: "fits".into(),
-        assignment_json: format!("{{\"variant\":\"{variant}\"}}"),
-        generation,
-        phase: None,
-        phase_reason: None,
-        serving_sha256: None,
-    }
+fn assignment(device: &str, variant: &str, generation: i64) -> AssignmentRecord {
+    let mut record = edgefleet_core::testutil::record(device, "1", Role::Stable, None);
+    record.variant = variant.into();
+    record.assignment.variant = variant.into();
+    record.reason = "fits".into();
+    record.generation = generation;
+    record
 }
 
 async fn exercise(store: Store) {
@@ -171,11 +165,14 @@ async fn exercise(store: Store) {
     );
     let rows = store.assignments("ns", "md").await.expect("rows");
     assert_eq!(
-        (rows[0].phase.as_deref(), rows[0].serving_sha256.as_deref()),
+        (
+            rows[0].phase.map(ModelPhase::as_str),
+            rows[0].serving_sha256.as_deref()
+        ),
         (Some("Ready"), Some("ab")),
         "the last of d1's reports wins"
     );
-    assert_eq!(rows[1].phase.as_deref(), Some("Loading"));
+    assert_eq!(rows[1].phase, Some(ModelPhase::Loading));
     assert_eq!(
         store
             .record_model_states(&[stale], 6)
@@ -193,7 +190,7 @@ async fn exercise(store: Store) {
         .await
         .expect("reassign");
     let rows = store.assignments("ns", "md").await.expect("rows");
-    assert_eq!(rows[0].phase.as_deref(), Some("Ready"));
+    assert_eq!(rows[0].phase, Some(ModelPhase::Ready));
     assert_eq!(rows[1].variant, "fp16");
     assert_eq!(rows[1].phase, None);
     store

@@ -1,19 +1,14 @@
-//! The EdgeFleet API: the `ModelDeployment` custom resource (group `edgefleet.io`) and the
-//! versioned MQTT wire protocol that devices speak. Pure data and pure functions, no I/O, so
-//! that the controller, the agent and tests all share one contract.
+//! The EdgeFleet Kubernetes API: the `ModelDeployment` custom resource (group
+//! `edgefleet.io`), its generated CRD, semantic validation and manifest admission. Pure data
+//! and pure functions, no I/O. What devices speak lives in `edgefleet-protocol`, whose spec
+//! types this resource embeds (re-exported here).
 
 pub mod deployment;
-pub mod histogram;
 pub mod manifest;
-pub mod offload;
-pub mod presence;
-pub mod terminal;
 pub mod validate;
-pub mod wire;
 
 pub use deployment::*;
-pub use histogram::LatencyHistogram;
-pub use offload::*;
+pub use edgefleet_protocol::offload::*;
 
 /// The CRD YAML generated from the Rust types; `crds/modeldeployment.yaml` must equal it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {

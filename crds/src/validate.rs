@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::deployment::{ModelDeploymentSpec, Precision, SelectorOperator, SelfTestInput};
-use crate::offload::OffloadPolicy;
+use edgefleet_protocol::offload::OffloadPolicy;
+use edgefleet_protocol::spec::KNOWN_ARCHES;
 
 /// One problem, with the path of the offending field as `kubectl` would print it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,16 +20,6 @@ impl fmt::Display for FieldError {
         write!(f, "{}: {}", self.path, self.message)
     }
 }
-
-const KNOWN_ARCHES: &[&str] = &[
-    "x86_64",
-    "aarch64",
-    "arm",
-    "riscv64",
-    "x86",
-    "powerpc64",
-    "s390x",
-];
 
 pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
     let mut errors = Vec::new();

@@ -9,22 +9,22 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use edgefleet_crds::Runtime;
-use edgefleet_crds::wire::Hello;
+use edgefleet_protocol::Runtime;
+use edgefleet_protocol::wire::Hello;
 
-use crate::api::{self, ApiInner};
 use crate::capabilities;
 use crate::config::Config;
+use crate::install::repository::InstallStates;
+use crate::install::store::Store;
+use crate::install::supervisor::{InstallContext, Supervisor};
+use crate::link::mqtt::{self, Command};
+use crate::link::spool::Spool;
+use crate::link::window::{SeqCounter, WindowStats, now_ms};
 use crate::metrics::Metrics;
-use crate::mqtt::{self, Command};
 use crate::offload::OffloadRuntime;
 use crate::registry::Registry;
-use crate::repository::InstallStates;
 use crate::runtime;
-use crate::spool::Spool;
-use crate::store::{self, Store};
-use crate::supervisor::{InstallContext, Supervisor};
-use crate::telemetry::{SeqCounter, WindowStats, now_ms};
+use crate::serve::{self, ApiInner};
 
 /// Runs the agent until `shutdown` completes, then drains in-flight requests, spools the last
 /// telemetry window, publishes offline and returns.
@@ -72,7 +72,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .with_context(|| format!("config field `listen`: cannot bind {}", config.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
-    store::write_atomic(
+    crate::atomic_file::write_atomic(
         &store.root().join("listen-addr"),
         addr.to_string().as_bytes(),
     )?;
@@ -80,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     println!("edgefleet-agent listening on http://{addr}");
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = tokio::spawn(
-        axum::serve(listener, api::router(api_state.clone()))
+        axum::serve(listener, serve::router(api_state.clone()))
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.changed().await;
             })

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use edgefleet_crds::Runtime;
-use edgefleet_crds::wire::{DeviceId, Hello};
+use edgefleet_protocol::Runtime;
+use edgefleet_protocol::wire::{DeviceId, Hello};
 
 use crate::config::CapabilityOverrides;
 
@@ -31,7 +31,7 @@ pub fn detect(store: &Path, runtimes: Vec<Runtime>) -> Detected {
         cpu_features: cpu_features(),
         memory_total_mib: total / 1024,
         memory_available_mib: available / 1024,
-        disk_free_mib: crate::store::free_bytes(store).unwrap_or(0) >> 20,
+        disk_free_mib: crate::install::store::free_bytes(store).unwrap_or(0) >> 20,
         accelerators: accelerators(Path::new("/dev")),
         runtimes,
     }

@@ -1,28 +1,28 @@
-//! The EdgeFleet node agent.
+//! The EdgeFleet node agent, read in the order a model travels:
 //!
-//! Pure state machines ([`assignments`], [`pull`]'s decisions, [`spool`], [`backoff`],
-//! [`telemetry`]) are kept apart from the thin async adapters that do I/O ([`mqtt`], the
-//! download in [`pull`], [`api`], [`supervisor`], [`agent`]).
+//! - [`config`]: flags, file and environment, resolved into one validated [`config::Config`];
+//! - [`link`]: the MQTT session with the controller, the telemetry spool and windows;
+//! - [`install`]: desired document → verified download → atomic swap, previous kept;
+//! - [`runtime`]: the inference engines (tract, optionally ONNX Runtime) behind one trait;
+//! - [`serve`]: the local KServe v2 API apps call, with [`offload`] to a cloud model;
+//! - [`agent`]: the wiring that starts them all.
+//!
+//! Pure state machines and decisions (`install::assignments`, `install::pull`'s plan,
+//! `link::spool`, `link::window`, `offload`'s triggers) are kept apart from the thin async
+//! adapters that do I/O.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod agent;
-pub mod api;
-pub mod assignments;
-pub mod backoff;
+pub mod atomic_file;
 pub mod capabilities;
 pub mod config;
+pub mod install;
+pub mod link;
 pub mod metrics;
-pub mod mqtt;
 pub mod offload;
-pub mod pull;
 pub mod registry;
-pub mod repository;
 pub mod runtime;
-pub mod signing;
-pub mod spool;
-pub mod store;
-pub mod supervisor;
-pub mod telemetry;
+pub mod serve;
 pub mod tensor;
 #[cfg(test)]
 mod testutil;

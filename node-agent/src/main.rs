@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let json = std::env::var("EDGEFLEET_AGENT_LOG_FORMAT").is_ok_and(|f| f == "json");
     // Logs go to stderr (stdout carries only the listen address line), colored on a terminal
     // unless NO_COLOR says otherwise.
-    let ansi = edgefleet_crds::terminal::use_colour(
+    let ansi = edgefleet_protocol::terminal::use_colour(
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
         std::env::var_os("NO_COLOR").as_deref(),
     );

@@ -5,7 +5,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use edgefleet_crds::histogram::LATENCY_BUCKETS_SECONDS;
+use edgefleet_protocol::histogram::LATENCY_BUCKETS_SECONDS;
 
 pub struct Metrics {
     pub registry: Registry,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use edgefleet_crds::wire::Assignment;
+use edgefleet_protocol::wire::Assignment;
 
 use crate::runtime::Model;
 

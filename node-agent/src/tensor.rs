@@ -9,7 +9,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use edgefleet_crds::TensorDatatype;
+use edgefleet_protocol::TensorDatatype;
+
+/// The binary tensor extension's header: the length of the JSON part before the raw tensor
+/// bytes in a request or response body.
+pub const BINARY_HEADER: &str = "inference-header-content-length";
 
 /// Element types, spelled as the Open Inference Protocol spells them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! Fixtures shared by the agent's unit tests.
 
-use edgefleet_crds::wire::{Assignment, Role};
-use edgefleet_crds::{Artifact, ModelRef, Precision, Runtime};
+use edgefleet_protocol::wire::{Assignment, Role};
+use edgefleet_protocol::{Artifact, ModelRef, Precision, Runtime};
 
 /// A stable fp32 tract assignment of model `name` 1 in `deployment`, whose artifact's sha256
 /// is `sha` repeated.

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use edgefleet_agent::assignments::{self, Action};
-use edgefleet_agent::store::Store;
-use edgefleet_crds::wire::DeviceId;
+use edgefleet_agent::install::assignments::{self, Action};
+use edgefleet_agent::install::store::Store;
+use edgefleet_protocol::wire::DeviceId;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

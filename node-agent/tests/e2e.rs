@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use edgefleet_crds::Runtime;
-use edgefleet_crds::wire::{self, Channel, DeviceStatus, Hello, ModelPhase, Telemetry};
+use edgefleet_protocol::Runtime;
+use edgefleet_protocol::wire::{self, Channel, DeviceStatus, Hello, ModelPhase, Telemetry};
 
 use common::*;
 
@@ -187,7 +187,10 @@ async fn deploys_real_models_serves_reference_outputs_and_restarts_without_broke
     obs.clear_retained(&device).await;
 }
 
-async fn check_inference(agent: &AgentProcess, assignments: &[edgefleet_crds::wire::Assignment]) {
+async fn check_inference(
+    agent: &AgentProcess,
+    assignments: &[edgefleet_protocol::wire::Assignment],
+) {
     let client = reqwest::Client::new();
     for a in assignments {
         let file = format!("{}.onnx", a.model.name);

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use edgefleet_crds::wire::{self, Channel, ModelPhase, Telemetry};
+use edgefleet_protocol::wire::{self, Channel, ModelPhase, Telemetry};
 
 use common::*;
 

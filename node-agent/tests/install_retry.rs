@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use edgefleet_crds::wire::ModelPhase;
-use edgefleet_crds::{SelfTest, SelfTestInput, TensorDatatype};
+use edgefleet_protocol::wire::ModelPhase;
+use edgefleet_protocol::{SelfTest, SelfTestInput, TensorDatatype};
 use serde_json::{Value, json};
 
 use common::*;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use edgefleet_crds::wire::ModelPhase;
+use edgefleet_protocol::wire::ModelPhase;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 use common::*;

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use edgefleet_crds::wire::{self, Channel, DeviceStatus, Hello};
+use edgefleet_protocol::wire::{self, Channel, DeviceStatus, Hello};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,

@@ -8,11 +8,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgefleet_crds::presence;
-use edgefleet_crds::wire::{self, Channel, DeviceId, DeviceStatus, Hello};
 use edgefleet_e2e::orientation::*;
 use edgefleet_e2e::pki::{Identity, Pki};
 use edgefleet_e2e::*;
+use edgefleet_protocol::presence;
+use edgefleet_protocol::wire::{self, Channel, DeviceId, DeviceStatus, Hello};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 
 const CONTROLLER_CN: &str = "edgefleet-controller";
@@ -83,7 +83,7 @@ fn tls_client(
     client_id: &str,
     port: u16,
 ) -> (AsyncClient, rumqttc::EventLoop) {
-    let config = edgefleet_mqtt_tls::client_config(edgefleet_mqtt_tls::TlsFiles {
+    let config = edgefleet_mqtt::client_config(edgefleet_mqtt::TlsFiles {
         ca_file: Some(&pki.ca()),
         identity: Some((&who.cert, &who.key)),
     })

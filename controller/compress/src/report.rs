@@ -1,6 +1,13 @@
 //! The measured pipelines ([`compress`], [`measure_import`]) and what they produce: `report.json`,
 //! a markdown table and the `variants:` YAML block.
 
+mod options;
+mod render;
+pub use options::{
+    CompressOptions, DEFAULT_URI_TEMPLATE, ImportOptions, MeasureOptions, VariantKind,
+};
+pub use render::{markdown, min_memory_mib, variants, variants_yaml};
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -11,118 +18,10 @@ use sha2::{Digest, Sha256};
 use tract_onnx::pb::ModelProto;
 use tract_onnx::pb::tensor_proto::DataType;
 
-use crate::measure::{self, Drift, OrtOptions, OrtRunner, Outputs, Task, TractRunner};
+use crate::measure::{self, Drift, Outputs, TractRunner};
 use crate::quantize::{self, RewriteSummary};
-use crate::tensor::{self, InputSpec, Sample, ShapeOptions};
+use crate::tensor::{self, InputSpec, Sample};
 use crate::{CompressError, onnx};
-
-/// A variant `compress` can make.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VariantKind {
-    Fp16,
-    Int8,
-}
-
-impl VariantKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            VariantKind::Fp16 => "fp16",
-            VariantKind::Int8 => "int8",
-        }
-    }
-
-    pub fn precision(self) -> Precision {
-        match self {
-            VariantKind::Fp16 => Precision::Fp16,
-            VariantKind::Int8 => Precision::Int8,
-        }
-    }
-}
-
-/// How variants are measured.
-#[derive(Clone, Debug)]
-pub struct MeasureOptions {
-    /// Inputs for drift (generated, or the first `samples` of `inputs`).
-    pub samples: usize,
-    /// Latency: median of this many runs of the first sample, after 2 warm-up runs.
-    pub runs: usize,
-    pub seed: u64,
-    pub shapes: ShapeOptions,
-    /// A `.npy` or JSON input set instead of generated inputs.
-    pub inputs: Option<PathBuf>,
-    pub task: Task,
-    /// Also measure with the Python onnxruntime (single intra-op thread).
-    pub ort: Option<OrtRunner>,
-    pub ort_options: OrtOptions,
-}
-
-impl Default for MeasureOptions {
-    fn default() -> Self {
-        MeasureOptions {
-            samples: 16,
-            runs: 20,
-            seed: 0x5EED,
-            shapes: ShapeOptions::default(),
-            inputs: None,
-            task: Task::Auto,
-            ort: None,
-            ort_options: OrtOptions {
-                disable_quant_qdq: true,
-            },
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct CompressOptions {
-    pub variants: Vec<VariantKind>,
-    pub quantize: quantize::Options,
-    pub measure: MeasureOptions,
-    /// `{model}` and `{variant}` are replaced; must give an http(s) URL.
-    pub uri_template: String,
-    /// `{model}` in the template; default: the file stem, lower-cased.
-    pub model_name: Option<String>,
-}
-
-impl Default for CompressOptions {
-    fn default() -> Self {
-        CompressOptions {
-            variants: vec![VariantKind::Fp16, VariantKind::Int8],
-            quantize: quantize::Options::default(),
-            measure: MeasureOptions::default(),
-            uri_template: DEFAULT_URI_TEMPLATE.into(),
-            model_name: None,
-        }
-    }
-}
-
-pub const DEFAULT_URI_TEMPLATE: &str = "http://artifacts.local/{model}/{variant}.onnx";
-
-#[derive(Clone, Debug)]
-pub struct ImportOptions {
-    /// Variant name; default: the file stem, sanitized.
-    pub name: Option<String>,
-    pub runtime: Runtime,
-    /// Default: detected from the graph ([`detect_precision`]).
-    pub precision: Option<Precision>,
-    pub measure: MeasureOptions,
-    pub uri_template: String,
-    pub model_name: Option<String>,
-}
-
-impl Default for ImportOptions {
-    fn default() -> Self {
-        ImportOptions {
-            name: None,
-            runtime: Runtime::Tract,
-            precision: None,
-            measure: MeasureOptions::default(),
-            uri_template: DEFAULT_URI_TEMPLATE.into(),
-            model_name: None,
-        }
-    }
-}
 
 /// One runtime's measurement of one variant.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -639,139 +538,6 @@ fn write_outputs(report: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(report)?)?;
     std::fs::write(dir.join("variants.yaml"), variants_yaml(report)?)?;
     Ok(())
-}
-
-/// Memory a device needs for a variant: an estimate, not a measurement. 64 MiB for the agent and
-/// runtime, plus 3× the artifact (file buffer, parsed graph, runtime weights).
-pub fn min_memory_mib(size_bytes: u64) -> u64 {
-    64 + (3 * size_bytes).div_ceil(1 << 20)
-}
-
-/// The report's variants as CRD variants (those a runtime could run, or that were not measured).
-pub fn variants(report: &Report) -> Vec<Variant> {
-    report
-        .variants
-        .iter()
-        .filter(|v| {
-            // A variant we made that tract cannot run is a bug, not a deployable artifact.
-            v.tract.loaded || v.runtime != Runtime::Tract || v.rewrite.is_none()
-        })
-        .map(|v| {
-            let latency = match v.runtime {
-                Runtime::Tract => v.tract.latency_ms,
-                Runtime::Onnxruntime => v.onnxruntime.as_ref().and_then(|o| o.latency_ms),
-            };
-            Variant {
-                name: v.name.clone(),
-                artifact: Artifact {
-                    uri: v.uri.clone(),
-                    sha256: v.sha256.clone(),
-                    size_bytes: v.size_bytes,
-                    signature: None,
-                },
-                format: ModelFormat::Onnx,
-                precision: v.precision,
-                runtime: v.runtime,
-                requires: Requirements {
-                    min_memory_mib: min_memory_mib(v.size_bytes),
-                    min_free_disk_mib: (2 * v.size_bytes).div_ceil(1 << 20).max(1),
-                    ..Default::default()
-                },
-                quality: v.accuracy_drift.map(|d| Quality {
-                    accuracy_drift: (d * 1e6).round() / 1e6,
-                    latency_hint_ms: latency.map(|l| (l * 100.0).round() / 100.0),
-                }),
-            }
-        })
-        .collect()
-}
-
-/// A `variants:` block ready to paste under a `ModelDeployment`'s `spec`.
-pub fn variants_yaml(report: &Report) -> anyhow::Result<String> {
-    #[derive(Serialize)]
-    struct Block {
-        variants: Vec<Variant>,
-    }
-    let mut out = format!(
-        "# edgefleet compress: {} ({} samples, {}; latency: median of {} runs on {}).\n\
-         # requires.minMemoryMib is an estimate (64 MiB + 3 x size); quality.accuracyDrift is\n\
-         # 1 - top-1 agreement for classifiers, else 1 - mean cosine, against fp32.\n",
-        report.model, report.samples, report.input_source, report.latency_runs, report.host
-    );
-    out.push_str(&serde_yaml::to_string(&Block {
-        variants: variants(report),
-    })?);
-    Ok(out)
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
-}
-
-fn drift_cell(m: Option<&RuntimeMeasurement>) -> String {
-    match m.and_then(|m| m.drift.as_ref()) {
-        Some(d) => match d.top1_agreement {
-            Some(a) => format!("cos {:.4}, top-1 {:.1}%", d.mean_cosine, a * 100.0),
-            None => format!("cos {:.4}", d.mean_cosine),
-        },
-        None => match m {
-            Some(m) if !m.loaded => "does not load".into(),
-            _ => "-".into(),
-        },
-    }
-}
-
-/// The report as a markdown table.
-pub fn markdown(report: &Report) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{}: {} samples ({}), latency median of {} runs, 1 thread, {}\n",
-        report.model, report.samples, report.input_source, report.latency_runs, report.host
-    );
-    let _ = writeln!(
-        s,
-        "| variant | precision | runtime | size | vs fp32 | sha256 | tract ms | tract drift | ort ms | ort drift | accuracyDrift |"
-    );
-    let _ = writeln!(s, "|---|---|---|---:|---:|---|---:|---|---:|---|---:|");
-    for v in &report.variants {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {:.2} MB | {:.0}% | {}… | {} | {} | {} | {} | {} |",
-            v.name,
-            serde_json::to_value(v.precision)
-                .ok()
-                .and_then(|p| p.as_str().map(String::from))
-                .unwrap_or_default(),
-            v.runtime.as_str(),
-            v.size_bytes as f64 / 1e6,
-            v.size_ratio * 100.0,
-            &v.sha256[..12],
-            ms(v.tract.latency_ms),
-            drift_cell(Some(&v.tract)),
-            ms(v.onnxruntime.as_ref().and_then(|o| o.latency_ms)),
-            drift_cell(v.onnxruntime.as_ref()),
-            v.accuracy_drift
-                .map(|d| format!("{d:.4}"))
-                .unwrap_or_else(|| "-".into()),
-        );
-    }
-    for v in &report.variants {
-        for note in &v.notes {
-            if note != "reference" {
-                let _ = writeln!(s, "\n- {}: {note}", v.name);
-            }
-        }
-        if let Some(e) = v.tract.error.as_ref().filter(|_| v.tract.loaded) {
-            let _ = writeln!(s, "\n- {}: tract drift not measured: {e}", v.name);
-        }
-        if let Some(o) = &v.onnxruntime
-            && let Some(e) = &o.error
-        {
-            let _ = writeln!(s, "\n- {}: onnxruntime: {e}", v.name);
-        }
-    }
-    s
 }
 
 #[cfg(test)]

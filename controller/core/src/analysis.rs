@@ -18,8 +18,9 @@
 //!
 //! Every failed check is named in the message, not just the first.
 
-use edgefleet_crds::wire::OffloadWindow;
-use edgefleet_crds::{Analysis, LatencyHistogram, Slo, Verdict};
+use edgefleet_crds::{Analysis, Slo, Verdict};
+use edgefleet_protocol::LatencyHistogram;
+use edgefleet_protocol::wire::OffloadWindow;
 
 use crate::fmt_num;
 

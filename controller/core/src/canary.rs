@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgefleet_crds::wire::DeviceId;
+use edgefleet_protocol::wire::DeviceId;
 use sha2::{Digest, Sha256};
 
 use crate::cohort::CohortKey;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use edgefleet_crds::wire::{DeviceId, Role};
+use edgefleet_protocol::wire::{DeviceId, Role};
 use serde::{Deserialize, Serialize};
 
 /// `(device class, variant)`, displayed, parsed and serialized as `class/variant` (the

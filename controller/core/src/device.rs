@@ -3,8 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgefleet_crds::wire::{DeviceId, Hello};
 use edgefleet_crds::{DeviceSelector, Runtime, SelectorOperator};
+use edgefleet_protocol::KNOWN_ARCHES;
+use edgefleet_protocol::wire::{DeviceId, Hello};
 
 /// A device's capabilities and liveness: the inventory every decision is made from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,18 +81,6 @@ pub fn selector_matches(selector: &DeviceSelector, labels: &BTreeMap<String, Str
         })
 }
 
-/// Architectures a class may name; anything else is `other`, so a misbehaving agent cannot
-/// mint new label values.
-const CLASS_ARCHES: &[&str] = &[
-    "x86_64",
-    "aarch64",
-    "arm",
-    "riscv64",
-    "x86",
-    "powerpc64",
-    "s390x",
-];
-
 /// Accelerators a class may name, in priority order: the first one a device has is its
 /// primary accelerator. Unknown accelerators are `other`; none at all is `none`.
 const CLASS_ACCELERATORS: &[&str] = &["nvidia", "coral", "hailo", "npu", "dri"];
@@ -103,7 +92,9 @@ const MEMORY_TIERS: &[(u64, &str)] = &[(512, "mem512m"), (1024, "mem1g"), (4096,
 /// alike, which is what makes comparing a canary cohort against the stable one meaningful.
 /// At most 8 arches × 7 accelerators × 4 tiers = 224 classes, whatever devices announce.
 pub fn device_class(device: &DeviceFacts) -> String {
-    let arch = CLASS_ARCHES
+    // Architectures outside the known list are `other`, so a misbehaving agent cannot mint
+    // new label values.
+    let arch = KNOWN_ARCHES
         .iter()
         .find(|a| **a == device.arch)
         .copied()

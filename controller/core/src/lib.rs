@@ -10,20 +10,35 @@
 //! - [`canary`]: which devices run the new version at each step;
 //! - [`analysis`]: a canary cohort's verdict for one interval;
 //! - [`progression`]: hold, advance, promote, roll back or demote a step;
-//! - [`plan`]: the glue: every selected device's version, variant and role.
+//! - [`plan`]: the glue: every selected device's version, variant and role;
+//! - [`rollout`]: a deployment's rollout state and how a spec edit moves it;
+//! - [`pacing`]: how many devices may switch models at once;
+//! - [`desired`]: a device's full desired document and its generation;
+//! - [`progress`]: one canary turn: analyse, decide, move the state;
+//! - [`status`]: the `ModelDeployment` status from all of the above.
+//!
+//! Assignments as stored ([`assignment::AssignmentRecord`]) carry typed roles and phases.
 
 pub mod analysis;
+pub mod assignment;
 pub mod canary;
 pub mod cohort;
+pub mod desired;
 pub mod device;
+pub mod pacing;
 pub mod plan;
+pub mod progress;
 pub mod progression;
+pub mod rollout;
+pub mod status;
 pub mod variant;
 
-#[cfg(test)]
-mod testutil;
+/// Builders for tests of this crate and of the controller (feature `testutil`).
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
 
 pub use analysis::{CohortVerdict, CohortWindow, Liveness, Thresholds, analyze_cohort};
+pub use assignment::AssignmentRecord;
 pub use canary::{Tier, canary_count, canary_members, canary_members_by_tier, membership_hash};
 pub use cohort::{Cohort, CohortKey, group_by_cohort};
 pub use device::{DeviceFacts, device_class, selector_matches};

@@ -19,8 +19,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgefleet_crds::wire::{Assignment, DeviceId, Role};
 use edgefleet_crds::{ModelDeploymentSpec, ModelRef, OffloadPolicy, SelfTest, Variant};
+use edgefleet_protocol::wire::{Assignment, DeviceId, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::canary::{Tier, canary_members_by_tier};

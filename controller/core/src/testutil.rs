@@ -1,12 +1,13 @@
 //! Builders for test inventories and specs: one plain device and one plain variant, changed
 //! field by field in each test so the test shows exactly what matters.
 
-use edgefleet_crds::wire::DeviceId;
 use edgefleet_crds::{
     Artifact, ModelDeploymentSpec, ModelFormat, ModelRef, Precision, Quality, Requirements,
     Runtime, Variant,
 };
+use edgefleet_protocol::wire::{Assignment, DeviceId, ModelPhase, Role};
 
+use crate::assignment::AssignmentRecord;
 use crate::device::DeviceFacts;
 
 pub fn id(s: &str) -> DeviceId {
@@ -72,4 +73,39 @@ pub fn spec(version: &str, variants: Vec<Variant>) -> ModelDeploymentSpec {
 /// A distinct, valid-looking digest per variant name.
 fn hex(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A stored assignment of model `m` at `version` (variant `int8`) for deployment `ns/md`.
+pub fn record(
+    device: &str,
+    version: &str,
+    role: Role,
+    phase: Option<ModelPhase>,
+) -> AssignmentRecord {
+    let variant = variant("int8", Precision::Int8, None);
+    AssignmentRecord {
+        device_id: device.into(),
+        version: version.into(),
+        variant: variant.name.clone(),
+        role,
+        reason: String::new(),
+        assignment: Assignment {
+            deployment: "ns/md".into(),
+            model: ModelRef {
+                name: "m".into(),
+                version: version.into(),
+            },
+            variant: variant.name,
+            precision: variant.precision,
+            runtime: variant.runtime,
+            artifact: variant.artifact,
+            role,
+            self_test: None,
+            offload: None,
+        },
+        generation: 0,
+        phase,
+        phase_reason: None,
+        serving_sha256: None,
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use edgefleet_crds::wire::{DeviceId, DeviceStatus, Hello};
+use edgefleet_protocol::wire::{DeviceId, DeviceStatus, Hello};
 
 /// A device saying who it is, or whether it is online.
 #[derive(Debug, Clone, Copy)]

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::engine::{now_ms, rfc3339};
+use crate::clock::{now_ms, rfc3339};
 use crate::inventory::Inventory;
 use crate::store::{Store, StoredDeployment};
 
@@ -360,8 +360,8 @@ async fn describe(
             choice_reason,
             assigned_version: row.map(|r| r.version.clone()),
             assigned_variant: row.map(|r| r.variant.clone()),
-            role: row.map(|r| r.role.clone()),
-            phase: row.and_then(|r| r.phase.clone()),
+            role: row.map(|r| r.role.as_str().to_string()),
+            phase: row.and_then(|r| r.phase).map(|p| p.as_str().to_string()),
             phase_reason: row.and_then(|r| r.phase_reason.clone()),
             assignment_reason: row.map(|r| r.reason.clone()),
         });
@@ -417,7 +417,7 @@ async fn device_row(store: &Store, facts: &DeviceFacts) -> Result<DeviceRow, Api
                 "{ns}/{name} {} {} {}",
                 row.version,
                 row.variant,
-                row.phase.as_deref().unwrap_or("Pending")
+                row.phase.map_or("Pending", |p| p.as_str())
             )
         })
         .collect();
@@ -446,183 +446,4 @@ pub fn no_fit_reason(reasons: &[edgefleet_core::Rejection]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    use super::*;
-
-    pub const VALID: &str = r#"apiVersion: edgefleet.io/v1alpha1
-kind: ModelDeployment
-metadata: {name: demo, namespace: default}
-spec:
-  model: {name: m, version: "1.0.0"}
-  variants:
-  - name: fp32
-    precision: fp32
-    artifact: {uri: "http://127.0.0.1:1/m.onnx", sha256: "0000000000000000000000000000000000000000000000000000000000000000", sizeBytes: 10}
-"#;
-
-    async fn state() -> ApiState {
-        let store = Store::connect("sqlite::memory:").await.expect("store");
-        let inventory = Inventory::load(store.clone(), crate::metrics::Metrics::new())
-            .await
-            .expect("inventory");
-        ApiState {
-            store,
-            inventory: Arc::new(inventory),
-            token: Arc::from("secret"),
-            changed: Arc::new(Notify::new()),
-        }
-    }
-
-    async fn call(
-        app: &Router,
-        method: &str,
-        path: &str,
-        body: &str,
-        token: &str,
-    ) -> (StatusCode, Value) {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Body::from(body.to_string()))
-            .expect("request");
-        let response = app.clone().oneshot(request).await.expect("infallible");
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .expect("body");
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    fn error_paths(body: &Value) -> Vec<String> {
-        body["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .map(|e| e["path"].as_str().unwrap_or_default().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    #[tokio::test]
-    async fn bad_manifests_are_refused_naming_the_field_and_nothing_is_stored() {
-        let app = router(state().await);
-        let (status, _) = call(&app, "GET", "/api/v1/deployments", "", "wrong").await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-
-        let (status, body) = call(&app, "POST", "/api/v1/apply", "spec: [unclosed", "secret").await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-        assert!(
-            body["errors"][0]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("YAML"),
-            "{body}"
-        );
-
-        let unknown = VALID.replace("  variants:", "  replicas: 3\n  variants:");
-        let (status, body) = call(&app, "POST", "/api/v1/apply", &unknown, "secret").await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-        assert!(body.to_string().contains("replicas"), "{body}");
-
-        let percent = format!("{VALID}  rollout:\n    steps: [{{percent: 150}}]\n");
-        let (status, body) = call(&app, "POST", "/api/v1/apply", &percent, "secret").await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-        assert!(
-            error_paths(&body).contains(&"spec.rollout.steps[0].percent".to_string()),
-            "{body}"
-        );
-
-        // a good document next to a bad one: neither is stored
-        let mixed = format!("{VALID}---\n{percent}");
-        let (status, _) = call(&app, "POST", "/api/v1/apply", &mixed, "secret").await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        let (status, body) = call(&app, "GET", "/api/v1/deployments", "", "secret").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["items"], json!([]), "nothing stored: {body}");
-    }
-
-    #[tokio::test]
-    async fn apply_get_describe_and_delete() {
-        let state = state().await;
-        let app = router(state.clone());
-        let (status, body) = call(&app, "POST", "/api/v1/apply", VALID, "secret").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body[0]["result"], "created");
-        let (_, body) = call(&app, "POST", "/api/v1/apply", VALID, "secret").await;
-        assert_eq!(body[0]["result"], "unchanged", "same spec, same generation");
-        let changed = VALID.replace("\"1.0.0\"", "\"2.0.0\"");
-        let (_, body) = call(&app, "POST", "/api/v1/apply", &changed, "secret").await;
-        assert_eq!(
-            (body[0]["result"].as_str(), body[0]["generation"].as_i64()),
-            (Some("configured"), Some(2))
-        );
-
-        let (status, md) = call(
-            &app,
-            "GET",
-            "/api/v1/namespaces/default/deployments/demo",
-            "",
-            "secret",
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(md["spec"]["model"]["version"], "2.0.0");
-        let created = md["metadata"]["uid"]
-            .as_str()
-            .and_then(uid_created_ms)
-            .expect("v7 uid");
-        assert!(
-            (now_ms() - created).abs() < 60_000,
-            "uid carries the creation time"
-        );
-
-        let (status, d) = call(
-            &app,
-            "GET",
-            "/api/v1/namespaces/default/deployments/demo/describe",
-            "",
-            "secret",
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "{d}");
-        assert_eq!(d["history"], json!([]));
-
-        let (status, _) = call(
-            &app,
-            "DELETE",
-            "/api/v1/namespaces/default/deployments/demo",
-            "",
-            "secret",
-        )
-        .await;
-        assert_eq!(status, StatusCode::ACCEPTED);
-        let stored = state
-            .store
-            .get_deployment("default", "demo")
-            .await
-            .expect("query");
-        assert!(
-            stored.is_some_and(|d| d.deleting),
-            "marked for the reconcile loop"
-        );
-        let (status, _) = call(
-            &app,
-            "DELETE",
-            "/api/v1/namespaces/default/deployments/nope",
-            "",
-            "secret",
-        )
-        .await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-    }
-}
+mod tests;

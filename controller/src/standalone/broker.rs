@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::ValueEnum;
-use edgefleet_crds::wire::BROKER_MAX_PACKET_BYTES;
+use edgefleet_protocol::wire::BROKER_MAX_PACKET_BYTES;
 
 /// Which broker `edgefleet up` / `edgefleet demo` runs.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -358,7 +358,7 @@ mod tests {
         let mut o = Options5::new("controller", v5_addr.ip().to_string(), v5_addr.port());
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(3600));
-        o.set_max_packet_size(Some(edgefleet_crds::wire::MAX_PACKET_BYTES as u32));
+        o.set_max_packet_size(Some(edgefleet_protocol::wire::MAX_PACKET_BYTES as u32));
         let (controller, mut controller_loop) = Client5::new(o, 100);
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -7,9 +7,9 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use super::api::{Applied, ApplyError, Description, DeviceRow};
+use super::args::{ApplyArgs, ClientArgs, DeleteArgs, DescribeArgs, GetArgs, OutputFormat};
 use super::render;
-use crate::cli::{ApplyArgs, ClientArgs, DeleteArgs, DescribeArgs, GetArgs, OutputFormat};
-use crate::engine::now_ms;
+use crate::clock::now_ms;
 
 pub struct Client {
     http: reqwest::Client,

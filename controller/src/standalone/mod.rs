@@ -4,6 +4,7 @@
 //! `describe`, `delete`) talk to that API; `edgefleet demo` runs it with a fleet of real agents.
 
 pub mod api;
+pub mod args;
 pub mod broker;
 pub mod client;
 pub mod demo;
@@ -17,9 +18,10 @@ use anyhow::Context as _;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::cli::{ControlArgs, UpArgs};
+use crate::run::ControlArgs;
 use crate::run::ControlPlane;
 use api::ApiState;
+use args::UpArgs;
 use broker::RunningBroker;
 
 /// A running standalone control plane.
@@ -81,10 +83,10 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
     };
     let changed = Arc::new(Notify::new());
     let mut api_state = None;
-    let plane = crate::run::start_with(&control, |engine, _kick| {
+    let plane = crate::run::start_with(&control, |reconciler, _kick| {
         let state = ApiState {
-            store: engine.store.clone(),
-            inventory: engine.inventory.clone(),
+            store: reconciler.fleet().store.clone(),
+            inventory: reconciler.fleet().inventory.clone(),
             token: Arc::from(token.as_str()),
             changed: changed.clone(),
         };
@@ -99,13 +101,13 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
     plane.readiness.set(true);
     // One machine, one replica: always the leader (the value outlives its dropped sender).
     tokio::spawn(crate::run::republish_on_fresh_sessions(
-        plane.engine.clone(),
+        plane.reconciler.clone(),
         plane.link.fresh_sessions(),
         watch::channel(true).1,
     ));
     let (stop, stop_rx) = watch::channel(false);
     let loop_task = tokio::spawn(reconcile::run(
-        plane.engine.clone(),
+        plane.reconciler.clone(),
         changed,
         plane.kick.subscribe(),
         stop_rx,

@@ -1,5 +1,5 @@
 //! Standalone mode's reconcile loop: `ModelDeployment`s come from SQL (written by the REST
-//! API) and status goes back to SQL. The engine is the one Kubernetes mode uses; only the
+//! API) and status goes back to SQL. The reconciler is the one Kubernetes mode uses; only the
 //! source and the status sink differ. Runs on every API write, on every fleet change (`kick`)
 //! and when a deployment's `requeue_after` comes due.
 
@@ -11,14 +11,15 @@ use edgefleet_crds::ModelDeploymentSpec;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::engine::{DeploymentInput, Engine, ReconcileError, now_ms};
+use crate::clock::now_ms;
+use crate::reconcile::{DeploymentInput, ReconcileError, Reconciler};
 use crate::store::StoredDeployment;
 
 use super::api::stored_status;
 
 /// Reconciles until `stop` turns true.
 pub async fn run(
-    engine: Arc<Engine>,
+    reconciler: Arc<Reconciler>,
     changed: Arc<Notify>,
     mut kick: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
@@ -29,7 +30,7 @@ pub async fn run(
         if *stop.borrow() {
             return;
         }
-        match engine.store.list_deployments().await {
+        match reconciler.fleet().store.list_deployments().await {
             Ok(deployments) => {
                 due.retain(|key, _| {
                     deployments
@@ -42,7 +43,7 @@ pub async fn run(
                     if !(everything || is_due || d.deleting) {
                         continue;
                     }
-                    let next = match once(&engine, &d).await {
+                    let next = match once(&reconciler, &d).await {
                         Ok(after) => after,
                         Err(err) => {
                             tracing::warn!(deployment = %format!("{}/{}", d.namespace, d.name),
@@ -54,7 +55,7 @@ pub async fn run(
                 }
             }
             Err(err) => {
-                engine.metrics.store_errors.inc();
+                reconciler.fleet().metrics.store_errors.inc();
                 tracing::warn!(%err, "listing deployments failed");
             }
         }
@@ -77,10 +78,13 @@ pub async fn run(
 
 /// One deployment: removal if it is being deleted, else a reconcile whose status is stored
 /// when it changed. Returns when to come back.
-pub async fn once(engine: &Engine, d: &StoredDeployment) -> Result<Duration, ReconcileError> {
+pub async fn once(
+    reconciler: &Reconciler,
+    d: &StoredDeployment,
+) -> Result<Duration, ReconcileError> {
     let now = now_ms();
     if d.deleting {
-        engine.remove(&d.namespace, &d.name, now).await?;
+        reconciler.remove(&d.namespace, &d.name, now).await?;
         tracing::info!(deployment = %format!("{}/{}", d.namespace, d.name), "models removed; deployment deleted");
         return Ok(Duration::from_secs(3600));
     }
@@ -95,11 +99,12 @@ pub async fn once(engine: &Engine, d: &StoredDeployment) -> Result<Duration, Rec
         spec: &spec,
         status: previous.as_ref(),
     };
-    let output = engine.reconcile(&input, now).await?;
+    let output = reconciler.reconcile(&input, now).await?;
     if previous.as_ref() != Some(&output.status) {
         let json = serde_json::to_string(&output.status)
             .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
-        engine
+        reconciler
+            .fleet()
             .store
             .set_deployment_status(&d.namespace, &d.name, &json)
             .await?;

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 
-use super::{AssignmentRow, ModelReport, Result, Store, assignment_from_row};
+use edgefleet_protocol::wire::ModelPhase;
+
+use super::{AssignmentRecord, ModelReport, Result, Store, assignment_from_row};
 
 /// Devices per `IN (...)` list and rows per multi-row `INSERT`: well under SQLite's 32,766
 /// and PostgreSQL's 65,535 bind parameters.
@@ -70,8 +72,8 @@ pub struct DesiredWrite<'a> {
 
 /// One assignment row to upsert, with the device's report of the same model to keep.
 pub(super) struct AssignmentWrite<'a> {
-    pub row: &'a AssignmentRow,
-    pub kept_report: Option<&'a AssignmentRow>,
+    pub row: &'a AssignmentRecord,
+    pub kept_report: Option<&'a AssignmentRecord>,
 }
 
 pub(super) async fn delete_assignments(
@@ -123,17 +125,18 @@ pub(super) async fn upsert_assignments(
         for write in chunk {
             let row = write.row;
             let kept = write.kept_report;
+            let assignment_json = super::assignment_json(row)?;
             query = query
                 .bind(namespace)
                 .bind(name)
                 .bind(&row.device_id)
                 .bind(&row.version)
                 .bind(&row.variant)
-                .bind(&row.role)
+                .bind(row.role.as_str())
                 .bind(&row.reason)
-                .bind(&row.assignment_json)
+                .bind(assignment_json)
                 .bind(row.generation)
-                .bind(kept.and_then(|o| o.phase.clone()))
+                .bind(kept.and_then(|o| o.phase).map(ModelPhase::as_str))
                 .bind(kept.and_then(|o| o.phase_reason.clone()))
                 .bind(kept.and_then(|o| o.serving_sha256.clone()))
                 .bind(now_ms);
@@ -149,8 +152,9 @@ impl Store {
     pub async fn assignments_of_devices(
         &self,
         devices: &[&str],
-    ) -> Result<HashMap<String, Vec<(String, String, AssignmentRow)>>> {
-        let mut by_device: HashMap<String, Vec<(String, String, AssignmentRow)>> = HashMap::new();
+    ) -> Result<HashMap<String, Vec<(String, String, AssignmentRecord)>>> {
+        let mut by_device: HashMap<String, Vec<(String, String, AssignmentRecord)>> =
+            HashMap::new();
         for chunk in devices.chunks(CHUNK) {
             let sql = format!(
                 "SELECT device_id, version, variant, role, reason, generation, phase, phase_reason, serving_sha256,
@@ -288,19 +292,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn row(device: &str, json: &str) -> AssignmentRow {
-        AssignmentRow {
-            device_id: device.into(),
-            version: "1".into(),
-            variant: "int8".into(),
-            role: "stable".into(),
-            reason: String::new(),
-            assignment_json: json.into(),
-            generation: 1,
-            phase: None,
-            phase_reason: None,
-            serving_sha256: None,
-        }
+    fn row(device: &str) -> AssignmentRecord {
+        edgefleet_core::testutil::record(device, "1", edgefleet_protocol::wire::Role::Stable, None)
     }
 
     #[test]
@@ -326,7 +319,7 @@ mod tests {
         let store = Store::connect("sqlite::memory:").await.expect("store");
         // more devices than one chunk, so chunking is exercised
         let devices: Vec<String> = (0..CHUNK + 7).map(|i| format!("d{i:04}")).collect();
-        let rows: Vec<AssignmentRow> = devices.iter().map(|d| row(d, "{\"a\":1}")).collect();
+        let rows: Vec<AssignmentRecord> = devices.iter().map(|d| row(d)).collect();
         store
             .replace_assignments("ns", "a", &rows, 1)
             .await

@@ -1,10 +1,12 @@
 //! Device presence (hello and online/offline) written a batch at a time: a fleet coming online
 //! at once is a few multi-row statements per few hundred devices, not one statement each.
 
-use edgefleet_crds::wire::{DeviceId, Hello};
+use edgefleet_protocol::wire::{DeviceId, Hello};
 
 use super::batch::{CHUNK, placeholders, value_rows};
-use super::{Result, Store, StoreError};
+use sqlx::Row;
+
+use super::{Result, Store, StoreError, StoredDevice};
 
 /// What a batch of presence messages leaves behind for one device.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,6 +19,39 @@ pub struct DeviceWrite<'a> {
 }
 
 impl Store {
+    pub async fn load_devices(&self) -> Result<Vec<StoredDevice>> {
+        let rows =
+            sqlx::query("SELECT hello_json, online, last_seen_ms FROM devices ORDER BY device_id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|row| {
+                let hello_json: String = row.try_get(0)?;
+                let hello: Hello = serde_json::from_str(&hello_json)
+                    .map_err(|e| StoreError::Corrupt(format!("devices.hello_json: {e}")))?;
+                Ok(StoredDevice {
+                    hello,
+                    online: row.try_get::<i64, _>(1)? != 0,
+                    last_seen_ms: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// `(device id, sha256)` of what each device last reported serving, per assignment: what a
+    /// restarted controller knows devices hold before they report again.
+    pub async fn serving_digests(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT device_id, serving_sha256 FROM assignments
+             WHERE serving_sha256 IS NOT NULL ORDER BY device_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
     /// Applies one batch of presence in one transaction: hellos are upserted (a new device
     /// starts online), then online flags are set. Devices are written in id order so that two
     /// replicas recording the same fleet lock rows in the same order. A status for a device

@@ -20,11 +20,11 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
-use edgefleet_agent::pull::sha256_hex;
+use edgefleet_agent::install::pull::sha256_hex;
 use edgefleet_agent::runtime::{Backend, tract::TractBackend};
 use edgefleet_agent::tensor::Tensor;
-use edgefleet_crds::wire::{self, Assignment, Channel, Desired, DeviceId, Role};
-use edgefleet_crds::{
+use edgefleet_protocol::wire::{self, Assignment, Channel, Desired, DeviceId, Role};
+use edgefleet_protocol::{
     Artifact, ModelRef, Precision, Runtime, SelfTest, SelfTestInput, TensorDatatype,
 };
 
@@ -87,37 +87,32 @@ fn stats(mut samples: Vec<f64>) -> Stats {
     }
 }
 
+/// Times the agent's local API against direct tract calls on the same models.
+#[derive(clap::Parser)]
+#[command(name = "agent-bench")]
 struct Args {
+    /// Timed requests per model and tensor encoding (after 50 warm-up ones).
+    #[arg(long, env = "EDGEFLEET_BENCH_ITERATIONS", default_value_t = 1000)]
     iterations: usize,
+    /// Broker the agent connects to; a private Mosquitto is started when unset.
+    #[arg(long, env = "EDGEFLEET_BENCH_BROKER")]
     broker: Option<String>,
+    /// Where tests/tools/fetch-models.sh put the models.
+    #[arg(long, env = "EDGEFLEET_MODELS", default_value_os_t = default_models_dir())]
     models: PathBuf,
+    /// The agent binary; default: next to this executable.
+    #[arg(long, env = "EDGEFLEET_BENCH_AGENT", default_value_os_t = default_agent())]
     agent: PathBuf,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        iterations: 1000,
-        broker: None,
-        models: std::env::var_os("EDGEFLEET_MODELS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                    .join(".cache/edgefleet/models")
-            }),
-        agent: std::env::current_exe()?.with_file_name("edgefleet-agent"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--iterations" => args.iterations = value.parse()?,
-            "--broker" => args.broker = Some(value),
-            "--models" => args.models = value.into(),
-            "--agent" => args.agent = value.into(),
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    Ok(args)
+fn default_models_dir() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/edgefleet/models")
+}
+
+fn default_agent() -> PathBuf {
+    std::env::current_exe()
+        .map(|exe| exe.with_file_name("edgefleet-agent"))
+        .unwrap_or_else(|_| PathBuf::from("edgefleet-agent"))
 }
 
 struct Kill(Child);
@@ -131,7 +126,7 @@ impl Drop for Kill {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     for m in MODELS {
         if !args.models.join(m.file).is_file() {
             bail!(

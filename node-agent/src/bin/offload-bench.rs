@@ -26,9 +26,9 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
-use edgefleet_agent::pull::sha256_hex;
-use edgefleet_crds::wire::{self, Assignment, Channel, Desired, DeviceId, Role};
-use edgefleet_crds::{
+use edgefleet_agent::install::pull::sha256_hex;
+use edgefleet_protocol::wire::{self, Assignment, Channel, Desired, DeviceId, Role};
+use edgefleet_protocol::{
     Artifact, ConfidenceTrigger, ModelRef, OffloadEndpoint, OffloadPolicy, OffloadRateLimit,
     OffloadTriggers, Precision, Runtime, ScoreKind, SelfTest, SelfTestInput, TensorDatatype,
 };
@@ -63,40 +63,35 @@ fn body(k: usize) -> (Bytes, usize) {
     (Bytes::from(bytes), header_len)
 }
 
+/// Measures offloading: a device agent whose hard requests go to a cloud agent.
+#[derive(clap::Parser)]
+#[command(name = "offload-bench")]
 struct Args {
+    /// Requests per scenario.
+    #[arg(long, env = "EDGEFLEET_BENCH_REQUESTS", default_value_t = 400)]
     requests: usize,
+    /// Concurrent clients.
+    #[arg(long, env = "EDGEFLEET_BENCH_CLIENTS", default_value_t = 4)]
     clients: usize,
+    /// Broker the agents connect to; a private Mosquitto is started when unset.
+    #[arg(long, env = "EDGEFLEET_BENCH_BROKER")]
     broker: Option<String>,
+    /// Where tests/tools/fetch-models.sh put the models.
+    #[arg(long, env = "EDGEFLEET_MODELS", default_value_os_t = default_models_dir())]
     models: PathBuf,
+    /// The agent binary; default: next to this executable.
+    #[arg(long, env = "EDGEFLEET_BENCH_AGENT", default_value_os_t = default_agent())]
     agent: PathBuf,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        requests: 400,
-        clients: 4,
-        broker: None,
-        models: std::env::var_os("EDGEFLEET_MODELS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                    .join(".cache/edgefleet/models")
-            }),
-        agent: std::env::current_exe()?.with_file_name("edgefleet-agent"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--requests" => args.requests = value.parse()?,
-            "--clients" => args.clients = value.parse()?,
-            "--broker" => args.broker = Some(value),
-            "--models" => args.models = value.into(),
-            "--agent" => args.agent = value.into(),
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    Ok(args)
+fn default_models_dir() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/edgefleet/models")
+}
+
+fn default_agent() -> PathBuf {
+    std::env::current_exe()
+        .map(|exe| exe.with_file_name("edgefleet-agent"))
+        .unwrap_or_else(|_| PathBuf::from("edgefleet-agent"))
 }
 
 struct Kill(Child);
@@ -357,7 +352,7 @@ async fn unsure_share(http: &reqwest::Client, addr: &str) -> anyhow::Result<f64>
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let model_path = args.models.join(FILE);
     let model = Bytes::from(std::fs::read(&model_path).with_context(|| {
         format!(

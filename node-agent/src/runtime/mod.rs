@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use edgefleet_crds::{Runtime, SelfTest};
+use edgefleet_protocol::{Runtime, SelfTest};
 
 use crate::tensor::{DataType, Tensor, element_count};
 
@@ -192,7 +192,7 @@ pub fn prepare(model: &dyn Model, test: Option<&SelfTest>) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgefleet_crds::{SelfTestInput, TensorDatatype};
+    use edgefleet_protocol::{SelfTestInput, TensorDatatype};
 
     /// A transformer's token inputs; `run` is never called.
     struct TokenModel(Vec<IoSpec>);

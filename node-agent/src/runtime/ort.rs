@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use edgefleet_crds::Runtime;
+use edgefleet_protocol::Runtime;
 use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, ValueType};
 

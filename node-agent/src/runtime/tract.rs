@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use edgefleet_crds::Runtime;
+use edgefleet_protocol::Runtime;
 use tract_onnx::prelude::{
     DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TDim, TVec,
     ToDim, TypedModel, TypedRunnableModel,

@@ -19,9 +19,9 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use edgefleet_crds::presence;
-use edgefleet_crds::wire::{self, Assignment, Channel, Desired, DeviceId, Role};
-use edgefleet_crds::{
+use edgefleet_protocol::presence;
+use edgefleet_protocol::wire::{self, Assignment, Channel, Desired, DeviceId, Role};
+use edgefleet_protocol::{
     Artifact, ModelRef, Precision, Runtime, SelfTest, SelfTestInput, TensorDatatype,
 };
 
@@ -293,7 +293,7 @@ pub fn assignment(
         runtime: Runtime::Tract,
         artifact: Artifact {
             uri: uri.into(),
-            sha256: edgefleet_agent::pull::sha256_hex(bytes),
+            sha256: edgefleet_agent::install::pull::sha256_hex(bytes),
             size_bytes: bytes.len() as u64,
             signature: None,
         },
@@ -771,7 +771,7 @@ pub fn parse_binary_response(header_len: usize, body: &[u8]) -> HashMap<String, 
 
 // ------------------------------------------------------------------ state reports
 
-pub fn state_report(payload: &[u8]) -> edgefleet_crds::wire::StateReport {
+pub fn state_report(payload: &[u8]) -> edgefleet_protocol::wire::StateReport {
     wire::decode(payload).expect("agent publishes valid state reports")
 }
 
@@ -780,9 +780,9 @@ pub async fn wait_phase(
     obs: &mut Observer,
     generation: u64,
     deployment: &str,
-    phase: edgefleet_crds::wire::ModelPhase,
+    phase: edgefleet_protocol::wire::ModelPhase,
     timeout: Duration,
-) -> edgefleet_crds::wire::ModelState {
+) -> edgefleet_protocol::wire::ModelState {
     let payload = obs
         .wait_for(Channel::State, timeout, |p| {
             let r = state_report(p);

@@ -1,4 +1,5 @@
-use edgefleet_crds::{Analysis, LatencyHistogram, Slo, Verdict};
+use edgefleet_crds::{Analysis, Slo, Verdict};
+use edgefleet_protocol::LatencyHistogram;
 
 use super::*;
 

@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgefleet_crds::wire::DeviceId;
+use edgefleet_protocol::wire::DeviceId;
 use proptest::prelude::*;
 
 use super::*;

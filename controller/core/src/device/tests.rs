@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
-use edgefleet_crds::wire::Hello;
 use edgefleet_crds::{DeviceSelector, Runtime, SelectorOperator, SelectorRequirement};
+use edgefleet_protocol::wire::Hello;
 
 use super::*;
 use crate::testutil::{device, id};

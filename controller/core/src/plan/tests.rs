@@ -1,9 +1,9 @@
 use std::collections::BTreeSet;
 
-use edgefleet_crds::wire::Role;
 use edgefleet_crds::{
     DeviceSelector, ModelDeploymentSpec, Precision, SelectorOperator, SelectorRequirement,
 };
+use edgefleet_protocol::wire::Role;
 
 use super::*;
 use crate::canary::canary_members;

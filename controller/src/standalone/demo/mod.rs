@@ -14,8 +14,8 @@ use edgefleet_crds::{ModelDeploymentStatus, Phase};
 use tokio::sync::watch;
 
 use super::Standalone;
+use super::args::{DemoArgs, UpArgs};
 use super::client::Client;
-use crate::cli::{DemoArgs, UpArgs};
 use view::{Observation, View};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {

@@ -11,8 +11,8 @@ use serde_json::json;
 use super::fleet::{Agent, DeviceSpec};
 use super::load::{self, SharedStats};
 use super::manifest::{DEPLOYMENT, MODEL};
-use crate::cli::DemoOutput;
 use crate::standalone::Standalone;
+use crate::standalone::args::DemoOutput;
 use crate::standalone::render::table;
 
 pub struct DeviceObservation {
@@ -33,16 +33,16 @@ pub struct Observation {
 
 impl Observation {
     pub async fn take(plane: &Standalone, agents: &[Agent]) -> anyhow::Result<Observation> {
-        let store = &plane.plane.engine.store;
+        let store = &plane.plane.reconciler.fleet().store;
         let stored = store.get_deployment("default", DEPLOYMENT).await?;
         let spec: Option<ModelDeploymentSpec> = stored
             .as_ref()
             .and_then(|d| serde_json::from_str(&d.spec_json).ok());
         let assignments = store.assignments("default", DEPLOYMENT).await?;
-        let inventory = &plane.plane.engine.inventory;
+        let inventory = &plane.plane.reconciler.fleet().inventory;
         let mut devices = Vec::new();
         for agent in agents {
-            let id = edgefleet_crds::wire::DeviceId::new(agent.spec.id.clone())?;
+            let id = edgefleet_protocol::wire::DeviceId::new(agent.spec.id.clone())?;
             let facts = inventory.device(&id);
             let no_fit = match (&facts, &spec) {
                 (Some(facts), Some(spec)) => match choose_variant(facts, spec) {
@@ -67,7 +67,7 @@ impl Observation {
                         (
                             r.version.clone(),
                             r.variant.clone(),
-                            r.phase.clone().unwrap_or_else(|| "Assigned".into()),
+                            r.phase.map_or("Assigned", |p| p.as_str()).to_string(),
                         )
                     }),
                 no_fit,
@@ -124,7 +124,7 @@ impl View {
         View {
             output,
             tty: output == DemoOutput::Text && std::io::stdout().is_terminal(),
-            colour: edgefleet_crds::terminal::use_colour(
+            colour: edgefleet_protocol::terminal::use_colour(
                 std::io::stdout().is_terminal(),
                 std::env::var_os("NO_COLOR").as_deref(),
             ),

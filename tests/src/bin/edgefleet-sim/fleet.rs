@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use edgefleet_crds::wire::{
+use edgefleet_protocol::wire::{
     self, Channel, Desired, DeviceId, DeviceStatus, ModelPhase, ModelState, ModelWindow, Role,
     StateReport, Telemetry,
 };

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use edgefleet_crds::Runtime;
-use edgefleet_crds::wire::{DeviceId, Hello};
+use edgefleet_protocol::wire::{DeviceId, Hello};
 
 use crate::rng::mix64;
 
@@ -235,8 +235,9 @@ mod tests {
     fn hellos_and_deployments_pass_the_real_admission_checks() {
         let id = DeviceId::new(device_id(42)).expect("id");
         let hello = hello(3, 42, &id);
-        let bytes = edgefleet_crds::wire::encode(&hello);
-        let decoded: Hello = edgefleet_crds::wire::decode_from(&id, &bytes).expect("valid hello");
+        let bytes = edgefleet_protocol::wire::encode(&hello);
+        let decoded: Hello =
+            edgefleet_protocol::wire::decode_from(&id, &bytes).expect("valid hello");
         assert_eq!(decoded, hello);
         let yaml = deployment_yaml("2.0.0", &[10, 50], 20);
         let value: serde_json::Value = serde_yaml::from_str(&yaml).expect("yaml");

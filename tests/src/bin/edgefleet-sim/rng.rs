@@ -2,7 +2,7 @@
 //! log-normal per variant and device profile, which is how inference latency is commonly
 //! shaped (a tight body and a long right tail).
 
-use edgefleet_crds::histogram::LatencyHistogram;
+use edgefleet_protocol::histogram::LatencyHistogram;
 
 /// SplitMix64's output function: a well-mixed 64-bit hash of `x`.
 pub fn mix64(x: u64) -> u64 {

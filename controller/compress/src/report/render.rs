@@ -1,0 +1,136 @@
+//! What a report becomes: `variants:` entries for a ModelDeployment and a Markdown table.
+
+use super::*;
+
+/// Memory a device needs for a variant: an estimate, not a measurement. 64 MiB for the agent and
+/// runtime, plus 3× the artifact (file buffer, parsed graph, runtime weights).
+pub fn min_memory_mib(size_bytes: u64) -> u64 {
+    64 + (3 * size_bytes).div_ceil(1 << 20)
+}
+
+/// The report's variants as CRD variants (those a runtime could run, or that were not measured).
+pub fn variants(report: &Report) -> Vec<Variant> {
+    report
+        .variants
+        .iter()
+        .filter(|v| {
+            // A variant we made that tract cannot run is a bug, not a deployable artifact.
+            v.tract.loaded || v.runtime != Runtime::Tract || v.rewrite.is_none()
+        })
+        .map(|v| {
+            let latency = match v.runtime {
+                Runtime::Tract => v.tract.latency_ms,
+                Runtime::Onnxruntime => v.onnxruntime.as_ref().and_then(|o| o.latency_ms),
+            };
+            Variant {
+                name: v.name.clone(),
+                artifact: Artifact {
+                    uri: v.uri.clone(),
+                    sha256: v.sha256.clone(),
+                    size_bytes: v.size_bytes,
+                    signature: None,
+                },
+                format: ModelFormat::Onnx,
+                precision: v.precision,
+                runtime: v.runtime,
+                requires: Requirements {
+                    min_memory_mib: min_memory_mib(v.size_bytes),
+                    min_free_disk_mib: (2 * v.size_bytes).div_ceil(1 << 20).max(1),
+                    ..Default::default()
+                },
+                quality: v.accuracy_drift.map(|d| Quality {
+                    accuracy_drift: (d * 1e6).round() / 1e6,
+                    latency_hint_ms: latency.map(|l| (l * 100.0).round() / 100.0),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// A `variants:` block ready to paste under a `ModelDeployment`'s `spec`.
+pub fn variants_yaml(report: &Report) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Block {
+        variants: Vec<Variant>,
+    }
+    let mut out = format!(
+        "# edgefleet compress: {} ({} samples, {}; latency: median of {} runs on {}).\n\
+         # requires.minMemoryMib is an estimate (64 MiB + 3 x size); quality.accuracyDrift is\n\
+         # 1 - top-1 agreement for classifiers, else 1 - mean cosine, against fp32.\n",
+        report.model, report.samples, report.input_source, report.latency_runs, report.host
+    );
+    out.push_str(&serde_yaml::to_string(&Block {
+        variants: variants(report),
+    })?);
+    Ok(out)
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
+}
+
+fn drift_cell(m: Option<&RuntimeMeasurement>) -> String {
+    match m.and_then(|m| m.drift.as_ref()) {
+        Some(d) => match d.top1_agreement {
+            Some(a) => format!("cos {:.4}, top-1 {:.1}%", d.mean_cosine, a * 100.0),
+            None => format!("cos {:.4}", d.mean_cosine),
+        },
+        None => match m {
+            Some(m) if !m.loaded => "does not load".into(),
+            _ => "-".into(),
+        },
+    }
+}
+
+/// The report as a markdown table.
+pub fn markdown(report: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: {} samples ({}), latency median of {} runs, 1 thread, {}\n",
+        report.model, report.samples, report.input_source, report.latency_runs, report.host
+    );
+    let _ = writeln!(
+        s,
+        "| variant | precision | runtime | size | vs fp32 | sha256 | tract ms | tract drift | ort ms | ort drift | accuracyDrift |"
+    );
+    let _ = writeln!(s, "|---|---|---|---:|---:|---|---:|---|---:|---|---:|");
+    for v in &report.variants {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} MB | {:.0}% | {}… | {} | {} | {} | {} | {} |",
+            v.name,
+            serde_json::to_value(v.precision)
+                .ok()
+                .and_then(|p| p.as_str().map(String::from))
+                .unwrap_or_default(),
+            v.runtime.as_str(),
+            v.size_bytes as f64 / 1e6,
+            v.size_ratio * 100.0,
+            &v.sha256[..12],
+            ms(v.tract.latency_ms),
+            drift_cell(Some(&v.tract)),
+            ms(v.onnxruntime.as_ref().and_then(|o| o.latency_ms)),
+            drift_cell(v.onnxruntime.as_ref()),
+            v.accuracy_drift
+                .map(|d| format!("{d:.4}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    for v in &report.variants {
+        for note in &v.notes {
+            if note != "reference" {
+                let _ = writeln!(s, "\n- {}: {note}", v.name);
+            }
+        }
+        if let Some(e) = v.tract.error.as_ref().filter(|_| v.tract.loaded) {
+            let _ = writeln!(s, "\n- {}: tract drift not measured: {e}", v.name);
+        }
+        if let Some(o) = &v.onnxruntime
+            && let Some(e) = &o.error
+        {
+            let _ = writeln!(s, "\n- {}: onnxruntime: {e}", v.name);
+        }
+    }
+    s
+}

@@ -1,0 +1,39 @@
+//! A device's assignment for one deployment as the fleet store holds it, typed: what the
+//! controller told the device (the wire [`Assignment`]) and what the device last said about it.
+
+use edgefleet_protocol::wire::{Assignment, ModelPhase, Role};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignmentRecord {
+    pub device_id: String,
+    pub version: String,
+    pub variant: String,
+    pub role: Role,
+    /// Why the device runs this: selection, canary membership and variant choice.
+    pub reason: String,
+    /// The document entry sent to the device.
+    pub assignment: Assignment,
+    /// The deployment generation the assignment was planned from.
+    pub generation: i64,
+    /// The device's last report for this assignment; `None` until it reports.
+    pub phase: Option<ModelPhase>,
+    pub phase_reason: Option<String>,
+    /// The artifact the device says it serves for this deployment (the previous one until a
+    /// swap completes).
+    pub serving_sha256: Option<String>,
+}
+
+impl AssignmentRecord {
+    pub fn is_ready(&self) -> bool {
+        self.phase == Some(ModelPhase::Ready)
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.phase == Some(ModelPhase::Failed)
+    }
+
+    /// The digest of the artifact the device was told to run.
+    pub fn sha256(&self) -> &str {
+        &self.assignment.artifact.sha256
+    }
+}

@@ -1,0 +1,143 @@
+//! One turn of a canary step: measure the canary cohorts, analyse them when an interval has
+//! passed, and carry out the step decision on the rollout state. Telemetry comes in through
+//! [`Evidence`], so the whole turn is pure and replayable.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use edgefleet_protocol::wire::Role;
+
+use crate::analysis::{CohortVerdict, CohortWindow, Liveness, analyze_cohort};
+use crate::assignment::AssignmentRecord;
+use crate::cohort::CohortKey;
+use crate::plan::{RolloutPlan, Stage};
+use crate::progression::{
+    CanaryReadiness, StepCohort, StepDecision, StepState, decide_step, ready_since,
+};
+use crate::rollout::{RolloutEvent, RolloutState};
+
+/// What devices reported since a time, as the canary analysis reads it.
+pub trait Evidence {
+    /// The windows of a canary cohort's devices.
+    fn canary(&self, cohort: &CohortKey, since_ms: i64) -> CohortWindow;
+    /// The windows of the stable devices of a device class: the baseline.
+    fn stable(&self, device_class: &str, since_ms: i64) -> CohortWindow;
+}
+
+/// What one turn did: the event worth reporting, if any, and the verdicts it reached.
+#[derive(Debug, Default)]
+pub struct StepOutcome {
+    pub event: Option<RolloutEvent>,
+    pub verdicts: BTreeMap<CohortKey, CohortVerdict>,
+}
+
+/// Moves a canary rollout on by one turn at `now_ms`; a no-op outside a canary stage.
+pub fn step(
+    state: &mut RolloutState,
+    plan: &RolloutPlan,
+    records: &[AssignmentRecord],
+    evidence: &dyn Evidence,
+    now_ms: i64,
+) -> StepOutcome {
+    let mut verdicts = BTreeMap::new();
+    let Stage::Canary { step } = state.stage else {
+        return StepOutcome::default();
+    };
+    let target_version = state.target.model.version.clone();
+    let ready: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.version == target_version && r.role == Role::Canary && r.is_ready())
+        .map(|r| r.device_id.as_str())
+        .collect();
+    let mut cohorts: BTreeMap<CohortKey, StepCohort> = plan
+        .canary_cohorts()
+        .into_iter()
+        .map(|(key, members)| {
+            let online: Vec<_> = members
+                .iter()
+                .filter(|id| plan.device(id).is_some_and(|d| d.online))
+                .collect();
+            let readiness = CanaryReadiness {
+                canaries: members.len() as u32,
+                online: online.len() as u32,
+                ready: online
+                    .iter()
+                    .filter(|id| ready.contains(id.as_str()))
+                    .count() as u32,
+            };
+            let record = state.cohorts.get(&key).copied().unwrap_or_default();
+            (key, StepCohort { record, readiness })
+        })
+        .collect();
+    state.ready_since_ms = ready_since(state.ready_since_ms, &cohorts, now_ms);
+
+    let analysis = &state.target.rollout.analysis;
+    let interval_ms = i64::from(analysis.interval_seconds) * 1000;
+    if now_ms - state.last_analysis_ms >= interval_ms {
+        // Evidence counts from when the step's canaries all served the new model.
+        let since = state.ready_since_ms.unwrap_or(state.step_started_ms);
+        for (key, cohort) in cohorts.iter_mut() {
+            let canary = evidence.canary(key, since);
+            let stable = evidence.stable(&key.device_class, since);
+            let baseline = (stable.samples() > 0).then_some(&stable);
+            let liveness = Liveness {
+                online: cohort.readiness.online,
+                total: cohort.readiness.canaries,
+            };
+            let verdict = analyze_cohort(
+                &canary,
+                baseline,
+                analysis,
+                state.target.slo.as_ref(),
+                liveness,
+            );
+            cohort.record = cohort.record.record(verdict.verdict, now_ms);
+            state.cohorts.insert(key.clone(), cohort.record);
+            verdicts.insert(key.clone(), verdict);
+        }
+        state.last_analysis_ms = now_ms;
+    }
+
+    let decision = decide_step(&StepState {
+        step,
+        rollout: &state.target.rollout,
+        started_ms: state.step_started_ms,
+        ready_since_ms: state.ready_since_ms,
+        cohorts: &cohorts,
+        now_ms,
+    });
+    let (reason, event) = match decision {
+        StepDecision::Hold { reason } => (reason, None),
+        StepDecision::Advance { to, reason } => {
+            state.stage = Stage::Canary { step: to };
+            restart_step(state, now_ms);
+            (reason.clone(), Some(("StepAdvanced", reason, false)))
+        }
+        StepDecision::Promote { reason } => {
+            state.stage = Stage::Promoted;
+            (reason.clone(), Some(("Promoted", reason, false)))
+        }
+        StepDecision::Rollback { reason } => {
+            state.stage = Stage::RolledBack;
+            (reason.clone(), Some(("RolledBack", reason, true)))
+        }
+        StepDecision::Demote { cohorts, reason } => {
+            state.demotions.extend(cohorts);
+            // A full timeout for the demoted devices to download and prove their new variant.
+            restart_step(state, now_ms);
+            (reason.clone(), Some(("Demoted", reason, true)))
+        }
+    };
+    state.last_decision = reason;
+    let event = event.map(|(reason, message, warning)| RolloutEvent {
+        reason,
+        message,
+        warning,
+    });
+    StepOutcome { event, verdicts }
+}
+
+fn restart_step(state: &mut RolloutState, now_ms: i64) {
+    state.step_started_ms = now_ms;
+    state.ready_since_ms = None;
+    state.last_analysis_ms = 0;
+}

@@ -1,0 +1,96 @@
+//! Step 3: the plan's assignments written to SQL, paced by `maxUnavailablePercent`, and the
+//! desired documents of devices whose assignment changed rebuilt and published.
+
+use std::collections::{BTreeSet, HashMap};
+
+use edgefleet_core::AssignmentRecord;
+use edgefleet_core::pacing;
+use edgefleet_core::plan::RolloutPlan;
+
+use super::{DeploymentInput, ReconcileError, Reconciler, Records};
+
+impl Reconciler {
+    /// Writes the plan's assignments, republishes the documents of devices whose assignment
+    /// for this deployment changed, and returns the deployment's records as stored.
+    pub(super) async fn apply(
+        &self,
+        input: &DeploymentInput<'_>,
+        plan: &RolloutPlan,
+        now_ms: i64,
+    ) -> Result<Records, ReconcileError> {
+        let store = &self.fleet.store;
+        let key = input.key();
+        let old = store.assignments(input.namespace, input.name).await?;
+        let new = planned_records(input, &key, plan);
+        let online: BTreeSet<String> = plan
+            .devices
+            .iter()
+            .filter(|d| d.online)
+            .map(|d| d.device.to_string())
+            .collect();
+        let budget = pacing::budget(
+            input.spec.rollout.max_unavailable_percent,
+            plan.counts.matched,
+        );
+        let new = pacing::pace(&old, new, &online, budget);
+        let changed = changed_devices(&old, &new);
+        // unchanged documents may still carry new reasons or generations to keep in SQL
+        let unchanged = changed.is_empty()
+            && old.len() == new.len()
+            && old
+                .iter()
+                .zip(&new)
+                .all(|(o, n)| o.reason == n.reason && o.generation == n.generation);
+        let stored = if unchanged {
+            old
+        } else {
+            store
+                .replace_assignments_over(input.namespace, input.name, &old, &new, now_ms)
+                .await?
+        };
+        self.fleet.attribution.assign(&key, &new);
+        self.publish_devices(&changed, now_ms).await?;
+        Ok(stored)
+    }
+}
+
+/// A record per device the plan assigns something to; reports are filled in by the store.
+fn planned_records(input: &DeploymentInput<'_>, key: &str, plan: &RolloutPlan) -> Records {
+    plan.devices
+        .iter()
+        .filter_map(|device| {
+            let assignment = device.assignment.as_ref()?;
+            Some(AssignmentRecord {
+                device_id: device.device.to_string(),
+                version: assignment.model.version.clone(),
+                variant: assignment.variant.name.clone(),
+                role: assignment.role,
+                reason: format!("{}; {}", device.reason, assignment.variant_reason),
+                assignment: assignment.to_wire(key),
+                generation: input.generation.unwrap_or(0),
+                phase: None,
+                phase_reason: None,
+                serving_sha256: None,
+            })
+        })
+        .collect()
+}
+
+/// Devices whose assignment differs between `old` and `new`, sorted.
+fn changed_devices(old: &[AssignmentRecord], new: &[AssignmentRecord]) -> Vec<String> {
+    fn index(records: &[AssignmentRecord]) -> HashMap<&str, &edgefleet_protocol::wire::Assignment> {
+        records
+            .iter()
+            .map(|r| (r.device_id.as_str(), &r.assignment))
+            .collect()
+    }
+    let (old_index, new_index) = (index(old), index(new));
+    let mut changed: Vec<String> = old_index
+        .keys()
+        .chain(new_index.keys().filter(|d| !old_index.contains_key(*d)))
+        .filter(|device| old_index.get(*device) != new_index.get(*device))
+        .map(|device| device.to_string())
+        .collect();
+    changed.sort_unstable();
+    changed
+}

@@ -1,0 +1,207 @@
+//! The reconcile pipeline shared by Kubernetes and standalone mode, one file per step:
+//! [`validate`] → [`load`] → plan (pure, `edgefleet-core`) → [`apply`] (assignments in SQL,
+//! desired documents through a [`Publisher`]) → [`progress`] (the canary turn, pure) →
+//! [`status`] (pure, plus its metrics). Where `ModelDeployment`s come from and where status
+//! goes is the adapters' business. Only `load`, `apply` and `status` touch the store.
+
+mod apply;
+mod load;
+mod progress;
+mod publish;
+mod remove;
+mod republish;
+mod status;
+mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_core::plan::{RolloutPlan, Stage, plan_rollout};
+use edgefleet_core::rollout::{RolloutEvent, RolloutState};
+use edgefleet_core::{AssignmentRecord, DeviceFacts};
+use edgefleet_crds::{ModelDeploymentSpec, ModelDeploymentStatus, Phase};
+
+pub use publish::{PublishError, Publisher};
+
+use crate::attribution::Attribution;
+use crate::inventory::Inventory;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::telemetry::Telemetry;
+
+/// The fleet state reconcile and ingest share: the fleet store, what devices announced, their
+/// aggregated telemetry, which role their windows count for, and the metrics.
+#[derive(Clone)]
+pub struct FleetState {
+    pub store: Store,
+    pub inventory: Arc<Inventory>,
+    pub telemetry: Arc<Telemetry>,
+    pub attribution: Arc<Attribution>,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("fleet store: {0}")]
+    Store(#[from] StoreError),
+    #[error("publishing a desired document: {0}")]
+    Publish(#[from] PublishError),
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
+}
+
+impl ReconcileError {
+    /// Bounded category for metrics and Events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Store(_) => "store",
+            ReconcileError::Publish(_) => "publish",
+            ReconcileError::Kube(_) => "kube",
+        }
+    }
+}
+
+/// One `ModelDeployment` as the adapters see it.
+pub struct DeploymentInput<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub generation: Option<i64>,
+    pub spec: &'a ModelDeploymentSpec,
+    pub status: Option<&'a ModelDeploymentStatus>,
+}
+
+impl DeploymentInput<'_> {
+    /// `namespace/name`, as assignments and telemetry name the deployment.
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+pub struct ReconcileOutput {
+    pub status: ModelDeploymentStatus,
+    pub requeue_after: Duration,
+    pub events: Vec<RolloutEvent>,
+}
+
+pub struct Reconciler {
+    fleet: FleetState,
+    publisher: Arc<dyn Publisher>,
+    /// Serialises desired-document rebuilds: two deployments touching one device must not
+    /// both read generation N and publish N+1.
+    publish_lock: tokio::sync::Mutex<()>,
+}
+
+impl Reconciler {
+    pub fn new(fleet: FleetState, publisher: Arc<dyn Publisher>) -> Self {
+        Self {
+            fleet,
+            publisher,
+            publish_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn fleet(&self) -> &FleetState {
+        &self.fleet
+    }
+
+    /// One pass over one deployment. Failures are counted here, once, by category.
+    pub async fn reconcile(
+        &self,
+        input: &DeploymentInput<'_>,
+        now_ms: i64,
+    ) -> Result<ReconcileOutput, ReconcileError> {
+        let metrics = &self.fleet.metrics;
+        let timer = metrics.reconcile_duration.start_timer();
+        let result = self.pipeline(input, now_ms).await;
+        timer.observe_duration();
+        if let Err(err) = &result {
+            metrics
+                .reconcile_errors
+                .with_label_values(&[err.category()])
+                .inc();
+        }
+        result
+    }
+
+    async fn pipeline(
+        &self,
+        input: &DeploymentInput<'_>,
+        now_ms: i64,
+    ) -> Result<ReconcileOutput, ReconcileError> {
+        if let Some(invalid) = validate::invalid_spec(input, now_ms) {
+            return Ok(invalid);
+        }
+        let mut loaded = load::rollout(&self.fleet.store, input, now_ms).await?;
+        let devices = self.fleet.inventory.snapshot();
+        let key = input.key();
+        self.fleet
+            .attribution
+            .set_variants(&key, loaded.state.variant_names());
+
+        let plan = plan(input.uid, &loaded.state, &devices);
+        let mut records = self.apply(input, &plan, now_ms).await?;
+        let turn = progress::turn(
+            &self.fleet,
+            input,
+            &mut loaded.state,
+            &plan,
+            &records,
+            now_ms,
+        );
+        let plan = match turn.event {
+            // the stage moved: the devices' assignments follow at once
+            Some(event) => {
+                load::record_event(&self.fleet.store, input, &event, now_ms).await?;
+                loaded.events.push(event);
+                let plan = self::plan(input.uid, &loaded.state, &devices);
+                records = self.apply(input, &plan, now_ms).await?;
+                plan
+            }
+            None => plan,
+        };
+        load::save(&self.fleet.store, input, &loaded, now_ms).await?;
+
+        let status = status::build(
+            &self.fleet,
+            input,
+            &loaded.state,
+            &plan,
+            &records,
+            &turn.verdicts,
+            now_ms,
+        );
+        let requeue_after = requeue_after(&loaded.state, status.phase);
+        Ok(ReconcileOutput {
+            status,
+            requeue_after,
+            events: loaded.events,
+        })
+    }
+}
+
+fn plan(uid: &str, state: &RolloutState, devices: &[DeviceFacts]) -> RolloutPlan {
+    plan_rollout(
+        uid,
+        &state.target,
+        state.previous.as_ref(),
+        state.stage,
+        devices,
+        &state.demotions,
+    )
+}
+
+/// How soon to look again: often during a canary, until devices settle after promotion,
+/// rarely once settled.
+fn requeue_after(state: &RolloutState, phase: Phase) -> Duration {
+    match state.stage {
+        Stage::Canary { .. } => Duration::from_secs(
+            u64::from(state.target.rollout.analysis.interval_seconds).clamp(1, 10),
+        ),
+        Stage::Promoted if phase != Phase::Succeeded => Duration::from_secs(5),
+        _ => Duration::from_secs(60),
+    }
+}
+
+/// The records of the deployment that `apply` wrote, for the later steps.
+type Records = Vec<AssignmentRecord>;

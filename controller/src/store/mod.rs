@@ -1,0 +1,217 @@
+//! Fleet state in SQL through sqlx: SQLite (embedded default) or PostgreSQL (production),
+//! with one set of portable migrations under `migrations/`. Queries are checked at run time
+//! (no database needed to build) and use `$1..$N` in order of appearance, which both accept.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+pub use edgefleet_core::AssignmentRecord;
+use edgefleet_protocol::wire::{Hello, ModelPhase, Role};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+
+mod assignments;
+mod batch;
+mod deployments;
+mod desired;
+mod devices;
+mod rollouts;
+pub use batch::DesiredWrite;
+pub use devices::DeviceWrite;
+pub use rollouts::{rollout_row, rollout_state};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("query: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("stored document is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    /// Bulk reads (every assignment of a deployment, desired documents of thousands of
+    /// devices). On a SQLite file these get their own connections: in WAL mode they read a
+    /// snapshot beside the one writer instead of queueing behind its transactions.
+    reader: AnyPool,
+    placeholders: batch::Placeholders,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredDevice {
+    pub hello: Hello,
+    pub online: bool,
+    pub last_seen_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDeployment {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub generation: i64,
+    pub spec_json: String,
+    pub status_json: Option<String>,
+    pub deleting: bool,
+}
+
+/// What a device reported for one of its assignments.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelReport<'a> {
+    pub device: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub variant: &'a str,
+    pub phase: &'a str,
+    pub reason: Option<&'a str>,
+    pub serving_sha256: Option<&'a str>,
+}
+
+/// Rollout progress of one deployment; `cohort_state_json` belongs to the rollout logic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRow {
+    pub uid: String,
+    pub target_version: String,
+    pub stable_version: Option<String>,
+    pub stable_spec_json: Option<String>,
+    pub step: i64,
+    pub phase: String,
+    pub step_started_ms: i64,
+    pub last_analysis_ms: i64,
+    pub cohort_state_json: String,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let url_with_create = if is_sqlite && !url.contains("mode=") && !url.contains(":memory:") {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        } else {
+            url.to_string()
+        };
+        let mut options = AnyPoolOptions::new();
+        if is_sqlite {
+            // SQLite serialises writers anyway; one connection avoids "database is locked" and
+            // keeps an in-memory database alive.
+            options = options.max_connections(1);
+        } else {
+            options = options.max_connections(8);
+        }
+        let pool =
+            options
+                .connect(&url_with_create)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    url: redact(url),
+                    source,
+                })?;
+        if is_sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA synchronous=NORMAL")
+                .execute(&pool)
+                .await?;
+        }
+        MIGRATOR.run(&pool).await?;
+        let (reader, placeholders) = if is_sqlite {
+            let reader = if url.contains(":memory:") {
+                pool.clone() // another connection would open another, empty, database
+            } else {
+                AnyPoolOptions::new()
+                    .max_connections(2)
+                    .connect(&url_with_create)
+                    .await
+                    .map_err(|source| StoreError::Connect {
+                        url: redact(url),
+                        source,
+                    })?
+            };
+            (reader, batch::Placeholders::Positional)
+        } else {
+            (pool.clone(), batch::Placeholders::Numbered)
+        };
+        Ok(Self {
+            pool,
+            reader,
+            placeholders,
+        })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+fn deployment_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDeployment> {
+    Ok(StoredDeployment {
+        namespace: r.try_get(0)?,
+        name: r.try_get(1)?,
+        uid: r.try_get(2)?,
+        generation: r.try_get(3)?,
+        spec_json: r.try_get(4)?,
+        status_json: r.try_get(5)?,
+        deleting: r.try_get::<i64, _>(6)? != 0,
+    })
+}
+
+/// A typed record from the columns `device_id, version, variant, role, reason, generation,
+/// phase, phase_reason, serving_sha256, assignment_json`; unreadable values are corruption.
+fn assignment_from_row(r: &sqlx::any::AnyRow) -> Result<AssignmentRecord> {
+    let device_id: String = r.try_get(0)?;
+    let role: String = r.try_get(3)?;
+    let phase: Option<String> = r.try_get(6)?;
+    let json: String = r.try_get(9)?;
+    let corrupt = |column: &str, why: String| {
+        StoreError::Corrupt(format!("assignments.{column} of {device_id}: {why}"))
+    };
+    Ok(AssignmentRecord {
+        version: r.try_get(1)?,
+        variant: r.try_get(2)?,
+        role: Role::parse(&role)
+            .ok_or_else(|| corrupt("role", format!("unknown role {role:?}")))?,
+        reason: r.try_get(4)?,
+        generation: r.try_get(5)?,
+        phase: match phase {
+            None => None,
+            Some(name) => Some(
+                ModelPhase::parse(&name)
+                    .ok_or_else(|| corrupt("phase", format!("unknown phase {name:?}")))?,
+            ),
+        },
+        phase_reason: r.try_get(7)?,
+        serving_sha256: r.try_get(8)?,
+        assignment: serde_json::from_str(&json)
+            .map_err(|e| corrupt("assignment_json", e.to_string()))?,
+        device_id,
+    })
+}
+
+/// The JSON column of a record's wire assignment.
+fn assignment_json(record: &AssignmentRecord) -> Result<String> {
+    serde_json::to_string(&record.assignment).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Hides a password in a database URL before it reaches a log or an error.
+pub fn redact(url: &str) -> String {
+    match url::Url::from_str(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,76 @@
+//! The agent's flags; each has an `EDGEFLEET_AGENT_*` environment variable.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser, Debug, Default, Clone)]
+#[command(name = "edgefleet-agent", version, about = "EdgeFleet node agent")]
+pub struct Args {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "EDGEFLEET_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "EDGEFLEET_AGENT_DEVICE_ID")]
+    pub device_id: Option<String>,
+    /// mqtt://host:port or mqtts://host:port
+    #[arg(long, env = "EDGEFLEET_AGENT_BROKER")]
+    pub broker: Option<String>,
+    /// Model store directory (artifacts, persisted state, telemetry spool).
+    #[arg(long, env = "EDGEFLEET_AGENT_STORE")]
+    pub store: Option<PathBuf>,
+    /// Local inference API address; port 0 picks a free one (written to <store>/listen-addr).
+    #[arg(long, env = "EDGEFLEET_AGENT_LISTEN")]
+    pub listen: Option<String>,
+    /// k=v,k2=v2 (added to the file's labels)
+    #[arg(long, env = "EDGEFLEET_AGENT_LABELS")]
+    pub labels: Option<String>,
+    #[arg(long, env = "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_SECS")]
+    pub telemetry_interval_secs: Option<u64>,
+    #[arg(long, env = "EDGEFLEET_AGENT_KEEP_ALIVE_SECS")]
+    pub keep_alive_secs: Option<u64>,
+    #[arg(long, env = "EDGEFLEET_AGENT_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    #[arg(long, env = "EDGEFLEET_AGENT_INFERENCE_THREADS")]
+    pub inference_threads: Option<usize>,
+    /// Artifacts must carry an ed25519 signature by one of these keys (PEM or base64 lines).
+    #[arg(long, env = "EDGEFLEET_AGENT_TRUSTED_KEYS_FILE")]
+    pub trusted_keys_file: Option<PathBuf>,
+    #[arg(long, env = "EDGEFLEET_AGENT_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    #[arg(long, env = "EDGEFLEET_AGENT_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "EDGEFLEET_AGENT_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    #[arg(long, env = "EDGEFLEET_AGENT_ARCH")]
+    pub arch: Option<String>,
+    #[arg(long, env = "EDGEFLEET_AGENT_CORES")]
+    pub cores: Option<u32>,
+    #[arg(long, env = "EDGEFLEET_AGENT_MEMORY_MIB")]
+    pub memory_mib: Option<u64>,
+    #[arg(long, env = "EDGEFLEET_AGENT_MEMORY_AVAILABLE_MIB")]
+    pub memory_available_mib: Option<u64>,
+    #[arg(long, env = "EDGEFLEET_AGENT_DISK_FREE_MIB")]
+    pub disk_free_mib: Option<u64>,
+    /// Comma-separated; an empty value announces none.
+    #[arg(long, env = "EDGEFLEET_AGENT_CPU_FEATURES")]
+    pub cpu_features: Option<String>,
+    #[arg(long, env = "EDGEFLEET_AGENT_ACCELERATORS")]
+    pub accelerators: Option<String>,
+    /// Comma-separated of tract, onnxruntime.
+    #[arg(long, env = "EDGEFLEET_AGENT_RUNTIMES")]
+    pub runtimes: Option<String>,
+    #[arg(long, env = "EDGEFLEET_AGENT_SPOOL_MAX_WINDOWS")]
+    pub spool_max_windows: Option<usize>,
+    #[arg(long, env = "EDGEFLEET_AGENT_SPOOL_MAX_BYTES")]
+    pub spool_max_bytes: Option<u64>,
+    #[arg(long, env = "EDGEFLEET_AGENT_BACKOFF_INITIAL_MS")]
+    pub backoff_initial_ms: Option<u64>,
+    #[arg(long, env = "EDGEFLEET_AGENT_BACKOFF_MAX_MS")]
+    pub backoff_max_ms: Option<u64>,
+    /// Test knob: artificial latency added to every inference.
+    #[arg(long, env = "EDGEFLEET_AGENT_EXTRA_LATENCY_MS")]
+    pub extra_latency_ms: Option<u64>,
+    /// Test knob per variant: variant=ms,variant2=ms
+    #[arg(long, env = "EDGEFLEET_AGENT_EXTRA_LATENCY_MS_BY_VARIANT")]
+    pub extra_latency_ms_by_variant: Option<String>,
+}

@@ -1,0 +1,11 @@
+//! Getting the desired models onto the device: the pure decision of what to do with a desired
+//! document ([`assignments`]), the resumable, digest-verified download ([`pull`]), signature
+//! checks ([`signing`]), the content-addressed artifact store with atomic swaps ([`store`]),
+//! the loop that applies it all ([`supervisor`]) and what it reports ([`repository`]).
+
+pub mod assignments;
+pub mod pull;
+pub mod repository;
+pub mod signing;
+pub mod store;
+pub mod supervisor;

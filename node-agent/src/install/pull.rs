@@ -1,0 +1,302 @@
+//! Artifact pull: resumable (HTTP Range), size-capped, sha256-verified, atomically committed.
+//!
+//! The decisions (where to resume, whether a response may be used) are pure functions; the
+//! async [`pull`] only moves bytes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use edgefleet_protocol::Artifact;
+
+use crate::install::store::{self, Store};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PullError {
+    #[error("not enough free disk: {need} bytes needed, {free} free")]
+    DiskFull { need: u64, free: u64 },
+    #[error("artifact is larger than its declared {limit} bytes (at least {seen})")]
+    TooLarge { limit: u64, seen: u64 },
+    #[error("sha256 mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("server answered HTTP {0}")]
+    Http(u16),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("store: {0}")]
+    Io(String),
+}
+
+impl PullError {
+    /// Transient failures are retried, resuming from what was already written.
+    pub fn retryable(&self) -> bool {
+        match self {
+            PullError::Network(_) => true,
+            PullError::Http(code) => *code == 408 || *code == 429 || *code >= 500,
+            _ => false,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PullError::DiskFull { .. } => "disk_full",
+            PullError::TooLarge { .. } => "too_large",
+            PullError::DigestMismatch { .. } => "digest_mismatch",
+            PullError::Http(_) => "http",
+            PullError::Network(_) => "network",
+            PullError::Io(_) => "io",
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> PullError {
+    PullError::Io(e.to_string())
+}
+
+/// Where to continue a download given the bytes already on disk: `0` restarts.
+pub fn resume_offset(partial_len: u64, size: u64) -> u64 {
+    if partial_len < size { partial_len } else { 0 }
+}
+
+/// How to use a server's answer to a request that asked for bytes from `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Append the body to the partial file (206 for our range, or 200 when starting fresh).
+    Append,
+    /// The server sent the whole file: truncate the partial file and start over.
+    Restart,
+    /// The server refuses the range (416): discard the partial file and ask again from 0.
+    Discard,
+}
+
+pub fn plan_response(
+    status: u16,
+    offset: u64,
+    content_range_start: Option<u64>,
+    content_length: Option<u64>,
+    size: u64,
+) -> Result<Plan, PullError> {
+    let plan = match status {
+        206 if content_range_start == Some(offset) => Plan::Append,
+        206 => return Err(PullError::Network("server sent a different range".into())),
+        200 if offset == 0 => Plan::Append,
+        200 => Plan::Restart,
+        416 => return Ok(Plan::Discard),
+        code => return Err(PullError::Http(code)),
+    };
+    let start = if plan == Plan::Restart { 0 } else { offset };
+    if let Some(len) = content_length
+        && start.saturating_add(len) > size
+    {
+        return Err(PullError::TooLarge {
+            limit: size,
+            seen: start.saturating_add(len),
+        });
+    }
+    Ok(plan)
+}
+
+/// `bytes 100-199/200` → `100`.
+pub fn content_range_start(value: &str) -> Option<u64> {
+    value
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Ensures `artifact` is in the store, verified; returns its path. `free_limit` caps the free
+/// space believed available (to simulate small disks). `progress(done, total)` follows bytes.
+pub async fn pull(
+    client: &reqwest::Client,
+    store: &Store,
+    artifact: &Artifact,
+    free_limit: Option<u64>,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<PathBuf, PullError> {
+    let sha = &artifact.sha256;
+    if store.has_artifact(sha) {
+        let path = store.artifact_path(sha);
+        let actual = hash_blocking(path.clone()).await?;
+        if &actual == sha {
+            return Ok(path);
+        }
+        tracing::warn!(%sha, %actual, "stored artifact is corrupt; downloading it again");
+        std::fs::remove_file(&path).map_err(io_err)?;
+    }
+    let partial = store.partial_path(sha);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match download(client, store, artifact, free_limit, progress).await {
+            Ok(()) => break,
+            Err(e) if e.retryable() && attempt < 6 => {
+                let delay = Duration::from_millis(200 * (1 << attempt.min(5)));
+                tracing::warn!(%sha, attempt, error = %e, ?delay, "download interrupted; will resume");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let actual = hash_blocking(partial.clone()).await?;
+    if &actual != sha {
+        let _ = std::fs::remove_file(&partial);
+        return Err(PullError::DigestMismatch {
+            expected: sha.clone(),
+            actual,
+        });
+    }
+    store.commit_partial(sha).map_err(io_err)
+}
+
+async fn hash_blocking(path: PathBuf) -> Result<String, PullError> {
+    tokio::task::spawn_blocking(move || store::sha256_file(&path))
+        .await
+        .map_err(|e| PullError::Io(e.to_string()))?
+        .map_err(io_err)
+}
+
+/// One attempt: appends to the partial file until it holds `size` bytes.
+async fn download(
+    client: &reqwest::Client,
+    store: &Store,
+    artifact: &Artifact,
+    free_limit: Option<u64>,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<(), PullError> {
+    let size = artifact.size_bytes;
+    let path = store.partial_path(&artifact.sha256);
+    let on_disk = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut offset = resume_offset(on_disk, size);
+    if offset == 0 && on_disk > 0 {
+        std::fs::remove_file(&path).map_err(io_err)?;
+    }
+    let free = store.free_bytes().map_err(io_err)?;
+    let free = free_limit.map_or(free, |limit| limit.min(free));
+    let need = size - offset;
+    if need > free {
+        return Err(PullError::DiskFull { need, free });
+    }
+    let mut request = client.get(&artifact.uri);
+    if offset > 0 {
+        request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+    }
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| PullError::Network(e.to_string()))?;
+    let range_start = response
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(content_range_start);
+    let plan = plan_response(
+        response.status().as_u16(),
+        offset,
+        range_start,
+        response.content_length(),
+        size,
+    )?;
+    let mut file = match plan {
+        Plan::Append => tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(io_err)?,
+        Plan::Restart => {
+            offset = 0;
+            tokio::fs::File::create(&path).await.map_err(io_err)?
+        }
+        Plan::Discard => {
+            let _ = std::fs::remove_file(&path);
+            return Err(PullError::Network("server refused the resume range".into()));
+        }
+    };
+    if offset > 0 {
+        tracing::info!(sha = %artifact.sha256, offset, "resuming download");
+    }
+    let mut done = offset;
+    progress(done, size);
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                file.flush().await.map_err(io_err)?;
+                return Err(PullError::Network(e.to_string()));
+            }
+        };
+        done += chunk.len() as u64;
+        if done > size {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(PullError::TooLarge {
+                limit: size,
+                seen: done,
+            });
+        }
+        file.write_all(&chunk).await.map_err(io_err)?;
+        progress(done, size);
+    }
+    file.flush().await.map_err(io_err)?;
+    file.sync_all().await.map_err(io_err)?;
+    if done < size {
+        return Err(PullError::Network(format!(
+            "connection closed after {done} of {size} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Sha256 of bytes (for tests and tools).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_and_response_plans() {
+        assert_eq!(resume_offset(0, 100), 0);
+        assert_eq!(resume_offset(40, 100), 40);
+        assert_eq!(
+            resume_offset(100, 100),
+            0,
+            "a full partial file is re-fetched"
+        );
+        assert_eq!(
+            plan_response(206, 40, Some(40), Some(60), 100),
+            Ok(Plan::Append)
+        );
+        assert_eq!(
+            plan_response(200, 40, None, Some(100), 100),
+            Ok(Plan::Restart)
+        );
+        assert_eq!(plan_response(200, 0, None, None, 100), Ok(Plan::Append));
+        assert_eq!(plan_response(416, 40, None, None, 100), Ok(Plan::Discard));
+        assert!(matches!(
+            plan_response(200, 0, None, Some(101), 100),
+            Err(PullError::TooLarge {
+                limit: 100,
+                seen: 101
+            })
+        ));
+        assert!(plan_response(206, 40, Some(0), Some(100), 100).is_err());
+        let e = plan_response(503, 0, None, None, 100).unwrap_err();
+        assert!(e.retryable());
+        assert!(
+            !plan_response(404, 0, None, None, 100)
+                .unwrap_err()
+                .retryable()
+        );
+        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
+        assert_eq!(content_range_start("items 1-2"), None);
+    }
+}
