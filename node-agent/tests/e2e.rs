@@ -91,7 +91,7 @@ async fn deploys_real_models_serves_reference_outputs_and_restarts_without_broke
         ("ocr/text-direction", "ocr-cls", "ocr-cls.onnx"),
         ("audio/vad", "silero-vad", "silero-vad.onnx"),
     ];
-    let server = FileServer::start().await;
+    let server = ArtifactServer::start().await;
     let assignments: Vec<_> = models
         .iter()
         .map(|(deployment, name, file)| {
@@ -267,7 +267,7 @@ async fn check_inference(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolls_back_from_disk_collects_old_artifacts_and_adds_test_latency() {
-    let server = FileServer::start().await;
+    let server = ArtifactServer::start().await;
     let files = ["ocr-cls.onnx", "silero-vad.onnx", "orientation.onnx"];
     let versions: Vec<_> = files
         .iter()
@@ -319,12 +319,12 @@ async fn rolls_back_from_disk_collects_old_artifacts_and_adds_test_latency() {
     );
 
     // Rolling back to the previous version needs no download.
-    let requests = server.files.requests.lock().unwrap().len();
+    let requests = server.request_count();
     obs.publish_desired(&device, desired(&device, 3, vec![versions[0].clone()]))
         .await;
     let m = wait_phase(&mut obs, 3, "team/model", ModelPhase::Ready, T).await;
     assert_eq!(m.serving_sha256, Some(sha(0)));
-    assert_eq!(server.files.requests.lock().unwrap().len(), requests);
+    assert_eq!(server.request_count(), requests);
     wait_serving(&agent, "model", &sha(0), T).await;
 
     // A third version: the oldest one is garbage-collected.

@@ -21,7 +21,7 @@ fn start(store: &std::path::Path, device: &str, broker: &str, extra: &[&str]) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_download_resumes_with_range() {
-    let server = FileServer::start().await;
+    let server = ArtifactServer::start().await;
     let bytes = model_bytes("orientation.onnx");
     let uri = server.add("orientation.onnx", bytes.clone());
     server.cut_once("orientation.onnx", 2_000_000);
@@ -54,11 +54,8 @@ async fn interrupted_download_resumes_with_range() {
         "resumed from {resumed_from}"
     );
     // Whole file sent once plus the re-sent tail, not twice.
-    let served = server
-        .files
-        .served_bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(served < 2 * bytes.len(), "{served} bytes served");
+    let served = server.sent_bytes();
+    assert!(served < 2 * bytes.len() as u64, "{served} bytes served");
     wait_serving(&agent, "orientation", &a.artifact.sha256, T).await;
     assert!(
         !dir.path()
@@ -71,7 +68,7 @@ async fn interrupted_download_resumes_with_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_digest_size_cap_and_full_disk_fail_while_the_previous_model_serves() {
-    let server = FileServer::start().await;
+    let server = ArtifactServer::start().await;
     let good = model_bytes("ocr-cls.onnx");
     let good_uri = server.add("ocr-cls.onnx", good.clone());
     let other = model_bytes("silero-vad.onnx");
@@ -176,7 +173,7 @@ async fn assert_still_serving(agent: &AgentProcess, sha: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_stale_and_foreign_desired_documents_are_ignored() {
-    let server = FileServer::start().await;
+    let server = ArtifactServer::start().await;
     let bytes = model_bytes("ocr-cls.onnx");
     let uri = server.add("ocr-cls.onnx", bytes.clone());
     let broker = TestBroker::get();

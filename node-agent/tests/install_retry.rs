@@ -30,7 +30,7 @@ fn stored(store: &Path, dir: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn requests_for(server: &FileServer, name: &str) -> usize {
+fn requests_for(server: &ArtifactServer, name: &str) -> usize {
     server.ranges(name).len()
 }
 
@@ -92,7 +92,7 @@ const TOKEN_IDS: [f64; 8] = [101.0, 7592.0, 1010.0, 2088.0, 999.0, 2023.0, 2003.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_with_a_token_id_self_test_installs_and_a_retry_needs_no_download() {
-    let server = FileServer::start().await;
+    let server = ArtifactServer::start().await;
     let bytes = minilm_bytes();
     let uri = server.add("minilm.onnx", bytes.clone());
     let broker = TestBroker::get();
@@ -129,10 +129,7 @@ async fn minilm_with_a_token_id_self_test_installs_and_a_retry_needs_no_download
 
     // 2. The corrected self-test: whole-number token ids pass, without a second download.
     let requests = requests_for(&server, "minilm.onnx");
-    let served = server
-        .files
-        .served_bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let served = server.sent_bytes();
     assert_eq!(requests, 1);
     a.self_test = Some(token_self_test(TOKEN_IDS.to_vec()));
     obs.publish_desired(&device, desired(&device, 2, vec![a.clone()]))
@@ -140,14 +137,7 @@ async fn minilm_with_a_token_id_self_test_installs_and_a_retry_needs_no_download
     let m = wait_phase(&mut obs, 2, d, ModelPhase::Ready, SLOW).await;
     assert_eq!(m.serving_sha256.as_deref(), Some(sha.as_str()));
     assert_eq!(requests_for(&server, "minilm.onnx"), requests);
-    assert_eq!(
-        server
-            .files
-            .served_bytes
-            .load(std::sync::atomic::Ordering::Relaxed),
-        served,
-        "the retry downloaded again"
-    );
+    assert_eq!(server.sent_bytes(), served, "the retry downloaded again");
     let meta = wait_serving(&agent, "minilm", &sha, T).await;
     let inputs: Vec<(&str, &str)> = meta["inputs"]
         .as_array()
@@ -182,7 +172,7 @@ async fn minilm_with_a_token_id_self_test_installs_and_a_retry_needs_no_download
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_install_keeps_its_verified_blob_until_no_longer_wanted() {
-    let server = FileServer::start().await;
+    let server = ArtifactServer::start().await;
     let ocr = model_bytes("ocr-cls.onnx");
     let ocr_uri = server.add("ocr-cls.onnx", ocr.clone());
     let vad = model_bytes("silero-vad.onnx");

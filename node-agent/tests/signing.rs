@@ -24,7 +24,7 @@ fn sign(pair: &Ed25519KeyPair, sha: &str) -> String {
 async fn only_artifacts_signed_by_a_trusted_key_are_installed() {
     let publisher = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
     let attacker = Ed25519KeyPair::from_seed_unchecked(&[66; 32]).unwrap();
-    let server = FileServer::start().await;
+    let server = ArtifactServer::start().await;
     let good = model_bytes("ocr-cls.onnx");
     let good_uri = server.add("ocr-cls.onnx", good.clone());
     let other = model_bytes("silero-vad.onnx");

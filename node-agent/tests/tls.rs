@@ -4,71 +4,30 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use edgefleet_protocol::wire::{self, Channel, DeviceStatus, Hello};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 
 use common::*;
 
-/// Writes ca.pem, server.{pem,key}, client.{pem,key} into `dir`.
-fn make_pki(dir: &Path, client_cn: &str) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "edgefleet test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-
-    let server_key = KeyPair::generate().unwrap();
-    let mut server =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
-    std::fs::write(dir.join("server.pem"), server_cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
-
-    let client_key = KeyPair::generate().unwrap();
-    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client
-        .distinguished_name
-        .push(DnType::CommonName, client_cn);
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = client.signed_by(&client_key, &issuer).unwrap();
-    std::fs::write(dir.join("client.pem"), client_cert.pem()).unwrap();
-    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announces_over_mqtts_with_a_client_certificate() {
-    let pki = tempfile::tempdir().unwrap();
+    let pki_dir = tempfile::tempdir().unwrap();
     let device = unique_device("tls");
-    make_pki(pki.path(), &device);
-    let p = |f: &str| pki.path().join(f).display().to_string();
+    let pki = Pki::create(pki_dir.path());
+    let (server, client) = (pki.server(), pki.client(&device));
+    let path = |p: &std::path::Path| p.display().to_string();
+    let ca = path(&pki.ca());
     let tls_port = free_port();
     let plain_port = free_port();
     // TLS listener requiring client certificates, plus a plain one for the observer.
-    let _broker = PrivateBroker::start_with(
+    let _broker = Broker::start_with_config(
         tls_port,
         &format!(
-            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nlistener {plain_port} 127.0.0.1\n",
-            p("ca.pem"),
-            p("server.pem"),
-            p("server.key")
+            "allow_anonymous true\nlistener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {}\nkeyfile {}\n\
+             require_certificate true\nlistener {plain_port} 127.0.0.1\n",
+            path(&server.cert),
+            path(&server.key)
         ),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -91,7 +50,7 @@ async fn announces_over_mqtts_with_a_client_certificate() {
             "--broker",
             &broker_url,
             "--tls-ca-file",
-            &p("ca.pem"),
+            &ca,
         ],
     );
 
@@ -103,11 +62,11 @@ async fn announces_over_mqtts_with_a_client_certificate() {
             "--broker",
             &broker_url,
             "--tls-ca-file",
-            &p("ca.pem"),
+            &ca,
             "--tls-cert-file",
-            &p("client.pem"),
+            &path(&client.cert),
             "--tls-key-file",
-            &p("client.key"),
+            &path(&client.key),
         ],
     );
     let hello = obs

@@ -20,7 +20,19 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, command: &mut Command, log_dir: &Path) -> Proc {
         let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
+        std::fs::File::create(&log).unwrap();
+        Proc::spawn_appending(name, command, &log)
+    }
+
+    /// Like [`Proc::spawn`], appending stdout and stderr to `log` (a restarted process keeps
+    /// its earlier lines).
+    pub fn spawn_appending(name: &str, command: &mut Command, log: &Path) -> Proc {
+        let log = log.to_path_buf();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -587,7 +599,12 @@ pub struct ArtifactServer {
     pub dir: TempDir,
     requests: RequestLog,
     bytes_per_second: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cuts: Cuts,
+    sent_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Per file name: drop the connection after this many body bytes, once.
+type Cuts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
 
 impl ArtifactServer {
     pub async fn start() -> ArtifactServer {
@@ -598,9 +615,20 @@ impl ArtifactServer {
         let addr = listener.local_addr().unwrap();
         let requests: RequestLog = Default::default();
         let bytes_per_second = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (log, rate) = (requests.clone(), bytes_per_second.clone());
+        let cuts: Cuts = Default::default();
+        let sent_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (log, rate, cut) = (requests.clone(), bytes_per_second.clone(), cuts.clone());
+        let sent = sent_bytes.clone();
         let app = axum::Router::new()
             .fallback_service(tower_http::services::ServeDir::new(dir.path()))
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let name = request.uri().path().trim_start_matches('/').to_string();
+                    let after = cut.lock().unwrap().remove(&name);
+                    let sent = sent.clone();
+                    async move { cut_body(next.run(request).await, after, sent) }
+                },
+            ))
             .layer(axum::middleware::map_request(
                 move |request: axum::extract::Request| {
                     let range = request
@@ -643,7 +671,29 @@ impl ArtifactServer {
             dir,
             requests,
             bytes_per_second,
+            cuts,
+            sent_bytes,
         }
+    }
+
+    /// Body bytes sent so far, of every response (cut ones up to the cut).
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The next response for `name` sends `after` body bytes, then drops the connection.
+    pub fn cut_once(&self, name: &str, after: usize) {
+        self.cuts.lock().unwrap().insert(name.to_string(), after);
+    }
+
+    /// Requests served so far, of any file.
+    pub fn request_count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    /// Publishes `bytes` as `name`; returns its URI.
+    pub fn add(&self, name: &str, bytes: impl AsRef<[u8]>) -> String {
+        self.put(name, bytes.as_ref()).0
     }
 
     /// Limits every response body to about `bytes_per_second` (0: unlimited).
@@ -675,4 +725,33 @@ impl ArtifactServer {
             bytes.len() as u64,
         )
     }
+}
+
+/// `response` with its body bytes counted into `sent` and, with `after`, cut after that many
+/// bytes by an error, which drops the connection.
+fn cut_body(
+    response: axum::response::Response,
+    after: Option<usize>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> axum::response::Response {
+    use futures_util::StreamExt as _;
+    let (parts, body) = response.into_parts();
+    let mut left = after.unwrap_or(usize::MAX);
+    let stream = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        if left == 0 {
+            return Err(std::io::Error::other("injected connection drop"));
+        }
+        let take = left.min(chunk.len());
+        left -= take;
+        sent.fetch_add(take as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(chunk.slice(..take))
+    });
+    // stop after the first error: the body ends there, short of its Content-Length
+    let stream = stream.scan(false, |failed, item| {
+        let emit = !*failed;
+        *failed |= item.is_err();
+        std::future::ready(emit.then_some(item))
+    });
+    axum::response::Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }

@@ -1,19 +1,19 @@
-//! Test support: real models and their onnxruntime references, an artifact server with Range
-//! and fault injection, Mosquitto brokers, MQTT observers and agent processes.
-#![allow(dead_code, clippy::unwrap_used)]
+//! Agent test support on top of the shared harness (`edgefleet_e2e`: ports, models, Mosquitto,
+//! the artifact server, PKI): onnxruntime references of the real models, desired documents,
+//! MQTT observers and agent processes started from this crate's binary.
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
+
+pub use edgefleet_e2e::pki::Pki;
+pub use edgefleet_e2e::{ArtifactServer, Broker, Proc, free_port, models_dir, port_open};
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use serde::Deserialize;
@@ -26,26 +26,6 @@ use edgefleet_protocol::{
 };
 
 // ------------------------------------------------------------------ models
-
-pub fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("EDGEFLEET_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/edgefleet/models")
-        });
-    for m in ["orientation.onnx", "ocr-cls.onnx", "silero-vad.onnx"] {
-        let path = dir.join(m);
-        let reference = dir.join(format!("{m}.reference.json"));
-        assert!(
-            path.is_file() && reference.is_file(),
-            "test model {} or its reference outputs are missing: run tests/tools/fetch-models.sh \
-             (set EDGEFLEET_MODELS to use another cache directory)",
-            path.display()
-        );
-    }
-    dir
-}
 
 pub fn model_bytes(name: &str) -> Vec<u8> {
     std::fs::read(models_dir().join(name)).unwrap()
@@ -139,142 +119,6 @@ pub fn self_test(model: &str) -> SelfTest {
     }
 }
 
-// ------------------------------------------------------------------ artifact server
-
-/// Serves files from memory, honouring `Range`, with faults to inject.
-#[derive(Default)]
-pub struct Files {
-    pub files: Mutex<HashMap<String, Bytes>>,
-    /// Per file: drop the connection after this many body bytes, once.
-    pub cut_once: Mutex<HashMap<String, usize>>,
-    pub requests: Mutex<Vec<(String, Option<String>)>>,
-    pub served_bytes: AtomicUsize,
-}
-
-pub struct FileServer {
-    pub addr: SocketAddr,
-    pub files: Arc<Files>,
-}
-
-impl FileServer {
-    pub async fn start() -> FileServer {
-        let files = Arc::new(Files::default());
-        let app = axum::Router::new()
-            .route("/{name}", axum::routing::get(serve_file))
-            .with_state(files.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FileServer { addr, files }
-    }
-
-    pub fn add(&self, name: &str, bytes: impl Into<Bytes>) -> String {
-        self.files
-            .files
-            .lock()
-            .unwrap()
-            .insert(name.into(), bytes.into());
-        format!("http://{}/{name}", self.addr)
-    }
-
-    pub fn cut_once(&self, name: &str, after: usize) {
-        self.files
-            .cut_once
-            .lock()
-            .unwrap()
-            .insert(name.into(), after);
-    }
-
-    pub fn ranges(&self, name: &str) -> Vec<Option<String>> {
-        self.files
-            .requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, r)| r.clone())
-            .collect()
-    }
-}
-
-async fn serve_file(
-    State(files): State<Arc<Files>>,
-    UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    files
-        .requests
-        .lock()
-        .unwrap()
-        .push((name.clone(), range.clone()));
-    let Some(data) = files.files.lock().unwrap().get(&name).cloned() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let start = range
-        .as_deref()
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.split('-').next())
-        .and_then(|s| s.parse::<usize>().ok());
-    let (status, body) = match start {
-        Some(s) if s >= data.len() => return StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
-        Some(s) => (StatusCode::PARTIAL_CONTENT, data.slice(s..)),
-        None => (StatusCode::OK, data.clone()),
-    };
-    let offset = start.unwrap_or(0);
-    let total = data.len();
-    let len = body.len();
-    let cut = files.cut_once.lock().unwrap().remove(&name);
-    files.served_bytes.fetch_add(len, Ordering::Relaxed);
-    let stream_body = match cut {
-        Some(after) => {
-            // Send `after` bytes, then fail the body so the connection is dropped mid-way.
-            let head = body.slice(..after.min(len));
-            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-                Ok(head),
-                Err(std::io::Error::other("injected connection drop")),
-            ];
-            Body::from_stream(futures_stream(chunks))
-        }
-        None => Body::from(body),
-    };
-    let mut response = Response::new(stream_body);
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_LENGTH, len.into());
-    h.insert(header::ACCEPT_RANGES, "bytes".parse().unwrap());
-    if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(
-            header::CONTENT_RANGE,
-            format!("bytes {offset}-{}/{total}", total - 1)
-                .parse()
-                .unwrap(),
-        );
-    }
-    response
-}
-
-fn futures_stream(
-    items: Vec<Result<Bytes, std::io::Error>>,
-) -> impl futures_core::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    struct Iter(std::vec::IntoIter<Result<Bytes, std::io::Error>>);
-    impl futures_core::Stream for Iter {
-        type Item = Result<Bytes, std::io::Error>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            std::task::Poll::Ready(self.0.next())
-        }
-    }
-    Iter(items.into_iter())
-}
-
-// ------------------------------------------------------------------ desired documents
-
 pub fn assignment(
     deployment: &str,
     model: &str,
@@ -325,98 +169,10 @@ pub fn unique_device(prefix: &str) -> String {
 
 // ------------------------------------------------------------------ brokers
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(300),
-    )
-    .is_ok()
-}
-
-/// A Mosquitto started by the test on a free port, stopped on drop.
-pub struct PrivateBroker {
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-    child: Option<Child>,
-    extra: String,
-}
-
-impl PrivateBroker {
-    pub fn start() -> PrivateBroker {
-        Self::start_with(free_port(), "")
-    }
-
-    /// `extra` is appended to the listener's configuration (e.g. TLS settings).
-    pub fn start_with(port: u16, extra: &str) -> PrivateBroker {
-        let mut b = PrivateBroker {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            extra: extra.to_string(),
-        };
-        b.restart();
-        b
-    }
-
-    pub fn restart(&mut self) {
-        let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "allow_anonymous true\npersistence false\nlistener {} 127.0.0.1\n{}\n",
-                self.port, self.extra
-            ),
-        )
-        .unwrap();
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed at /usr/sbin/mosquitto");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !port_open(self.port) {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// The shared broker at 127.0.0.1:1883 when it runs, else a private one.
 pub enum TestBroker {
     Shared,
-    Private(PrivateBroker),
+    Private(Broker),
 }
 
 impl TestBroker {
@@ -424,7 +180,7 @@ impl TestBroker {
         if port_open(1883) {
             TestBroker::Shared
         } else {
-            TestBroker::Private(PrivateBroker::start())
+            TestBroker::Private(Broker::start())
         }
     }
 
@@ -587,10 +343,9 @@ impl Observer {
 // ------------------------------------------------------------------ agent process
 
 pub struct AgentProcess {
-    pub child: Child,
+    pub proc: Proc,
     pub store: PathBuf,
     pub addr: SocketAddr,
-    pub log: PathBuf,
 }
 
 pub fn agent_bin() -> &'static str {
@@ -598,26 +353,19 @@ pub fn agent_bin() -> &'static str {
 }
 
 impl AgentProcess {
+    /// This crate's agent on `store`, its log appended to `<store>.log`.
     pub fn spawn(store: &Path, args: &[&str]) -> AgentProcess {
         std::fs::create_dir_all(store).unwrap();
         let _ = std::fs::remove_file(store.join("listen-addr"));
-        let log = store.with_extension("log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(agent_bin())
+        let mut command = Command::new(agent_bin());
+        command
             .arg("--store")
             .arg(store)
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(args)
-            .env("EDGEFLEET_AGENT_LOG", "info,edgefleet_agent=debug")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
+            .env("EDGEFLEET_AGENT_LOG", "info,edgefleet_agent=debug");
+        let proc = Proc::spawn_appending("agent", &mut command, &store.with_extension("log"));
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
             if let Ok(s) = std::fs::read_to_string(store.join("listen-addr"))
@@ -628,15 +376,14 @@ impl AgentProcess {
             assert!(
                 Instant::now() < deadline,
                 "agent did not start; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                std::fs::read_to_string(&proc.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         };
         AgentProcess {
-            child,
+            proc,
             store: store.to_path_buf(),
             addr,
-            log,
         }
     }
 
@@ -645,35 +392,19 @@ impl AgentProcess {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
 
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("agent ignored SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if self
+            .proc
+            .sigterm_exit_time(Duration::from_secs(20))
+            .is_err()
+        {
+            panic!("agent ignored SIGTERM; log:\n{}", self.log());
         }
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.proc.child.wait().unwrap()
     }
 }
 

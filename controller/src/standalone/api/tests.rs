@@ -1,4 +1,3 @@
-
 use axum::body::Body;
 use axum::http::Request;
 use tower::ServiceExt;
