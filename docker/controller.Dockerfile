@@ -37,7 +37,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       export "CC_$(echo "$t" | tr - _)=$g-gcc"; \
       export "CARGO_TARGET_$(echo "$t" | tr a-z- A-Z_)_LINKER=$g-gcc"; \
     fi; \
-    cargo build --release --locked --target "$t" -p edgefleet-controller --bin edgefleet; \
+    # Kubernetes mode only: no embedded broker, REST API or compressor (and no tract).
+    cargo build --release --locked --target "$t" -p edgefleet-controller --no-default-features --bin edgefleet; \
     cp "target/$t/release/edgefleet" /edgefleet
 
 FROM debian:trixie-slim

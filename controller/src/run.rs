@@ -46,7 +46,7 @@ pub async fn start_with(
         )
     })?;
     let inventory = Arc::new(Inventory::load(store.clone(), metrics.clone()).await?);
-    let slice_ms = i64::from(args.telemetry_slice_seconds) * 1000;
+    let slice_ms = i64::from(args.timing.telemetry_slice_seconds) * 1000;
     let telemetry = Arc::new(Telemetry::new(slice_ms, 60 * 60 * 1000));
     metrics
         .registry
@@ -54,7 +54,7 @@ pub async fn start_with(
         .context("registering telemetry metrics")?;
 
     let link_health = LinkHealthHandle::new(std::time::Duration::from_secs(
-        args.mqtt_unready_after_seconds,
+        args.timing.mqtt_unready_after_seconds,
     ));
     let (link, messages, _mqtt_task) = mqtt::connect(
         &broker,
@@ -325,6 +325,13 @@ pub struct ControlArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    #[command(flatten)]
+    pub timing: LoopTiming,
+}
+
+/// Timing of the control loop, the same flags for `edgefleet run` and `edgefleet up`.
+#[derive(Args, Debug, Clone)]
+pub struct LoopTiming {
     /// Width in seconds of the telemetry slices canary analysis reads.
     #[arg(long, env = "EDGEFLEET_TELEMETRY_SLICE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub telemetry_slice_seconds: u32,

@@ -35,5 +35,5 @@ def test_chart_runs_the_binaries_where_the_images_put_them(helm):
 def test_dockerignore_keeps_the_workspace():
     lines = (REPO / ".dockerignore").read_text().split()
     assert "/target" in lines and "/.git" in lines
-    for needed in ("crds", "controller", "node-agent", "migrations", "Cargo.toml", "Cargo.lock"):
+    for needed in ("protocol", "mqtt", "crds", "controller", "node-agent", "tests", "migrations", "Cargo.toml", "Cargo.lock"):
         assert f"/{needed}" not in lines and needed not in lines

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edgefleet_core::DeviceFacts;
 use edgefleet_core::variant::{Choice, choose_variant};
-use edgefleet_crds::{ModelDeploymentSpec, ModelDeploymentStatus};
+use edgefleet_crds::{ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -299,7 +299,7 @@ async fn delete(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Description {
-    pub deployment: Value,
+    pub deployment: ModelDeployment,
     pub devices: Vec<DeviceLine>,
     pub history: Vec<HistoryLine>,
 }
@@ -377,8 +377,14 @@ async fn describe(
             detail,
         })
         .collect();
+    let deployment = serde_json::from_value(resource(&d)).map_err(|e| {
+        ApiError::from(crate::store::StoreError::Corrupt(format!(
+            "deployment {}/{}: {e}",
+            d.namespace, d.name
+        )))
+    })?;
     Ok(axum::Json(Description {
-        deployment: resource(&d),
+        deployment,
         devices,
         history,
     })

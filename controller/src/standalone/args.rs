@@ -28,15 +28,8 @@ pub struct UpArgs {
     /// Directory served at /artifacts/ (Range requests supported); default <data-dir>/artifacts.
     #[arg(long, env = "EDGEFLEET_ARTIFACTS_DIR")]
     pub artifacts_dir: Option<std::path::PathBuf>,
-    #[arg(long, env = "EDGEFLEET_TELEMETRY_SLICE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
-    pub telemetry_slice_seconds: u32,
-    /// Seconds the MQTT link may be down (or keep dropping) before /readyz answers 503.
-    #[arg(
-        long,
-        env = "EDGEFLEET_MQTT_UNREADY_AFTER_SECONDS",
-        default_value_t = 30
-    )]
-    pub mqtt_unready_after_seconds: u64,
+    #[command(flatten)]
+    pub timing: crate::run::LoopTiming,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -223,7 +223,14 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                 OutputFormat::Table if items.is_empty() => {
                     eprintln!("No resources found in {} namespace.", args.client.namespace)
                 }
-                OutputFormat::Table => print!("{}", render::deployments(&items, now_ms())),
+                OutputFormat::Table => {
+                    let typed = items
+                        .iter()
+                        .map(|md| serde_json::from_value(md.clone()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .context("the API answered with an unreadable ModelDeployment")?;
+                    print!("{}", render::deployments(&typed, now_ms()))
+                }
                 format if args.name.is_some() => print_value(&items[0], format)?,
                 format => print_value(&serde_json::json!({ "items": items }), format)?,
             }

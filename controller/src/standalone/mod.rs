@@ -78,8 +78,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
         mqtt_username: None,
         mqtt_password_file: None,
         listen: args.listen.clone(),
-        telemetry_slice_seconds: args.telemetry_slice_seconds,
-        mqtt_unready_after_seconds: args.mqtt_unready_after_seconds,
+        timing: args.timing.clone(),
     };
     let changed = Arc::new(Notify::new());
     let mut api_state = None;

@@ -1,6 +1,6 @@
 //! Plain-text tables for the CLI verbs, shaped like kubectl's.
 
-use serde_json::Value;
+use edgefleet_crds::{CohortStatus, ModelDeployment, Phase, Verdict};
 
 use super::api::{Description, DeviceLine, DeviceRow, uid_created_ms};
 
@@ -45,36 +45,57 @@ pub fn age(ms: i64) -> String {
     }
 }
 
-fn num(v: &Value) -> String {
-    v.as_u64().map_or_else(|| "0".into(), |n| n.to_string())
+/// A phase as the CRD spells it.
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "Pending",
+        Phase::Progressing => "Progressing",
+        Phase::Paused => "Paused",
+        Phase::Succeeded => "Succeeded",
+        Phase::RolledBack => "RolledBack",
+        Phase::Failed => "Failed",
+    }
+}
+
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Pending => "Pending",
+        Verdict::Pass => "Pass",
+        Verdict::Fail => "Fail",
+        Verdict::Inconclusive => "Inconclusive",
+    }
+}
+
+fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |p| format!("{p:.1} ms"))
 }
 
 /// NAME PHASE STEP MATCHED UPDATED READY FAILED AGE, like the CRD's printer columns.
-pub fn deployments(items: &[Value], now_ms: i64) -> String {
+pub fn deployments(items: &[ModelDeployment], now_ms: i64) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|md| {
-            let status = &md["status"];
-            let phase = if md["metadata"]["deletionTimestamp"].is_string() {
-                "Terminating".to_string()
+            let status = md.status.clone().unwrap_or_default();
+            let phase = if md.metadata.deletion_timestamp.is_some() {
+                "Terminating"
             } else {
-                status["phase"].as_str().unwrap_or("Pending").to_string()
+                phase_name(status.phase)
             };
-            let age = md["metadata"]["uid"]
-                .as_str()
+            let age = md
+                .metadata
+                .uid
+                .as_deref()
                 .and_then(uid_created_ms)
                 .map_or_else(|| "-".into(), |created| age(now_ms - created));
+            let d = &status.devices;
             vec![
-                md["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                phase,
-                num(&status["currentStep"]),
-                num(&status["devices"]["matched"]),
-                num(&status["devices"]["updated"]),
-                num(&status["devices"]["ready"]),
-                num(&status["devices"]["failed"]),
+                md.metadata.name.clone().unwrap_or_default(),
+                phase.to_string(),
+                status.current_step.to_string(),
+                d.matched.to_string(),
+                d.updated.to_string(),
+                d.ready.to_string(),
+                d.failed.to_string(),
                 age,
             ]
         })
@@ -118,63 +139,46 @@ pub fn devices(devices: &[DeviceRow]) -> String {
 
 pub fn describe(d: &Description) -> String {
     let md = &d.deployment;
-    let status = &md["status"];
-    let spec = &md["spec"];
+    let status = md.status.clone().unwrap_or_default();
+    let meta = &md.metadata;
     let mut out = String::new();
     let field = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:<16}{v}\n"));
-    field(
-        &mut out,
-        "Name:",
-        md["metadata"]["name"].as_str().unwrap_or_default().into(),
-    );
+    field(&mut out, "Name:", meta.name.clone().unwrap_or_default());
     field(
         &mut out,
         "Namespace:",
-        md["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .into(),
+        meta.namespace.clone().unwrap_or_default(),
     );
-    field(
-        &mut out,
-        "UID:",
-        md["metadata"]["uid"].as_str().unwrap_or_default().into(),
-    );
+    field(&mut out, "UID:", meta.uid.clone().unwrap_or_default());
     field(
         &mut out,
         "Generation:",
-        md["metadata"]["generation"].to_string(),
+        meta.generation
+            .map_or_else(|| "null".into(), |g| g.to_string()),
     );
+    let model = &md.spec.model;
     field(
         &mut out,
         "Model:",
-        format!(
-            "{} {}",
-            spec["model"]["name"].as_str().unwrap_or_default(),
-            spec["model"]["version"].as_str().unwrap_or_default()
-        ),
+        format!("{} {}", model.name, model.version),
     );
-    field(
-        &mut out,
-        "Phase:",
-        status["phase"].as_str().unwrap_or("Pending").into(),
-    );
-    field(&mut out, "Step:", num(&status["currentStep"]));
-    let c = &status["devices"];
+    field(&mut out, "Phase:", phase_name(status.phase).into());
+    field(&mut out, "Step:", status.current_step.to_string());
+    let c = &status.devices;
     field(
         &mut out,
         "Devices:",
         format!(
             "matched {} assigned {} updated {} ready {} failed {} offline {} noFit {} demoted {} keptPrevious {}",
-            num(&c["matched"]),
-            num(&c["assigned"]),
-            num(&c["updated"]),
-            num(&c["ready"]),
-            num(&c["failed"]),
-            num(&c["offline"]),
-            num(&c["noFit"]),
-            num(&c["demoted"]),
-            num(&c["keptPrevious"])
+            c.matched,
+            c.assigned,
+            c.updated,
+            c.ready,
+            c.failed,
+            c.offline,
+            c.no_fit,
+            c.demoted,
+            c.kept_previous
         ),
     );
 
@@ -204,40 +208,39 @@ pub fn describe(d: &Description) -> String {
         &rows,
     ));
 
-    if let Some(variants) = status["variants"].as_array() {
+    if !status.variants.is_empty() {
         out.push_str("\nVariants:\n");
-        let rows: Vec<Vec<String>> = variants
+        let rows: Vec<Vec<String>> = status
+            .variants
             .iter()
             .map(|v| {
                 vec![
-                    format!("  {}", v["name"].as_str().unwrap_or_default()),
-                    num(&v["devices"]),
-                    num(&v["ready"]),
-                    v["p95LatencyMs"]
-                        .as_f64()
-                        .map_or_else(|| "-".into(), |p| format!("{p:.1} ms")),
+                    format!("  {}", v.name),
+                    v.devices.to_string(),
+                    v.ready.to_string(),
+                    ms(v.p95_latency_ms),
                 ]
             })
             .collect();
         out.push_str(&table(&["  VARIANT", "DEVICES", "READY", "P95"], &rows));
     }
-    if let Some(cohorts) = status["cohorts"].as_array() {
+    if !status.cohorts.is_empty() {
         // CANARY: the current step's canary members (none once promoted); SERVING: devices of
         // the cohort's class that run its variant of the target version and are Ready.
         out.push_str("\nCohorts:\n");
-        let rows: Vec<Vec<String>> = cohorts
+        let target = status.target_version.as_deref();
+        let rows: Vec<Vec<String>> = status
+            .cohorts
             .iter()
             .map(|c| {
                 vec![
-                    format!("  {}", c["name"].as_str().unwrap_or_default()),
-                    num(&c["devices"]),
-                    serving(c, status["targetVersion"].as_str(), &d.devices).to_string(),
-                    c["verdict"].as_str().unwrap_or_default().into(),
-                    num(&c["samples"]),
-                    c["p95LatencyMs"]
-                        .as_f64()
-                        .map_or_else(|| "-".into(), |p| format!("{p:.1} ms")),
-                    c["message"].as_str().unwrap_or_default().into(),
+                    format!("  {}", c.name),
+                    c.devices.to_string(),
+                    serving(c, target, &d.devices).to_string(),
+                    verdict_name(c.verdict).into(),
+                    c.samples.to_string(),
+                    ms(c.p95_latency_ms),
+                    c.message.clone().unwrap_or_default(),
                 ]
             })
             .collect();
@@ -248,16 +251,17 @@ pub fn describe(d: &Description) -> String {
             &rows,
         ));
     }
-    if let Some(conditions) = status["conditions"].as_array() {
+    if !status.conditions.is_empty() {
         out.push_str("\nConditions:\n");
-        let rows: Vec<Vec<String>> = conditions
+        let rows: Vec<Vec<String>> = status
+            .conditions
             .iter()
             .map(|c| {
                 vec![
-                    format!("  {}", c["type"].as_str().unwrap_or_default()),
-                    c["status"].as_str().unwrap_or_default().into(),
-                    c["reason"].as_str().unwrap_or_default().into(),
-                    c["message"].as_str().unwrap_or_default().into(),
+                    format!("  {}", c.type_),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
                 ]
             })
             .collect();
@@ -287,11 +291,11 @@ fn device_reason(l: &DeviceLine) -> String {
 }
 
 /// Devices of `cohort`'s class Ready on its variant of the target version.
-fn serving(cohort: &Value, target_version: Option<&str>, devices: &[DeviceLine]) -> usize {
+fn serving(cohort: &CohortStatus, target_version: Option<&str>, devices: &[DeviceLine]) -> usize {
     devices
         .iter()
-        .filter(|l| Some(l.device_class.as_str()) == cohort["deviceClass"].as_str())
-        .filter(|l| l.assigned_variant.as_deref() == cohort["variant"].as_str())
+        .filter(|l| l.device_class == cohort.device_class)
+        .filter(|l| l.assigned_variant.as_deref() == Some(cohort.variant.as_str()))
         .filter(|l| target_version.is_some() && l.assigned_version.as_deref() == target_version)
         .filter(|l| l.phase.as_deref() == Some("Ready"))
         .count()
@@ -321,18 +325,29 @@ mod tests {
         row.get(at).expect("a cell per column").to_string()
     }
 
-    fn failed_device_status() -> Value {
-        serde_json::json!({
+    fn failed_device_status() -> ModelDeployment {
+        deployment(serde_json::json!({
+            "phase": "Progressing",
+            "targetVersion": "2.0.0",
+            "currentStep": 3,
+            "devices": {"matched": 1, "assigned": 1, "updated": 1, "ready": 0, "failed": 1,
+                        "offline": 0, "noFit": 0},
+        }))
+    }
+
+    fn deployment(status: serde_json::Value) -> ModelDeployment {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "edgefleet.io/v1alpha1",
+            "kind": "ModelDeployment",
             "metadata": {"name": "vad", "namespace": "default", "uid": "00000000-0000-0000-0000-000000000000"},
-            "spec": {"model": {"name": "vad", "version": "2.0.0"}},
-            "status": {
-                "phase": "Progressing",
-                "targetVersion": "2.0.0",
-                "currentStep": 3,
-                "devices": {"matched": 1, "assigned": 1, "updated": 1, "ready": 0, "failed": 1,
-                            "offline": 0, "noFit": 0},
-            }
-        })
+            "spec": {
+                "model": {"name": "vad", "version": "2.0.0"},
+                "variants": [{"name": "int8", "precision": "int8", "artifact": {
+                    "uri": "http://a/vad.onnx", "sha256": "ab".repeat(32), "sizeBytes": 1}}],
+            },
+            "status": status,
+        }))
+        .expect("a ModelDeployment")
     }
 
     #[test]
@@ -399,15 +414,18 @@ mod tests {
 
     #[test]
     fn describe_counts_the_devices_serving_each_cohort_after_promotion() {
-        let mut deployment = failed_device_status();
-        deployment["status"]["phase"] = "Succeeded".into();
         // after promotion no cohort has canary members: the status says 0 for each
-        deployment["status"]["cohorts"] = serde_json::json!([
-            {"name": "x86_64/int8", "deviceClass": "x86_64", "variant": "int8", "devices": 0,
-             "verdict": "Pass", "samples": 40},
-            {"name": "x86_64/fp32", "deviceClass": "x86_64", "variant": "fp32", "devices": 0,
-             "verdict": "Fail", "samples": 40},
-        ]);
+        let deployment = deployment(serde_json::json!({
+            "phase": "Succeeded",
+            "targetVersion": "2.0.0",
+            "currentStep": 3,
+            "cohorts": [
+                {"name": "x86_64/int8", "deviceClass": "x86_64", "variant": "int8", "devices": 0,
+                 "verdict": "Pass", "samples": 40},
+                {"name": "x86_64/fp32", "deviceClass": "x86_64", "variant": "fp32", "devices": 0,
+                 "verdict": "Fail", "samples": 40},
+            ],
+        }));
         let mut old = line("dev-d", "int8", "Ready", None);
         old.assigned_version = Some("1.0.0".into());
         let d = Description {

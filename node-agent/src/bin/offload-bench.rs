@@ -17,6 +17,9 @@
 //! faster than the edge: what the table shows is the cost of the offload path and what an
 //! extra inference slot elsewhere does to the tail, not a faster model.
 
+#[path = "shared/defaults.rs"]
+mod defaults;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -77,21 +80,11 @@ struct Args {
     #[arg(long, env = "EDGEFLEET_BENCH_BROKER")]
     broker: Option<String>,
     /// Where tests/tools/fetch-models.sh put the models.
-    #[arg(long, env = "EDGEFLEET_MODELS", default_value_os_t = default_models_dir())]
+    #[arg(long, env = "EDGEFLEET_MODELS", default_value_os_t = defaults::models_dir())]
     models: PathBuf,
     /// The agent binary; default: next to this executable.
-    #[arg(long, env = "EDGEFLEET_BENCH_AGENT", default_value_os_t = default_agent())]
+    #[arg(long, env = "EDGEFLEET_BENCH_AGENT", default_value_os_t = defaults::agent())]
     agent: PathBuf,
-}
-
-fn default_models_dir() -> PathBuf {
-    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/edgefleet/models")
-}
-
-fn default_agent() -> PathBuf {
-    std::env::current_exe()
-        .map(|exe| exe.with_file_name("edgefleet-agent"))
-        .unwrap_or_else(|_| PathBuf::from("edgefleet-agent"))
 }
 
 struct Kill(Child);

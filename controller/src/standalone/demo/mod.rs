@@ -42,8 +42,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         mqtt_listen: args.mqtt_listen.clone(),
         broker_impl: args.broker_impl,
         artifacts_dir: None,
-        telemetry_slice_seconds: 1,
-        mqtt_unready_after_seconds: 30,
+        timing: crate::run::LoopTiming {
+            telemetry_slice_seconds: 1,
+            mqtt_unready_after_seconds: 30,
+        },
     };
     let plane = super::start(&up).await?;
     let devices = if args.short {
