@@ -37,8 +37,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       export "CC_$(echo "$t" | tr - _)=$g-gcc"; \
       export "CARGO_TARGET_$(echo "$t" | tr a-z- A-Z_)_LINKER=$g-gcc"; \
     fi; \
-    cargo build --release --locked --target "$t" -p edgefleet-agent --bin edgefleet-agent; \
-    cp "target/$t/release/edgefleet-agent" /edgefleet-agent
+    # the device profile: fat LTO, size-optimised except tract's kernels (BENCHMARKS.md)
+    cargo build --profile device --locked --target "$t" -p edgefleet-agent --bin edgefleet-agent; \
+    cp "target/$t/device/edgefleet-agent" /edgefleet-agent
 
 FROM debian:trixie-slim
 # ca-certificates: without EDGEFLEET_AGENT_TLS_CA_FILE the agent trusts the platform roots.

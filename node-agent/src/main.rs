@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 
 use edgefleet_agent::config::{Args, Config};
 
@@ -16,8 +16,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter =
-        EnvFilter::try_from_env("EDGEFLEET_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // `level` or `target=level` directives, comma-separated (e.g. `info,edgefleet_agent=debug`):
+    // `Targets` reads them without the regex engine `EnvFilter` links, which devices need not carry.
+    let filter = match std::env::var("EDGEFLEET_AGENT_LOG") {
+        Ok(directives) => match directives.parse::<Targets>() {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("edgefleet-agent: EDGEFLEET_AGENT_LOG {directives:?}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => Targets::new().with_default(tracing::Level::INFO),
+    };
     let json = std::env::var("EDGEFLEET_AGENT_LOG_FORMAT").is_ok_and(|f| f == "json");
     // Logs go to stderr (stdout carries only the listen address line), colored on a terminal
     // unless NO_COLOR says otherwise.
@@ -25,14 +35,16 @@ fn main() -> ExitCode {
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder.json().init();
+        registry.with(fmt.json()).init();
     } else {
-        builder.init();
+        registry.with(fmt).init();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let workers = config.inference_threads.clamp(1, 2);

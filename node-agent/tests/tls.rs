@@ -127,3 +127,18 @@ fn unreadable_tls_files_are_a_config_error_naming_the_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`broker`"), "{stderr}");
 }
+
+#[test]
+fn a_bad_log_filter_is_a_config_error_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(agent_bin())
+        .args(["--device-id", "d1", "--listen", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(dir.path())
+        .env("EDGEFLEET_AGENT_LOG", "info,edgefleet_agent=loud")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("EDGEFLEET_AGENT_LOG"), "{stderr}");
+}

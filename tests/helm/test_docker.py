@@ -17,7 +17,8 @@ def test_dockerfile_shape(name, binary):
     assert "ARG TARGETARCH" in text
     assert re.search(r"^FROM (gcr\.io/distroless/static|debian:[a-z]+-slim)", froms[1], re.M)
     assert re.search(r"^USER 65532:65532$", text, re.M)
-    assert f"cargo build --release --locked" in text and f"--bin {binary}" in text
+    profile = "--profile device" if name == "agent" else "--release"
+    assert f"cargo build {profile} --locked" in text and f"--bin {binary}" in text
     assert f"/usr/local/bin/{binary}" in text
 
 
