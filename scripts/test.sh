@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "the Kubernetes-only controller (no embedded broker, REST API or compressor) builds clean"
+cargo clippy --locked -p edgefleet-controller --no-default-features --bin edgefleet -- -D warnings
+
 log "Rust tests (nextest)"
 cargo build --workspace --bins --locked
 if ! command -v cargo-nextest >/dev/null; then cargo install --locked cargo-nextest; fi
