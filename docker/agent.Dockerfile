@@ -37,7 +37,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       export "CC_$(echo "$t" | tr - _)=$g-gcc"; \
       export "CARGO_TARGET_$(echo "$t" | tr a-z- A-Z_)_LINKER=$g-gcc"; \
     fi; \
-    # the device profile: fat LTO, size-optimised except tract's kernels (BENCHMARKS.md)
+    # the device profile: fat LTO, one codegen unit; smaller than release, as fast (BENCHMARKS.md)
     cargo build --profile device --locked --target "$t" -p edgefleet-agent --bin edgefleet-agent; \
     cp "target/$t/device/edgefleet-agent" /edgefleet-agent
 
