@@ -200,7 +200,7 @@ impl Inventory {
                     name,
                     version: &model.version,
                     variant: &model.variant,
-                    phase: phase_name(model.phase),
+                    phase: model.phase.as_str(),
                     reason: model.reason.as_deref(),
                     serving_sha256: model.serving_sha256.as_deref(),
                 });
@@ -281,16 +281,5 @@ impl Inventory {
         self.devices
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-pub fn phase_name(phase: ModelPhase) -> &'static str {
-    match phase {
-        ModelPhase::Downloading => "Downloading",
-        ModelPhase::Verifying => "Verifying",
-        ModelPhase::Loading => "Loading",
-        ModelPhase::Ready => "Ready",
-        ModelPhase::Failed => "Failed",
-        ModelPhase::Removed => "Removed",
     }
 }

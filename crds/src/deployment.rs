@@ -330,6 +330,20 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// The name in the CRD (and in `kubectl get`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Progressing => "Progressing",
+            Phase::Paused => "Paused",
+            Phase::Succeeded => "Succeeded",
+            Phase::RolledBack => "RolledBack",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceCounts {
@@ -368,6 +382,18 @@ pub enum Verdict {
     Pass,
     Fail,
     Inconclusive,
+}
+
+impl Verdict {
+    /// The name in the CRD's status and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pending => "Pending",
+            Verdict::Pass => "Pass",
+            Verdict::Fail => "Fail",
+            Verdict::Inconclusive => "Inconclusive",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -144,14 +144,14 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
             input,
             "Ready",
             phase == Phase::Succeeded,
-            phase_reason(phase),
+            phase.as_str(),
             input.state.last_decision.clone(),
         ),
         condition(
             input,
             "Progressing",
             progressing,
-            phase_reason(phase),
+            phase.as_str(),
             input.state.last_decision.clone(),
         ),
         condition(
@@ -283,17 +283,6 @@ fn failed_devices(rows: &[AssignmentRecord]) -> String {
         0 => "no device reports a failure".into(),
         n if n <= 3 => failed.join("; "),
         n => format!("{} and {} more", failed[..3].join("; "), n - 3),
-    }
-}
-
-fn phase_reason(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Pending => "Pending",
-        Phase::Progressing => "Progressing",
-        Phase::Paused => "Paused",
-        Phase::Succeeded => "Succeeded",
-        Phase::RolledBack => "RolledBack",
-        Phase::Failed => "Failed",
     }
 }
 

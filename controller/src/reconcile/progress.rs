@@ -6,7 +6,6 @@ use edgefleet_core::plan::RolloutPlan;
 use edgefleet_core::progress::{Evidence, StepOutcome, step};
 use edgefleet_core::rollout::RolloutState;
 use edgefleet_core::{AssignmentRecord, CohortKey};
-use edgefleet_crds::Verdict;
 use edgefleet_protocol::wire::Role;
 
 use super::{DeploymentInput, FleetState};
@@ -57,17 +56,8 @@ pub(super) fn turn(
         fleet
             .metrics
             .canary_verdicts
-            .with_label_values(&[input.namespace, input.name, verdict_name(verdict.verdict)])
+            .with_label_values(&[input.namespace, input.name, verdict.verdict.as_str()])
             .inc();
     }
     outcome
-}
-
-fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Pending => "Pending",
-        Verdict::Pass => "Pass",
-        Verdict::Fail => "Fail",
-        Verdict::Inconclusive => "Inconclusive",
-    }
 }

@@ -1,6 +1,6 @@
 //! Plain-text tables for the CLI verbs, shaped like kubectl's.
 
-use edgefleet_crds::{CohortStatus, ModelDeployment, Phase, Verdict};
+use edgefleet_crds::{CohortStatus, ModelDeployment};
 
 use super::api::{Description, DeviceLine, DeviceRow, uid_created_ms};
 
@@ -45,27 +45,6 @@ pub fn age(ms: i64) -> String {
     }
 }
 
-/// A phase as the CRD spells it.
-fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Pending => "Pending",
-        Phase::Progressing => "Progressing",
-        Phase::Paused => "Paused",
-        Phase::Succeeded => "Succeeded",
-        Phase::RolledBack => "RolledBack",
-        Phase::Failed => "Failed",
-    }
-}
-
-fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Pending => "Pending",
-        Verdict::Pass => "Pass",
-        Verdict::Fail => "Fail",
-        Verdict::Inconclusive => "Inconclusive",
-    }
-}
-
 fn ms(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |p| format!("{p:.1} ms"))
 }
@@ -79,7 +58,7 @@ pub fn deployments(items: &[ModelDeployment], now_ms: i64) -> String {
             let phase = if md.metadata.deletion_timestamp.is_some() {
                 "Terminating"
             } else {
-                phase_name(status.phase)
+                status.phase.as_str()
             };
             let age = md
                 .metadata
@@ -162,7 +141,7 @@ pub fn describe(d: &Description) -> String {
         "Model:",
         format!("{} {}", model.name, model.version),
     );
-    field(&mut out, "Phase:", phase_name(status.phase).into());
+    field(&mut out, "Phase:", status.phase.as_str().into());
     field(&mut out, "Step:", status.current_step.to_string());
     let c = &status.devices;
     field(
@@ -237,7 +216,7 @@ pub fn describe(d: &Description) -> String {
                     format!("  {}", c.name),
                     c.devices.to_string(),
                     serving(c, target, &d.devices).to_string(),
-                    verdict_name(c.verdict).into(),
+                    c.verdict.as_str().into(),
                     c.samples.to_string(),
                     ms(c.p95_latency_ms),
                     c.message.clone().unwrap_or_default(),
