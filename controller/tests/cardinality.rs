@@ -14,6 +14,7 @@ use edgefleet_controller::reconcile::{DeploymentInput, Reconciler};
 use edgefleet_controller::telemetry::Telemetry;
 use edgefleet_crds::{ModelDeploymentSpec, Runtime};
 use edgefleet_protocol::LatencyHistogram;
+use edgefleet_protocol::llm::LlmWindow;
 use edgefleet_protocol::wire::{DeviceId, Hello, ModelWindow, Telemetry as Window};
 
 struct TelemetryCollector(Arc<Telemetry>);
@@ -36,7 +37,11 @@ fn spec() -> ModelDeploymentSpec {
     serde_yaml::from_str(&yaml).expect("spec")
 }
 
-/// Series exported after `devices` devices said hello and reported a window each.
+/// Tokens each device reports generating in its window.
+const COMPLETION_TOKENS: u64 = 7;
+
+/// Series exported after `devices` devices said hello and reported a window each (every
+/// window delivered twice, as a QoS 1 duplicate would be).
 async fn series_after(devices: usize) -> (usize, String) {
     let metrics = Metrics::new();
     let fleet = fleet_state(metrics.clone(), 1000, 60_000).await;
@@ -81,6 +86,14 @@ async fn series_after(devices: usize) -> (usize, String) {
     for i in 0..devices {
         let mut latency = LatencyHistogram::default();
         latency.observe(0.001 * (i % 50) as f64);
+        // Every device serves a language model here: LLM series must be as bounded.
+        let mut llm = LlmWindow::default();
+        llm.time_to_first_token
+            .observe(0.04 + 0.001 * (i % 50) as f64);
+        llm.inter_token_latency.observe(0.008);
+        llm.decode_tokens_per_second
+            .observe(100.0 + (i % 50) as f64);
+        llm.completion_tokens = COMPLETION_TOKENS;
         let variant = if memories[i % 3] >= 1024 {
             "fp32"
         } else {
@@ -99,6 +112,7 @@ async fn series_after(devices: usize) -> (usize, String) {
                     errors: 0,
                     latency: latency.clone(),
                     offload: None,
+                    llm: Some(llm.clone()),
                 },
                 // a device inventing names must not create series
                 ModelWindow {
@@ -108,6 +122,7 @@ async fn series_after(devices: usize) -> (usize, String) {
                     errors: 0,
                     latency: latency.clone(),
                     offload: None,
+                    llm: Some(llm),
                 },
                 ModelWindow {
                     deployment: format!("ns/dep-{i}"),
@@ -116,12 +131,16 @@ async fn series_after(devices: usize) -> (usize, String) {
                     errors: 0,
                     latency,
                     offload: None,
+                    llm: None,
                 },
             ],
         };
-        ingest::handle(engine.fleet(), &DeviceMessage::Telemetry(window))
-            .await
-            .expect("telemetry");
+        let message = DeviceMessage::Telemetry(window);
+        for _delivery in 0..2 {
+            ingest::handle(engine.fleet(), &message)
+                .await
+                .expect("telemetry");
+        }
     }
     let text = metrics.render();
     let series = text
@@ -158,4 +177,30 @@ async fn series_do_not_grow_with_devices() {
         .count();
     // 2 arches x 3 memory tiers, each on exactly one variant, all stable
     assert_eq!(latency_series, 6, "{text}");
+
+    // Every LLM family has one series per cohort, like the latency ones.
+    for family in [
+        "edgefleet_llm_time_to_first_token_seconds_count",
+        "edgefleet_llm_inter_token_latency_seconds_count",
+        "edgefleet_llm_queue_wait_seconds_count",
+        "edgefleet_llm_prompt_tokens_per_second_count",
+        "edgefleet_llm_decode_tokens_per_second_count",
+        "edgefleet_llm_prompt_tokens_total",
+        "edgefleet_llm_completion_tokens_total",
+        "edgefleet_llm_context_overflows_total",
+        "edgefleet_llm_rejected_busy_total",
+    ] {
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .count();
+        assert_eq!(series, 6, "{family}: {text}");
+    }
+    // Each window counted once although delivered twice.
+    let generated: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("edgefleet_llm_completion_tokens_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(generated, (1000 * COMPLETION_TOKENS) as f64, "{text}");
 }

@@ -175,6 +175,7 @@ impl Fleet {
                     errors: 0,
                     latency,
                     offload: None,
+                    llm: None,
                 };
                 let labels = CohortLabels {
                     namespace: "default".into(),

@@ -32,11 +32,7 @@ impl Default for LatencyHistogram {
 impl LatencyHistogram {
     pub fn observe(&mut self, seconds: f64) {
         // A NaN or infinite measurement is a clock bug; count it as +Inf but keep the sum finite.
-        let index = if seconds.is_finite() {
-            LATENCY_BUCKETS_SECONDS.partition_point(|bound| *bound < seconds)
-        } else {
-            LATENCY_BUCKETS_SECONDS.len()
-        };
+        let index = bucket_index(&LATENCY_BUCKETS_SECONDS, seconds);
         if let Some(slot) = self.counts.get_mut(index) {
             *slot += 1;
         }
@@ -67,31 +63,42 @@ impl LatencyHistogram {
     /// The q-quantile in seconds, interpolated linearly within the bucket exactly as
     /// Prometheus' `histogram_quantile` does, so status and dashboards agree.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total = self.count();
-        if total == 0 || !(0.0..=1.0).contains(&q) {
-            return None;
-        }
-        let rank = q * total as f64;
-        let mut cumulative = 0u64;
-        for (index, count) in self.counts.iter().enumerate() {
-            let before = cumulative;
-            cumulative += count;
-            if (cumulative as f64) >= rank && *count > 0 {
-                let Some(upper) = LATENCY_BUCKETS_SECONDS.get(index) else {
-                    // +Inf bucket: Prometheus answers with the highest finite bound.
-                    return LATENCY_BUCKETS_SECONDS.last().copied();
-                };
-                let lower = if index == 0 {
-                    0.0
-                } else {
-                    LATENCY_BUCKETS_SECONDS[index - 1]
-                };
-                let within = (rank - before as f64) / *count as f64;
-                return Some(lower + (upper - lower) * within);
-            }
-        }
-        LATENCY_BUCKETS_SECONDS.last().copied()
+        quantile(&LATENCY_BUCKETS_SECONDS, &self.counts, q)
     }
+}
+
+/// The bucket a value lands in; NaN and infinities land in `+Inf`.
+pub(crate) fn bucket_index(bounds: &[f64], value: f64) -> usize {
+    if value.is_finite() {
+        bounds.partition_point(|bound| *bound < value)
+    } else {
+        bounds.len()
+    }
+}
+
+/// The q-quantile of non-cumulative `counts` over `bounds` (+Inf last), interpolated as
+/// Prometheus' `histogram_quantile` does.
+pub(crate) fn quantile(bounds: &[f64], counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut cumulative = 0u64;
+    for (index, count) in counts.iter().enumerate() {
+        let before = cumulative;
+        cumulative += count;
+        if (cumulative as f64) >= rank && *count > 0 {
+            let Some(upper) = bounds.get(index) else {
+                // +Inf bucket: Prometheus answers with the highest finite bound.
+                return bounds.last().copied();
+            };
+            let lower = if index == 0 { 0.0 } else { bounds[index - 1] };
+            let within = (rank - before as f64) / *count as f64;
+            return Some(lower + (upper - lower) * within);
+        }
+    }
+    bounds.last().copied()
 }
 
 #[cfg(test)]

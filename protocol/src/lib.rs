@@ -4,6 +4,7 @@
 //! I/O and no Kubernetes, so the node agent links none of the control plane.
 
 pub mod histogram;
+pub mod llm;
 pub mod offload;
 pub mod presence;
 pub mod spec;

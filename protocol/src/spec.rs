@@ -81,6 +81,8 @@ pub enum Runtime {
     #[default]
     Tract,
     Onnxruntime,
+    /// GGUF language models on llama.cpp.
+    Llamacpp,
 }
 
 impl Runtime {
@@ -88,6 +90,7 @@ impl Runtime {
         match self {
             Runtime::Tract => "tract",
             Runtime::Onnxruntime => "onnxruntime",
+            Runtime::Llamacpp => "llamacpp",
         }
     }
 }

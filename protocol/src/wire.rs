@@ -483,6 +483,9 @@ pub struct ModelWindow {
     /// Only from agents applying an offload policy; older controllers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload: Option<OffloadWindow>,
+    /// Only from agents serving a language model; older controllers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<crate::llm::LlmWindow>,
 }
 
 /// What the offload policy did in one window.
@@ -518,6 +521,10 @@ impl WireMessage for Telemetry {
                     "{:?} reports more errors than requests",
                     m.deployment
                 ));
+            }
+            if let Some(llm) = &m.llm {
+                llm.check()
+                    .map_err(|e| format!("{:?}: {e}", m.deployment))?;
             }
             if let Some(offload) = &m.offload {
                 if !offload.cloud_latency.has_shared_layout() {

@@ -68,6 +68,7 @@ fn telemetry() -> Telemetry {
             errors: 0,
             latency,
             offload: None,
+            llm: None,
         }],
     }
 }

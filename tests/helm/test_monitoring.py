@@ -61,6 +61,30 @@ def test_dashboard_covers_every_required_metric():
     assert "matched|assigned|updated|ready|failed|offline|no_fit" in exprs
 
 
+def test_dashboard_language_models_row_covers_every_llm_metric():
+    """The e2e tests find the LLM panels by their row (tests/src/prometheus.rs): every
+    edgefleet_llm_ query sits in the "Language models" row, and the row covers every family."""
+    d = json.loads(DASHBOARD.read_text())
+    row, by_row = "", {}
+    for p in d["panels"]:
+        if p["type"] == "row":
+            row = p["title"]
+            continue
+        by_row.setdefault(row, []).extend(t["expr"] for t in p.get("targets", []))
+    llm = by_row.get("Language models", [])
+    assert llm and all("edgefleet_llm_" in e for e in llm), llm
+    others = [e for r, exprs in by_row.items() if r != "Language models" for e in exprs]
+    assert not [e for e in others if "edgefleet_llm_" in e]
+    exprs = " ".join(llm)
+    for metric in ("edgefleet_llm_time_to_first_token_seconds_bucket", "edgefleet_llm_inter_token_latency_seconds_bucket",
+                   "edgefleet_llm_queue_wait_seconds_bucket", "edgefleet_llm_prompt_tokens_per_second_bucket",
+                   "edgefleet_llm_decode_tokens_per_second_bucket", "edgefleet_llm_completion_tokens_total",
+                   "edgefleet_llm_context_overflows_total", "edgefleet_llm_rejected_busy_total"):
+        assert re.search(rf"\b{metric}\b", exprs), metric
+    for q in ("0.5", "0.95"):
+        assert f"histogram_quantile({q}, sum by (le, variant, device_class, role) (rate(edgefleet_llm_time_to_first_token_seconds_bucket" in exprs
+
+
 def test_dashboard_configmap_carries_the_json(helm):
     cm = one(helm.objects(values=EVERYTHING), "ConfigMap", "-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"

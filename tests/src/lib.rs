@@ -6,12 +6,14 @@ pub mod netfault;
 pub mod orientation;
 pub mod pki;
 pub mod procs;
+pub mod prometheus;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use netfault::{Partition, metric_sum};
 pub use procs::*;
+pub use prometheus::{LLM_ROW, PanelQuery, Prometheus, dashboard_queries};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -20,6 +20,7 @@
 
 use edgefleet_crds::{Analysis, Slo, Verdict};
 use edgefleet_protocol::LatencyHistogram;
+use edgefleet_protocol::llm::LlmWindow;
 use edgefleet_protocol::wire::OffloadWindow;
 
 use crate::fmt_num;
@@ -41,6 +42,9 @@ pub struct CohortWindow {
     pub errors: u64,
     /// What the cohort's offload policy did (all zero without one).
     pub offload: OffloadWindow,
+    /// What the cohort's language model did; `None` until some device of the cohort reported
+    /// an LLM window (models that are not language models never do). Not judged yet.
+    pub llm: Option<LlmWindow>,
 }
 
 impl CohortWindow {
@@ -59,9 +63,17 @@ impl CohortWindow {
         mine.cloud_latency.merge(&offload.cloud_latency);
     }
 
+    /// Adds one device's language-model window (a `wire::ModelWindow`'s `llm`).
+    pub fn add_llm(&mut self, llm: &LlmWindow) {
+        self.llm.get_or_insert_with(LlmWindow::default).merge(llm);
+    }
+
     pub fn merge(&mut self, other: &CohortWindow) {
         self.add(other.requests, other.errors, &other.latency);
         self.add_offload(&other.offload);
+        if let Some(llm) = &other.llm {
+            self.add_llm(llm);
+        }
     }
 
     /// Share of the inferences that went to the cloud (whether it answered or not).

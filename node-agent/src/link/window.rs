@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use edgefleet_protocol::LatencyHistogram;
+use edgefleet_protocol::llm::LlmWindow;
 use edgefleet_protocol::wire::{DeviceId, ModelWindow, OffloadWindow, Telemetry};
 
 use crate::offload::OffloadOutcome;
@@ -26,6 +27,7 @@ struct Counts {
     errors: u64,
     latency: LatencyHistogram,
     offload: OffloadWindow,
+    llm: Option<LlmWindow>,
 }
 
 struct Window {
@@ -74,6 +76,25 @@ impl WindowStats {
         }
     }
 
+    /// One language-model request: counted like any request, plus what generation did
+    /// (`llm` holds this request's observations only). Refused requests count here too.
+    pub fn record_llm(
+        &self,
+        deployment: &str,
+        variant: &str,
+        seconds: f64,
+        error: bool,
+        llm: &LlmWindow,
+    ) {
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (deployment.to_string(), variant.to_string());
+        let counts = w.models.entry(key).or_default();
+        counts.requests += 1;
+        counts.errors += u64::from(error);
+        counts.latency.observe(seconds);
+        counts.llm.get_or_insert_with(LlmWindow::default).merge(llm);
+    }
+
     /// Closes the current window at `now_ms` and starts the next one.
     pub fn cut(&self, device: &DeviceId, seq: u64, now_ms: i64, window_seconds: u32) -> Telemetry {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -87,6 +108,7 @@ impl WindowStats {
                 errors: c.errors,
                 latency: c.latency,
                 offload: (c.offload.requests > 0).then_some(c.offload),
+                llm: c.llm,
             })
             .collect();
         Telemetry {

@@ -21,6 +21,8 @@ pub fn variants(report: &Report) -> Vec<Variant> {
             let latency = match v.runtime {
                 Runtime::Tract => v.tract.latency_ms,
                 Runtime::Onnxruntime => v.onnxruntime.as_ref().and_then(|o| o.latency_ms),
+                // The compressor measures ONNX models only.
+                Runtime::Llamacpp => None,
             };
             Variant {
                 name: v.name.clone(),

@@ -14,6 +14,7 @@ fn window(low_ms: f64, high_ms: f64, n: u64, errors: u64) -> CohortWindow {
         requests: n,
         errors,
         offload: Default::default(),
+        llm: None,
     }
 }
 
@@ -312,4 +313,23 @@ fn offload_counts_merge_across_devices() {
     merged.merge(&offloading(40, 24));
     assert_eq!(merged.offload_ratio(), Some(0.3));
     assert_eq!(merged.samples(), 100);
+}
+
+#[test]
+fn llm_windows_merge_and_stay_absent_for_other_models() {
+    use edgefleet_protocol::llm::LlmWindow;
+    let mut merged = CohortWindow::default();
+    merged.merge(&window(10.0, 15.0, 10, 0));
+    assert_eq!(merged.llm, None, "no language model, no LLM window");
+
+    let mut llm = LlmWindow::default();
+    llm.time_to_first_token.observe(0.06);
+    llm.completion_tokens = 120;
+    let mut one = window(10.0, 15.0, 10, 0);
+    one.add_llm(&llm);
+    merged.merge(&one);
+    merged.merge(&one);
+    let llm = merged.llm.expect("merged");
+    assert_eq!(llm.completion_tokens, 240);
+    assert_eq!(llm.time_to_first_token.count(), 2);
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use edgefleet_protocol::llm::LlmWindow;
 use edgefleet_protocol::wire::{self, Channel, Role};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
@@ -55,6 +56,11 @@ pub struct Report {
     pub cpu_seconds_flood: f64,
     pub broker_cpu_seconds: f64,
     pub sim_errors: u64,
+    /// With `--llm`: model windows that carried an LLM window, and all of those merged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm_windows_published: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm_sent: Option<LlmWindow>,
 }
 
 struct Controller {
@@ -90,14 +96,18 @@ impl Controller {
             "--edgefleet-bin: {} does not exist (cargo build --release -p edgefleet-controller)",
             bin.display()
         );
-        let (api_port, broker_port) = (free_port()?, free_port()?);
+        let api = match args.api_listen {
+            Some(addr) => addr,
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        };
+        let broker_port = free_port()?;
         let log = dir.join("controller.log");
         let file = std::fs::File::create(&log)?;
         let mut command = Command::new(&bin);
         command
             .arg("up")
             .args(["--broker-impl", "mosquitto"])
-            .args(["--listen", &format!("127.0.0.1:{api_port}")])
+            .args(["--listen", &api.to_string()])
             .args(["--mqtt-listen", &format!("127.0.0.1:{broker_port}")])
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -120,7 +130,7 @@ impl Controller {
             .unwrap_or(100.0);
         let mut controller = Controller {
             child,
-            api: format!("http://127.0.0.1:{api_port}"),
+            api: format!("http://{api}"),
             token: String::new(),
             broker_port,
             http: reqwest::Client::new(),
@@ -410,6 +420,7 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
         telemetry_seconds: args.telemetry_seconds,
         requests_per_window: args.requests_per_window,
         download_ms: args.download_ms,
+        llm: args.llm,
     };
     let start = Instant::now();
     fleet::start(&config, observed.clone(), flood_rx);
@@ -446,7 +457,7 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
     let before = controller.sample();
     let start = Instant::now();
     controller
-        .apply(mix::deployment_yaml("1.0.0", &args.steps, 10))
+        .apply(mix::deployment_yaml("1.0.0", &args.steps, 10, args.llm))
         .await?;
     report.plan_publish_seconds = until(
         "every fitting device holding v1",
@@ -465,7 +476,7 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
     let after = controller.sample();
     report.cpu_seconds_plan_publish = after.cpu_seconds - before.cpu_seconds;
     if args.stop_after == StopAfter::Publish {
-        return Ok(finish(report, controller, &observed, &counter, idle));
+        return Ok(finish(args, report, controller, &observed, &counter, idle).await);
     }
     report.first_ready_seconds = until(
         "the status counting every device Ready",
@@ -504,7 +515,7 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
     let before = controller.sample();
     let start = Instant::now();
     controller
-        .apply(mix::deployment_yaml("2.0.0", &args.steps, 10))
+        .apply(mix::deployment_yaml("2.0.0", &args.steps, 10, args.llm))
         .await?;
     report.rollout_to_100_seconds =
         until("v2 promoted on every device", start, timeout, || async {
@@ -526,7 +537,7 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
         &format!("v2 at 100 % in {:.2} s", report.rollout_to_100_seconds),
     );
     if args.stop_after == StopAfter::Rollout {
-        return Ok(finish(report, controller, &observed, &counter, idle));
+        return Ok(finish(args, report, controller, &observed, &counter, idle).await);
     }
 
     // steady telemetry so far: every window must arrive once the stream stops
@@ -595,17 +606,32 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
             .saturating_sub(report.flood_controller_received);
     }
 
-    Ok(finish(report, controller, &observed, &counter, idle))
+    Ok(finish(args, report, controller, &observed, &counter, idle).await)
 }
 
-/// Memory and CPU at the end of the run; tells the fleet that the broker will go away.
-fn finish(
+/// With `--hold`, telemetry until standard input closes; then memory and CPU at the end of
+/// the run, and what the fleet sent. Tells the fleet that the broker will go away.
+async fn finish(
+    args: &Args,
     mut report: Report,
     controller: &Controller,
     observed: &Observed,
     counter: &BrokerCounter,
     idle: ProcSample,
 ) -> Report {
+    if args.hold {
+        progress(args, "holding: telemetry on until standard input closes");
+        observed.telemetry_on.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(|| {
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+        })
+        .await;
+        observed.telemetry_on.store(false, Ordering::Relaxed);
+    }
+    if args.llm {
+        report.llm_windows_published = Some(observed.llm_windows_published.load(Ordering::Relaxed));
+        report.llm_sent = Some(observed.llm_sent());
+    }
     let devices = report.devices.max(1) as f64;
     let end = controller.sample();
     report.peak_rss_kib = end.peak_rss_kib;
@@ -674,6 +700,18 @@ fn print_text(r: &Report) {
         r.cpu_seconds_flood,
         r.broker_cpu_seconds,
     );
+    if let (Some(windows), Some(llm)) = (r.llm_windows_published, &r.llm_sent) {
+        let ms = |q: Option<f64>| q.map_or(f64::NAN, |s| s * 1000.0);
+        println!(
+            "LLM windows: {windows}; time to first token p95 {:.1} ms, inter-token p95 {:.1} ms, decode p50 {:.0} tokens/s, {} completion tokens",
+            ms(llm.time_to_first_token.quantile(0.95)),
+            ms(llm.inter_token_latency.quantile(0.95)),
+            llm.decode_tokens_per_second
+                .quantile(0.5)
+                .unwrap_or(f64::NAN),
+            llm.completion_tokens,
+        );
+    }
     if r.sim_errors > 0 {
         println!(
             "(the simulator saw {} connection or publish errors)",

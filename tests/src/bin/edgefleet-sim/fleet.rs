@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use edgefleet_protocol::llm::LlmWindow;
+use edgefleet_protocol::spec::Runtime;
 use edgefleet_protocol::wire::{
     self, Channel, Desired, DeviceId, DeviceStatus, ModelPhase, ModelState, ModelWindow, Role,
     StateReport, Telemetry,
@@ -20,6 +22,7 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, SubscribeF
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::llm;
 use crate::mix::{self, Profile};
 use crate::rng::{self, Rng};
 
@@ -37,6 +40,8 @@ pub struct FleetConfig {
     pub requests_per_window: u64,
     /// Simulated download + load time of a new model; 0 acknowledges at once.
     pub download_ms: u64,
+    /// Devices announce llama.cpp besides tract (`--llm`).
+    pub llm: bool,
 }
 
 /// What the fleet observed, shared with the bench driver.
@@ -52,6 +57,9 @@ pub struct Observed {
     pub errors: AtomicU64,
     /// Set when the bench is over: the broker goes away and that is no error.
     pub finished: AtomicBool,
+    /// Model windows sent with an LLM window, and those LLM windows merged.
+    pub llm_windows_published: AtomicU64,
+    llm_sent: Mutex<LlmWindow>,
 }
 
 impl Observed {
@@ -61,6 +69,22 @@ impl Observed {
             .get(&(version.to_string(), role))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every LLM window sent so far, merged.
+    pub fn llm_sent(&self) -> LlmWindow {
+        self.llm_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn sent_llm(&self, window: &LlmWindow) {
+        self.llm_windows_published.fetch_add(1, Ordering::Relaxed);
+        self.llm_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .merge(window);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Role), usize>> {
@@ -82,13 +106,15 @@ impl Observed {
 
 struct SimModel {
     deployment: String,
+    runtime: Runtime,
     variant: String,
     version: String,
     sha256: String,
     role: Role,
     phase: ModelPhase,
-    /// Variant and digest currently answering requests (the previous one while switching).
-    serving: Option<(String, String)>,
+    /// Variant, digest and runtime currently answering requests (the previous one while
+    /// switching). Variants on llama.cpp report LLM windows.
+    serving: Option<(String, String, Runtime)>,
 }
 
 struct Leaf {
@@ -276,7 +302,12 @@ impl Gateway {
         }
         for index in 0..self.leaves.len() {
             let leaf = &self.leaves[index];
-            let hello = mix::hello(self.config.seed, self.first + index, &leaf.id);
+            let hello = mix::hello(
+                self.config.seed,
+                self.first + index,
+                &leaf.id,
+                self.config.llm,
+            );
             let status = DeviceStatus {
                 device_id: leaf.id.clone(),
                 online: true,
@@ -345,13 +376,14 @@ impl Gateway {
                 let (phase, serving) = if same || instant {
                     (
                         ModelPhase::Ready,
-                        Some((a.variant.clone(), a.artifact.sha256.clone())),
+                        Some((a.variant.clone(), a.artifact.sha256.clone(), a.runtime)),
                     )
                 } else {
                     (ModelPhase::Downloading, old.and_then(|m| m.serving.clone()))
                 };
                 SimModel {
                     deployment: a.deployment.clone(),
+                    runtime: a.runtime,
                     variant: a.variant.clone(),
                     version: a.model.version.clone(),
                     sha256: a.artifact.sha256.clone(),
@@ -394,7 +426,8 @@ impl Gateway {
             for model in &mut leaf.models {
                 if model.phase == ModelPhase::Downloading {
                     model.phase = ModelPhase::Ready;
-                    model.serving = Some((model.variant.clone(), model.sha256.clone()));
+                    model.serving =
+                        Some((model.variant.clone(), model.sha256.clone(), model.runtime));
                 }
             }
             self.report(index).await;
@@ -418,7 +451,7 @@ impl Gateway {
                     bytes_done: None,
                     bytes_total: None,
                     reason: None,
-                    serving_sha256: m.serving.as_ref().map(|(_, sha)| sha.clone()),
+                    serving_sha256: m.serving.as_ref().map(|(_, sha, _)| sha.clone()),
                 })
                 .collect(),
         };
@@ -438,10 +471,13 @@ impl Gateway {
         let window_seconds = self.config.telemetry_seconds.max(1);
         let requests = self.config.requests_per_window;
         let leaf = &mut self.leaves[index];
-        let serving: Vec<(String, String)> = leaf
+        let serving: Vec<(String, String, Runtime)> = leaf
             .models
             .iter()
-            .filter_map(|m| Some((m.deployment.clone(), m.serving.as_ref()?.0.clone())))
+            .filter_map(|m| {
+                let (variant, _, runtime) = m.serving.as_ref()?;
+                Some((m.deployment.clone(), variant.clone(), *runtime))
+            })
             .collect();
         if serving.is_empty() {
             return;
@@ -449,9 +485,17 @@ impl Gateway {
         leaf.seq += 1;
         let profile = leaf.profile;
         let mut models = Vec::with_capacity(serving.len());
-        for (deployment, variant) in serving {
-            let (median_ms, sigma) = mix::variant_latency(&variant, profile);
-            let (latency, errors) = rng::window(&mut self.rng, requests, median_ms, sigma, 0.001);
+        for (deployment, variant, runtime) in serving {
+            let (latency, errors, llm) = if runtime == Runtime::Llamacpp {
+                let (latency, refused, window) = llm::window(&mut self.rng, requests);
+                self.observed.sent_llm(&window);
+                (latency, refused, Some(window))
+            } else {
+                let (median_ms, sigma) = mix::variant_latency(&variant, profile);
+                let (latency, errors) =
+                    rng::window(&mut self.rng, requests, median_ms, sigma, 0.001);
+                (latency, errors, None)
+            };
             models.push(ModelWindow {
                 deployment,
                 variant,
@@ -459,6 +503,7 @@ impl Gateway {
                 errors,
                 latency,
                 offload: None,
+                llm,
             });
         }
         let now_ms = std::time::SystemTime::now()

@@ -4,14 +4,19 @@
 //! device, time to 100 % through zero-pause canary steps, telemetry ingest next to the broker's
 //! own throughput (a bare subscriber counting the same messages), controller CPU and peak RSS.
 //!
-//! Devices sit behind `--gateways` MQTT connections (gateway mode, see `fleet.rs`).
+//! Devices sit behind `--gateways` MQTT connections (gateway mode, see `fleet.rs`). With
+//! `--llm` the deployment's variants are language models on llama.cpp and devices report LLM
+//! windows (`llm.rs`); with `--hold` the fleet keeps sending telemetry after the last phase
+//! until standard input closes, for a Prometheus scraping `--api-listen` to watch.
 
 mod bench;
 mod fleet;
+mod llm;
 mod mix;
 mod probe;
 mod rng;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
@@ -73,6 +78,18 @@ pub struct Args {
         default_value_t = 600
     )]
     pub phase_timeout_seconds: u64,
+    /// Roll out language models: every variant runs on llama.cpp (`runtime: llamacpp`), devices
+    /// announce it, and each window of a device serving one carries an LLM window (time to
+    /// first token, inter-token latency, token rates and counts).
+    #[arg(long, env = "EDGEFLEET_SIM_LLM")]
+    pub llm: bool,
+    /// The controller's API and /metrics address; default a free port on 127.0.0.1.
+    #[arg(long, env = "EDGEFLEET_SIM_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// After the last phase, keep the fleet online and sending telemetry until standard input
+    /// closes, then report (what the fleet sent until then included).
+    #[arg(long, env = "EDGEFLEET_SIM_HOLD")]
+    pub hold: bool,
     #[arg(
         long,
         short = 'o',

@@ -124,7 +124,8 @@ pub fn device_id(index: usize) -> String {
     format!("sim-{index:06}")
 }
 
-pub fn hello(seed: u64, index: usize, id: &DeviceId) -> Hello {
+/// `llm`: the device also announces llama.cpp (it can serve the `--llm` deployment).
+pub fn hello(seed: u64, index: usize, id: &DeviceId, llm: bool) -> Hello {
     let profile = profile_of(seed, index);
     Hello {
         device_id: id.clone(),
@@ -141,7 +142,11 @@ pub fn hello(seed: u64, index: usize, id: &DeviceId) -> Hello {
         memory_available_mib: profile.memory_mib * 3 / 4,
         disk_free_mib: 16 * 1024,
         accelerators: profile.accelerators.iter().map(|s| s.to_string()).collect(),
-        runtimes: vec![Runtime::Tract],
+        runtimes: if llm {
+            vec![Runtime::Tract, Runtime::Llamacpp]
+        } else {
+            vec![Runtime::Tract]
+        },
     }
 }
 
@@ -164,8 +169,9 @@ pub fn variant_latency(variant: &str, profile: &Profile) -> (f64, f64) {
 /// A `ModelDeployment` of `version` selecting the simulated fleet. Four variants: fp32
 /// (x86_64, 2 GiB), fp32-accel (nvidia, 2 GiB), fp16 (512 MiB), int8 (x86_64/aarch64/arm,
 /// 256 MiB); riscv64 boards with 256 MiB fit none. `steps` are canary percentages, all
-/// without pause; analysis every second on `min_samples` inferences.
-pub fn deployment_yaml(version: &str, steps: &[u32], min_samples: u64) -> String {
+/// without pause; analysis every second on `min_samples` inferences. `llm`: the same variants
+/// as GGUF language models on llama.cpp (`runtime: llamacpp`).
+pub fn deployment_yaml(version: &str, steps: &[u32], min_samples: u64, llm: bool) -> String {
     let digest = |variant: &str| {
         let h = mix64(
             version
@@ -175,9 +181,14 @@ pub fn deployment_yaml(version: &str, steps: &[u32], min_samples: u64) -> String
         );
         format!("{h:016x}").repeat(4)
     };
+    let (runtime, extension) = if llm {
+        ("    runtime: llamacpp\n", "gguf")
+    } else {
+        ("", "onnx")
+    };
     let variant = |name: &str, precision: &str, requires: &str| {
         format!(
-            "  - name: {name}\n    precision: {precision}\n    artifact: {{uri: 'http://127.0.0.1:9/models/{version}/{name}.onnx', sha256: '{}', sizeBytes: 4000000}}\n    requires: {requires}\n",
+            "  - name: {name}\n    precision: {precision}\n{runtime}    artifact: {{uri: 'http://127.0.0.1:9/models/{version}/{name}.{extension}', sha256: '{}', sizeBytes: 4000000}}\n    requires: {requires}\n",
             digest(name)
         )
     };
@@ -234,20 +245,29 @@ mod tests {
     #[test]
     fn hellos_and_deployments_pass_the_real_admission_checks() {
         let id = DeviceId::new(device_id(42)).expect("id");
-        let hello = hello(3, 42, &id);
-        let bytes = edgefleet_protocol::wire::encode(&hello);
-        let decoded: Hello =
-            edgefleet_protocol::wire::decode_from(&id, &bytes).expect("valid hello");
-        assert_eq!(decoded, hello);
-        let yaml = deployment_yaml("2.0.0", &[10, 50], 20);
-        let value: serde_json::Value = serde_yaml::from_str(&yaml).expect("yaml");
-        let md = edgefleet_crds::manifest::admit_value(value).expect("admitted");
-        assert_eq!(md.spec.variants.len(), 4);
-        assert_eq!(md.spec.rollout.steps.len(), 2);
-        assert_ne!(
-            md.spec.variants[0].artifact.sha256, md.spec.variants[1].artifact.sha256,
-            "one digest per variant"
-        );
+        for llm in [false, true] {
+            let hello = hello(3, 42, &id, llm);
+            let bytes = edgefleet_protocol::wire::encode(&hello);
+            let decoded: Hello =
+                edgefleet_protocol::wire::decode_from(&id, &bytes).expect("valid hello");
+            assert_eq!(decoded, hello);
+            assert_eq!(decoded.runtimes.contains(&Runtime::Llamacpp), llm);
+            let yaml = deployment_yaml("2.0.0", &[10, 50], 20, llm);
+            let value: serde_json::Value = serde_yaml::from_str(&yaml).expect("yaml");
+            let md = edgefleet_crds::manifest::admit_value(value).expect("admitted");
+            assert_eq!(md.spec.variants.len(), 4);
+            assert_eq!(md.spec.rollout.steps.len(), 2);
+            assert_ne!(
+                md.spec.variants[0].artifact.sha256, md.spec.variants[1].artifact.sha256,
+                "one digest per variant"
+            );
+            let runtime = if llm {
+                Runtime::Llamacpp
+            } else {
+                Runtime::Tract
+            };
+            assert!(md.spec.variants.iter().all(|v| v.runtime == runtime));
+        }
     }
 
     #[test]
