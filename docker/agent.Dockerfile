@@ -6,14 +6,19 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 \
 #     -f docker/agent.Dockerfile -t ghcr.io/edgefleet/edgefleet-agent:0.1.0 .
 #
-# Built with the default features (tract runtime only). The optional `onnxruntime` feature
-# loads libonnxruntime at run time; an image with it would also have to ship that library.
+# Built with the default features: tract, and llama.cpp for GGUF language models (compiled
+# from source for the x86-64-v3 level set in .cargo/config.toml; arm64 uses its baseline).
+# The optional `onnxruntime` feature loads libonnxruntime at run time; an image with it would
+# also have to ship that library.
 
 ARG RUST_VERSION=1.95
 
 FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-trixie AS build
 ARG TARGETARCH
 WORKDIR /src
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake clang libclang-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN set -eu; \
     case "$TARGETARCH" in \
       amd64) t=x86_64-unknown-linux-gnu; g=x86_64-linux-gnu; p=gcc-x86-64-linux-gnu ;; \
@@ -43,8 +48,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:trixie-slim
 # ca-certificates: without EDGEFLEET_AGENT_TLS_CA_FILE the agent trusts the platform roots.
+# libgomp1: llama.cpp's OpenMP thread pool.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 65532 nonroot \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nonroot \

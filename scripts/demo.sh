@@ -13,6 +13,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 # Progress of the preparation goes to stderr so that `-o json` keeps stdout clean.
+source scripts/lib.sh
+ensure_llama_build_deps >&2
 bash tests/tools/fetch-models.sh >&2
 cargo build --release --bin edgefleet --bin edgefleet-agent >&2
 exec target/release/edgefleet demo "$@"

@@ -56,6 +56,15 @@ ensure_k8s_tools() {
   export PATH="$EDGEFLEET_TOOLS/bin:$PATH"
 }
 
+# The agent's `llm` feature builds llama.cpp from source (llama-cpp-sys-2): CMake, a C/C++
+# compiler and libclang for bindgen.
+ensure_llama_build_deps() {
+  if command -v cmake >/dev/null && command -v clang >/dev/null \
+     && ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then return 0; fi
+  log "installing cmake, clang and libclang-dev (to build llama.cpp)"
+  apt_install cmake clang libclang-dev
+}
+
 ensure_models() {
   bash tests/tools/fetch-models.sh
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole EdgeFleet test suite on a fresh machine: installs and starts what the tests need
-# (PostgreSQL, Mosquitto, Prometheus, Python tools, kubectl/helm, real models), then runs
+# (PostgreSQL, Mosquitto, Prometheus, Python tools, kubectl/helm, the C/C++ tools llama.cpp
+# builds with, real models), then runs
 # the format check, clippy and every test. CI (.ci/run) runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ ensure_postgres
 ensure_mosquitto
 ensure_prometheus
 ensure_k8s_tools
+ensure_llama_build_deps
 ensure_models
 
 log "cargo fmt --check"

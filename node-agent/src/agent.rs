@@ -23,7 +23,6 @@ use crate::link::window::{SeqCounter, WindowStats, now_ms};
 use crate::metrics::Metrics;
 use crate::offload::OffloadRuntime;
 use crate::registry::Registry;
-use crate::runtime;
 use crate::serve::{self, ApiInner};
 
 /// Runs the agent until `shutdown` completes, then drains in-flight requests, spools the last
@@ -40,7 +39,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::default());
     let stats = Arc::new(WindowStats::new(now_ms()));
-    let backends = runtime::available_backends();
+    let backends = crate::backends::available_backends(&config);
     let runtimes: Vec<Runtime> = backends.iter().map(|b| b.runtime()).collect();
     let hello: Arc<dyn Fn() -> Hello + Send + Sync> = {
         let root = store.root().to_path_buf();

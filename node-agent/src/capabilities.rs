@@ -103,6 +103,8 @@ pub fn cpu_features() -> Vec<String> {
             features.push("dotprod");
         }
     }
+    // Microarchitecture levels too (`x86-64-v3`): llama.cpp builds are made for one.
+    features.extend(crate::cpu_level::levels());
     features.into_iter().map(str::to_string).collect()
 }
 

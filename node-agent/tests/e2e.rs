@@ -69,7 +69,7 @@ async fn hello_is_retained_with_capabilities_and_shutdown_publishes_offline() {
     );
     assert_eq!(hello.cpu_features, ["neon", "dotprod"]);
     assert_eq!(hello.accelerators, ["coral"]);
-    assert_eq!(hello.runtimes, [Runtime::Tract]);
+    assert_eq!(hello.runtimes, [Runtime::Tract, Runtime::Llamacpp]);
     assert_eq!(hello.agent_version, env!("CARGO_PKG_VERSION"));
     let cores = std::thread::available_parallelism().unwrap().get() as u32;
     assert_eq!(hello.cores, cores);

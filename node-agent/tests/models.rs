@@ -15,7 +15,9 @@ fn check_model(file: &str) {
     let model = TractBackend
         .load(&path, &hints)
         .expect("tract loads the model");
-    runtime::prepare(model.as_ref(), Some(&common::self_test(file))).expect("self-test passes");
+    model
+        .prepare(Some(&common::self_test(file)))
+        .expect("self-test passes");
     for (n, case) in reference.cases.iter().enumerate() {
         let by_name: HashMap<&str, Tensor> = case
             .inputs

@@ -36,7 +36,7 @@ fn onnxruntime_backend_matches_the_references() {
         let model = backend
             .load(&common::models_dir().join(file), &Default::default())
             .unwrap();
-        runtime::prepare(model.as_ref(), Some(&common::self_test(file))).unwrap();
+        model.prepare(Some(&common::self_test(file))).unwrap();
         for case in &reference.cases {
             let by_name: HashMap<&str, Tensor> = case
                 .inputs

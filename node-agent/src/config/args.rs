@@ -56,7 +56,7 @@ pub struct Args {
     pub cpu_features: Option<String>,
     #[arg(long, env = "EDGEFLEET_AGENT_ACCELERATORS")]
     pub accelerators: Option<String>,
-    /// Comma-separated of tract, onnxruntime.
+    /// Comma-separated of tract, onnxruntime, llamacpp.
     #[arg(long, env = "EDGEFLEET_AGENT_RUNTIMES")]
     pub runtimes: Option<String>,
     #[arg(long, env = "EDGEFLEET_AGENT_SPOOL_MAX_WINDOWS")]
@@ -67,6 +67,21 @@ pub struct Args {
     pub backoff_initial_ms: Option<u64>,
     #[arg(long, env = "EDGEFLEET_AGENT_BACKOFF_MAX_MS")]
     pub backoff_max_ms: Option<u64>,
+    /// Language models: context length per sequence (prompt + completion), default 2048.
+    #[arg(long, env = "EDGEFLEET_AGENT_LLM_CONTEXT_TOKENS")]
+    pub llm_context_tokens: Option<u32>,
+    /// Language models: sequences generated at once per model, default 1.
+    #[arg(long, env = "EDGEFLEET_AGENT_LLM_SLOTS")]
+    pub llm_slots: Option<u32>,
+    /// Language models: requests that may wait for a slot (more get 429), default 4.
+    #[arg(long, env = "EDGEFLEET_AGENT_LLM_QUEUE")]
+    pub llm_queue: Option<u32>,
+    /// Language models: llama.cpp threads per sequence, 0 (default) for one per core.
+    #[arg(long, env = "EDGEFLEET_AGENT_LLM_THREADS")]
+    pub llm_threads: Option<u32>,
+    /// Language models: prompt tokens per evaluation step, default 512.
+    #[arg(long, env = "EDGEFLEET_AGENT_LLM_BATCH_TOKENS")]
+    pub llm_batch_tokens: Option<u32>,
     /// Test knob: artificial latency added to every inference.
     #[arg(long, env = "EDGEFLEET_AGENT_EXTRA_LATENCY_MS")]
     pub extra_latency_ms: Option<u64>,

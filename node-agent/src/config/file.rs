@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    BackoffConfig, CapabilityOverrides, ConfigError, SpoolConfig, TestKnobs, TlsConfig, err,
+    BackoffConfig, CapabilityOverrides, ConfigError, LlmConfig, SpoolConfig, TestKnobs, TlsConfig,
+    err,
 };
 
 /// The TOML file's layout; every field optional so flags and env can fill in.
@@ -33,6 +34,8 @@ pub struct FileConfig {
     pub spool: SpoolConfig,
     #[serde(default)]
     pub backoff: BackoffConfig,
+    #[serde(default)]
+    pub llm: LlmConfig,
     #[serde(default)]
     pub test: TestKnobs,
 }

@@ -5,6 +5,7 @@
 
 mod args;
 mod file;
+mod llm;
 mod resolve;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use crate::install::signing::TrustedKeys;
 
 pub use args::Args;
 pub use file::{FileConfig, parse_file};
+pub use llm::LlmConfig;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("config field `{field}`: {reason}")]
@@ -132,5 +134,6 @@ pub struct Config {
     pub capabilities: CapabilityOverrides,
     pub spool: SpoolConfig,
     pub backoff: BackoffConfig,
+    pub llm: LlmConfig,
     pub test: TestKnobs,
 }

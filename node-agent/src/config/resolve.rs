@@ -139,9 +139,12 @@ impl Config {
                 .map(|r| match r.as_str() {
                     "tract" => Ok(Runtime::Tract),
                     "onnxruntime" => Ok(Runtime::Onnxruntime),
+                    "llamacpp" => Ok(Runtime::Llamacpp),
                     other => Err(err(
                         "runtimes",
-                        format!("unknown runtime {other:?}; expected tract or onnxruntime"),
+                        format!(
+                            "unknown runtime {other:?}; expected tract, onnxruntime or llamacpp"
+                        ),
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -170,6 +173,7 @@ impl Config {
                 "initial_ms must be positive and not above max_ms",
             ));
         }
+        let llm = file.llm.resolve(args)?;
         let mut test = file.test;
         apply(&mut test.extra_latency_ms, args.extra_latency_ms);
         if let Some(pairs) = &args.extra_latency_ms_by_variant {
@@ -198,6 +202,7 @@ impl Config {
             capabilities: caps,
             spool,
             backoff,
+            llm,
             test,
         })
     }

@@ -586,7 +586,9 @@ async fn load_and_test(
         let model = backend
             .load(&path, &hints)
             .map_err(|e| format!("load: {e:#}"))?;
-        runtime::prepare(model.as_ref(), test.as_ref()).map_err(|e| format!("self-test: {e}"))?;
+        model
+            .prepare(test.as_ref())
+            .map_err(|e| format!("self-test: {e}"))?;
         Ok(model)
     })
     .await

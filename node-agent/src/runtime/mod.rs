@@ -9,6 +9,7 @@ use edgefleet_protocol::{Runtime, SelfTest};
 
 use crate::tensor::{DataType, Tensor, element_count};
 
+pub mod language;
 #[cfg(feature = "onnxruntime")]
 pub mod ort;
 pub mod tract;
@@ -45,6 +46,18 @@ pub trait Model: Send + Sync + 'static {
     /// Runs one inference; `inputs` are in the order of [`Model::inputs`], already checked
     /// against their specs.
     fn run(&self, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>>;
+    /// The KServe metadata `platform`.
+    fn platform(&self) -> &'static str {
+        "onnx"
+    }
+    /// Language models answer the OpenAI-compatible routes instead of tensor requests.
+    fn language_model(&self) -> Option<&dyn language::LanguageModel> {
+        None
+    }
+    /// Warm-up and self-test before the model may serve; see [`prepare_tensors`].
+    fn prepare(&self, test: Option<&SelfTest>) -> Result<(), String> {
+        prepare_tensors(self, test)
+    }
 }
 
 /// Concrete shapes to fix dynamic input dimensions with, by input name (from the self-test).
@@ -53,17 +66,6 @@ pub type ShapeHints = HashMap<String, Vec<usize>>;
 pub trait Backend: Send + Sync + 'static {
     fn runtime(&self) -> Runtime;
     fn load(&self, path: &Path, hints: &ShapeHints) -> anyhow::Result<Arc<dyn Model>>;
-}
-
-/// The backends compiled in and usable on this machine, tract first.
-pub fn available_backends() -> Vec<Arc<dyn Backend>> {
-    #[allow(unused_mut)]
-    let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(tract::TractBackend)];
-    #[cfg(feature = "onnxruntime")]
-    if let Some(b) = ort::OrtBackend::try_new() {
-        backends.push(Arc::new(b));
-    }
-    backends
 }
 
 pub fn shape_hints(self_test: Option<&SelfTest>) -> ShapeHints {
@@ -81,7 +83,10 @@ pub fn shape_hints(self_test: Option<&SelfTest>) -> ShapeHints {
 }
 
 /// Builds the self-test inputs: the spec's tensors by name, zeros for inputs it leaves out.
-pub fn self_test_inputs(model: &dyn Model, test: Option<&SelfTest>) -> Result<Vec<Tensor>, String> {
+pub fn self_test_inputs<M: Model + ?Sized>(
+    model: &M,
+    test: Option<&SelfTest>,
+) -> Result<Vec<Tensor>, String> {
     if let Some(unknown) = test
         .into_iter()
         .flat_map(|t| &t.inputs)
@@ -151,7 +156,10 @@ fn zeros(dt: DataType, shape: Vec<usize>) -> Tensor {
 /// every output is finite. Without a self-test, zeros of the declared shapes are used; a model
 /// whose input shapes are only known at run time and that has no self-test cannot be warmed
 /// up, which is logged and accepted.
-pub fn prepare(model: &dyn Model, test: Option<&SelfTest>) -> Result<(), String> {
+pub fn prepare_tensors<M: Model + ?Sized>(
+    model: &M,
+    test: Option<&SelfTest>,
+) -> Result<(), String> {
     if test.is_none()
         && let Some(spec) = model.inputs().iter().find(|s| s.concrete_shape().is_none())
     {

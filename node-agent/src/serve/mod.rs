@@ -1,11 +1,13 @@
 //! The local inference API: KServe v2 / Open Inference Protocol over HTTP/1.1, with JSON
 //! tensors and Triton's binary tensor extension, plus `/metrics`. This file holds the state,
-//! the router and the metadata endpoints; [`infer`] answers inference requests and
-//! [`offloaded`] those of deployments with an offload policy.
+//! the router and the metadata endpoints; [`infer`] answers inference requests,
+//! [`offloaded`] those of deployments with an offload policy, and `openai` the language
+//! models' OpenAI-compatible routes.
 
 mod codec;
 mod infer;
 mod offloaded;
+mod openai;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,7 +53,7 @@ pub type ApiState = Arc<ApiInner>;
 
 pub fn router(state: ApiState) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
+    openai::routes(Router::new())
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(ready))
@@ -128,7 +130,7 @@ async fn model_metadata(
     let mut metadata = json!({
         "name": a.model.name,
         "versions": [a.model.version],
-        "platform": "onnx",
+        "platform": served.model.platform(),
         "inputs": io_json(served.model.inputs()),
         "outputs": io_json(served.model.outputs()),
         "deployment": a.deployment,
@@ -140,6 +142,16 @@ async fn model_metadata(
     });
     if let Some(policy) = &a.offload {
         metadata["offload"] = json!(policy);
+    }
+    if let Some(model) = served.model.language_model() {
+        let info = model.info();
+        metadata["llm"] = json!({
+            "architecture": info.architecture,
+            "contextTokens": info.context_tokens,
+            "slots": info.slots,
+            "queue": info.queue,
+            "free": info.free,
+        });
     }
     Ok(axum::Json(metadata))
 }
