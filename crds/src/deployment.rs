@@ -51,6 +51,58 @@ pub struct ModelDeploymentSpec {
     /// Send hard or overflow requests to a cloud model (off unless given, see `OffloadPolicy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload: Option<OffloadPolicy>,
+    /// How devices serve a language model (variants with `format: gguf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmServing>,
+}
+
+/// Serving settings of a language model; they decide how much memory each variant needs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LlmServing {
+    /// Context length (prompt + completion) every device must hold per sequence.
+    #[serde(default = "default_context_tokens")]
+    #[schemars(range(min = 64, max = 131072))]
+    pub context_tokens: u32,
+    /// Sequences generated at once; each holds a KV cache of `contextTokens`.
+    #[serde(default = "default_llm_slots")]
+    #[schemars(range(min = 1, max = 16))]
+    pub slots: u32,
+}
+
+impl Default for LlmServing {
+    fn default() -> Self {
+        Self {
+            context_tokens: default_context_tokens(),
+            slots: default_llm_slots(),
+        }
+    }
+}
+
+fn default_context_tokens() -> u32 {
+    2048
+}
+
+fn default_llm_slots() -> u32 {
+    1
+}
+
+/// A GGUF variant's quantization and the shape its memory need is computed from (what
+/// `edgefleet compress` or `gguf-dump` reads from the file's header).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GgufVariant {
+    /// llama.cpp's name for it: `Q8_0`, `Q4_K_M`, `Q4_0`, `F16`, …
+    #[schemars(length(min = 1, max = 32))]
+    pub quantization: String,
+    #[schemars(range(min = 1))]
+    pub layers: u64,
+    #[schemars(range(min = 1))]
+    pub embedding_length: u64,
+    #[schemars(range(min = 1))]
+    pub heads: u64,
+    #[schemars(range(min = 1))]
+    pub kv_heads: u64,
 }
 
 /// A Kubernetes-style label selector over the labels devices announce.
@@ -97,6 +149,9 @@ pub struct Variant {
     pub requires: Requirements,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<Quality>,
+    /// Required for `format: gguf`: the quantization and the model's shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<GgufVariant>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -104,6 +159,8 @@ pub struct Variant {
 pub enum ModelFormat {
     #[default]
     Onnx,
+    /// A llama.cpp language model; needs `runtime: llamacpp` and a `gguf` block.
+    Gguf,
 }
 
 /// What a device must have to run a variant. Empty lists mean "no constraint".
@@ -247,6 +304,14 @@ pub struct Analysis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_offload_ratio: Option<f64>,
+    /// Language models: the cohort's p95 time to first token must stay at or below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_p95_ttft_ms: Option<f64>,
+    /// Language models: the cohort's median decode speed must reach this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub min_decode_tokens_per_second: Option<f64>,
     /// A step that has not passed within this time is Inconclusive and handled by `onFailure`.
     #[serde(default = "default_step_timeout")]
     #[schemars(range(min = 1))]
@@ -264,6 +329,8 @@ impl Default for Analysis {
             max_p95_latency_ms: None,
             max_error_rate: None,
             max_offload_ratio: None,
+            max_p95_ttft_ms: None,
+            min_decode_tokens_per_second: None,
             step_timeout_seconds: default_step_timeout(),
             on_failure: FailureAction::default(),
         }

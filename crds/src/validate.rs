@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::deployment::{ModelDeploymentSpec, Precision, SelectorOperator, SelfTestInput};
+use crate::deployment::{
+    ModelDeploymentSpec, ModelFormat, Precision, Runtime, SelectorOperator, SelfTestInput,
+};
 use edgefleet_protocol::offload::OffloadPolicy;
 use edgefleet_protocol::spec::KNOWN_ARCHES;
 
@@ -37,6 +39,24 @@ pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
             push(
                 format!("spec.variants[{i}].name"),
                 format!("duplicate variant name {:?}", variant.name),
+            );
+        }
+        let gguf = variant.format == ModelFormat::Gguf;
+        if gguf != (variant.runtime == Runtime::Llamacpp) {
+            push(
+                format!("spec.variants[{i}].runtime"),
+                "format gguf runs on runtime llamacpp, and llamacpp runs only gguf".into(),
+            );
+        }
+        if gguf != variant.gguf.is_some() {
+            push(
+                format!("spec.variants[{i}].gguf"),
+                if gguf {
+                    "format gguf needs a gguf block (quantization and shape) for the memory check"
+                } else {
+                    "a gguf block belongs to format gguf variants only"
+                }
+                .into(),
             );
         }
         for (j, arch) in variant.requires.arch.iter().enumerate() {

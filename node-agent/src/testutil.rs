@@ -24,5 +24,6 @@ pub fn assignment(deployment: &str, name: &str, sha: char) -> Assignment {
         role: Role::Stable,
         self_test: None,
         offload: None,
+        llm: None,
     }
 }

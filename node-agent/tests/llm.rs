@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use edgefleet_protocol::Runtime;
+use edgefleet_protocol::llm::LlmRun;
 use edgefleet_protocol::wire::{self, Assignment, Channel, ModelPhase, Telemetry};
 use serde_json::{Value, json};
 
@@ -41,6 +42,7 @@ async fn serving_agent(
     dir: &std::path::Path,
     server: &ArtifactServer,
     extra: &[&str],
+    run: Option<LlmRun>,
 ) -> (AgentProcess, Observer, Assignment, String) {
     let bytes = model_bytes(GGUF);
     let uri = server.add(GGUF, bytes.clone());
@@ -51,7 +53,8 @@ async fn serving_agent(
     let mut args = vec!["--device-id", device.as_str(), "--broker", url.as_str()];
     args.extend_from_slice(extra);
     let agent = AgentProcess::spawn(&dir.join("store"), &args);
-    let a = llm_assignment(&uri, &bytes);
+    let mut a = llm_assignment(&uri, &bytes);
+    a.llm = run;
     obs.publish_desired(&device, desired(&device, 1, vec![a.clone()]))
         .await;
     wait_phase(&mut obs, 1, DEPLOYMENT, ModelPhase::Ready, T).await;
@@ -79,15 +82,16 @@ fn chat(max_tokens: u32) -> Value {
 async fn the_openai_client_chats_completes_and_streams() {
     let server = ArtifactServer::start().await;
     let dir = tempfile::tempdir().unwrap();
+    // The deployment's context (1,024 tokens) wins over the agent's default (2,048).
+    let run = LlmRun {
+        context_tokens: 1024,
+        slots: 1,
+    };
     let (agent, mut obs, _, _) = serving_agent(
         dir.path(),
         &server,
-        &[
-            "--telemetry-interval-secs",
-            "1",
-            "--llm-context-tokens",
-            "1024",
-        ],
+        &["--telemetry-interval-secs", "1"],
+        Some(run),
     )
     .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm/openai_client.py");
@@ -258,6 +262,7 @@ async fn a_client_leaving_mid_stream_frees_its_slot_and_a_full_queue_answers_429
             "--llm-context-tokens",
             "2048",
         ],
+        None,
     )
     .await;
     assert_eq!(free_places(&agent).await, 2);
@@ -342,7 +347,7 @@ async fn bad_gguf_artifacts_fail_with_a_reason_and_the_previous_model_keeps_serv
     let server = ArtifactServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (agent, mut obs, good, device) =
-        serving_agent(dir.path(), &server, &["--llm-context-tokens", "512"]).await;
+        serving_agent(dir.path(), &server, &["--llm-context-tokens", "512"], None).await;
     let bytes = model_bytes(GGUF);
     let truncated = bytes[..bytes.len() / 3].to_vec();
     let foreign = unknown_architecture(&bytes);

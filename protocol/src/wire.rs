@@ -351,6 +351,10 @@ pub struct Assignment {
     /// Agents that predate it ignore the field and answer everything locally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload: Option<OffloadPolicy>,
+    /// Language models: the context and slots the deployment declares (agents without it use
+    /// their own `--llm-*` settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<crate::llm::LlmRun>,
 }
 
 impl WireMessage for Desired {

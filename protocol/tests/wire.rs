@@ -48,6 +48,7 @@ fn desired() -> Desired {
             role: Role::Canary,
             self_test: None,
             offload: None,
+            llm: None,
         }],
     }
 }

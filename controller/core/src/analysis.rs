@@ -43,7 +43,8 @@ pub struct CohortWindow {
     /// What the cohort's offload policy did (all zero without one).
     pub offload: OffloadWindow,
     /// What the cohort's language model did; `None` until some device of the cohort reported
-    /// an LLM window (models that are not language models never do). Not judged yet.
+    /// an LLM window (models that are not language models never do). Judged by
+    /// `maxP95TtftMs` and `minDecodeTokensPerSecond`.
     pub llm: Option<LlmWindow>,
 }
 
@@ -210,6 +211,9 @@ pub fn analyze_cohort(
             checks.push(format!("{line} within {}", percent(max)));
         }
     }
+    if let Some(waiting) = llm_gates(canary, analysis, &mut failures, &mut checks) {
+        return verdict(Verdict::Pending, waiting);
+    }
     if let Some(stable) = stable.filter(|s| s.samples() >= analysis.min_samples) {
         regressions(canary, stable, &mut failures, &mut checks);
     }
@@ -227,6 +231,48 @@ pub fn analyze_cohort(
             format!("{} over {samples} samples", failures.join("; ")),
         )
     }
+}
+
+/// Time to first token (p95) and decode speed (median) of a language model's cohort, each
+/// judged once it has `minSamples` observations; `Some(message)` while one is still short.
+fn llm_gates(
+    canary: &CohortWindow,
+    analysis: &Analysis,
+    failures: &mut Vec<String>,
+    checks: &mut Vec<String>,
+) -> Option<String> {
+    let llm = canary.llm.clone().unwrap_or_default();
+    let min = analysis.min_samples;
+    if let Some(max) = analysis.max_p95_ttft_ms {
+        let have = llm.time_to_first_token.count();
+        if have < min {
+            return Some(format!("{have} of {min} time-to-first-token samples"));
+        }
+        let p95 = llm.time_to_first_token.quantile(0.95).unwrap_or(0.0) * 1000.0;
+        let line = format!("TTFT p95 {} ms", fmt_num(p95));
+        if p95 > max {
+            failures.push(format!("{line} above the {} ms limit", fmt_num(max)));
+        } else {
+            checks.push(format!("{line} within {} ms", fmt_num(max)));
+        }
+    }
+    if let Some(floor) = analysis.min_decode_tokens_per_second {
+        let have = llm.decode_tokens_per_second.count();
+        if have < min {
+            return Some(format!("{have} of {min} decode-speed samples"));
+        }
+        let median = llm.decode_tokens_per_second.quantile(0.5).unwrap_or(0.0);
+        let line = format!("decode {} tokens/s (median)", fmt_num(median));
+        if median < floor {
+            failures.push(format!(
+                "{line} below the {} tokens/s minimum",
+                fmt_num(floor)
+            ));
+        } else {
+            checks.push(format!("{line} at least {}", fmt_num(floor)));
+        }
+    }
+    None
 }
 
 fn regressions(

@@ -19,7 +19,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgefleet_crds::{ModelDeploymentSpec, ModelRef, OffloadPolicy, SelfTest, Variant};
+use edgefleet_crds::{
+    ModelDeploymentSpec, ModelFormat, ModelRef, OffloadPolicy, SelfTest, Variant,
+};
+use edgefleet_protocol::llm::LlmRun;
 use edgefleet_protocol::wire::{Assignment, DeviceId, Role};
 use serde::{Deserialize, Serialize};
 
@@ -60,8 +63,21 @@ pub struct PlannedAssignment {
     pub self_test: Option<SelfTest>,
     /// The spec's offload policy, only when it lets inputs leave the device.
     pub offload: Option<OffloadPolicy>,
+    /// Language models: the context and slots the spec declares.
+    pub llm: Option<LlmRun>,
     /// Why this variant (the variant choice's explanation).
     pub variant_reason: String,
+}
+
+/// The context and slots a GGUF variant runs with: the spec's, or its defaults.
+fn llm_run(spec: &ModelDeploymentSpec, variant: &Variant) -> Option<LlmRun> {
+    (variant.format == ModelFormat::Gguf).then(|| {
+        let serving = spec.llm.clone().unwrap_or_default();
+        LlmRun {
+            context_tokens: serving.context_tokens,
+            slots: serving.slots,
+        }
+    })
 }
 
 impl PlannedAssignment {
@@ -77,6 +93,7 @@ impl PlannedAssignment {
             role: self.role,
             self_test: self.self_test.clone(),
             offload: self.offload.clone(),
+            llm: self.llm,
         }
     }
 }
@@ -389,6 +406,7 @@ fn with_target(spec: &ModelDeploymentSpec, choice: &Choice, role: Role, why: Str
                     role,
                     self_test: spec.self_test.clone(),
                     offload: None, // set by the caller from the spec in force
+                    llm: llm_run(spec, variant),
                     variant_reason: reason.clone(),
                 }),
                 why,
@@ -422,6 +440,7 @@ fn with_previous(previous: &ModelDeploymentSpec, device: &DeviceFacts, why: Stri
                     role: Role::Stable,
                     self_test: previous.self_test.clone(),
                     offload: None, // set by the caller from the spec in force
+                    llm: llm_run(previous, variant),
                     variant_reason: reason,
                 }),
                 format!("{why}; keeps {version}"),

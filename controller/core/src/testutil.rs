@@ -51,6 +51,7 @@ pub fn variant(name: &str, precision: Precision, drift: Option<f64>) -> Variant 
             accuracy_drift,
             latency_hint_ms: None,
         }),
+        gguf: None,
     }
 }
 
@@ -67,6 +68,7 @@ pub fn spec(version: &str, variants: Vec<Variant>) -> ModelDeploymentSpec {
         slo: None,
         self_test: None,
         offload: None,
+        llm: None,
     }
 }
 
@@ -102,6 +104,7 @@ pub fn record(
             role,
             self_test: None,
             offload: None,
+            llm: None,
         },
         generation: 0,
         phase,

@@ -10,6 +10,8 @@ use std::fmt;
 
 use edgefleet_crds::{ModelDeploymentSpec, Precision, Preference, Variant};
 
+use edgefleet_protocol::llm::{GgufShape, LlmMemory, llm_memory};
+
 use crate::device::DeviceFacts;
 use crate::fmt_num;
 
@@ -168,6 +170,68 @@ pub fn unmet_requirements(device: &DeviceFacts, variant: &Variant) -> Vec<String
     unmet
 }
 
+/// The memory a GGUF variant needs at the deployment's context length and slots: weights (the
+/// artifact) + KV cache + compute buffer + runtime, the same estimate the agent checks before
+/// loading (`edgefleet_protocol::llm::llm_memory`). `None` for other formats.
+pub fn llm_memory_need(spec: &ModelDeploymentSpec, variant: &Variant) -> Option<LlmMemory> {
+    let gguf = variant.gguf.as_ref()?;
+    let serving = spec.llm.clone().unwrap_or_default();
+    let shape = GgufShape {
+        architecture: String::new(),
+        weights_bytes: variant.artifact.size_bytes,
+        layers: gguf.layers,
+        embedding_length: gguf.embedding_length,
+        heads: gguf.heads,
+        kv_heads: gguf.kv_heads,
+        vocab_size: 0,
+        trained_context: 0,
+    };
+    Some(llm_memory(
+        &shape,
+        u64::from(serving.context_tokens),
+        u64::from(serving.slots),
+        LLM_BATCH_TOKENS,
+    ))
+}
+
+/// The prompt batch agents evaluate at once (their `--llm-batch-tokens` default).
+const LLM_BATCH_TOKENS: u64 = 512;
+
+fn describe_need(spec: &ModelDeploymentSpec, variant: &Variant, need: &LlmMemory) -> String {
+    let serving = spec.llm.clone().unwrap_or_default();
+    let quantization = variant
+        .gguf
+        .as_ref()
+        .map_or("", |g| g.quantization.as_str());
+    format!(
+        "{} MiB as {quantization} at {} tokens x {} slot{} ({} weights + {} KV cache + {} \
+         compute and runtime)",
+        need.total_mib(),
+        serving.context_tokens,
+        serving.slots,
+        if serving.slots == 1 { "" } else { "s" },
+        need.weights_bytes.div_ceil(MIB),
+        need.kv_cache_bytes.div_ceil(MIB),
+        (need.compute_bytes + need.runtime_bytes).div_ceil(MIB),
+    )
+}
+
+/// Why a language model does not fit the memory the device announced available, if it does not.
+fn short_of_memory(
+    device: &DeviceFacts,
+    spec: &ModelDeploymentSpec,
+    variant: &Variant,
+) -> Option<String> {
+    let need = llm_memory_need(spec, variant)?;
+    (need.total_mib() > device.memory_available_mib).then(|| {
+        format!(
+            "needs {}, device has {} MiB available",
+            describe_need(spec, variant, &need),
+            device.memory_available_mib
+        )
+    })
+}
+
 /// Why `variant` falls short of the deployment's `minAccuracy`, if it does.
 fn below_min_accuracy(variant: &Variant, min_accuracy: Option<f64>) -> Option<String> {
     let min = min_accuracy?;
@@ -201,6 +265,7 @@ pub fn next_best(device: &DeviceFacts, spec: &ModelDeploymentSpec, excluded: &[&
             unmet.push("was demoted after failing canary analysis".to_string());
         }
         unmet.extend(unmet_requirements(device, variant));
+        unmet.extend(short_of_memory(device, spec, variant));
         unmet.extend(below_min_accuracy(variant, spec.selection.min_accuracy));
         if unmet.is_empty() {
             candidates.push(index);
@@ -232,6 +297,15 @@ pub fn next_best(device: &DeviceFacts, spec: &ModelDeploymentSpec, excluded: &[&
         if candidates.len() == 1 { "" } else { "s" },
         names.join(", ")
     );
+    let ranking = match llm_memory_need(spec, winner) {
+        Some(need) => format!(
+            "{ranking}; {} needs {} of the {} MiB available",
+            winner.name,
+            describe_need(spec, winner, &need),
+            device.memory_available_mib
+        ),
+        None => ranking,
+    };
     let reason = if rejections.is_empty() {
         ranking
     } else {
@@ -297,5 +371,7 @@ fn rank(prefer: Preference, ia: usize, a: &Variant, ib: usize, b: &Variant) -> O
     primary.then(ia.cmp(&ib))
 }
 
+#[cfg(test)]
+mod llm_tests;
 #[cfg(test)]
 mod tests;

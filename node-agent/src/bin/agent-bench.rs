@@ -259,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
                     .collect(),
             }),
             offload: None,
+            llm: None,
         });
         let doc = Desired {
             device_id: DeviceId::new(device.clone())?,

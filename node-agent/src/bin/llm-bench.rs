@@ -134,6 +134,7 @@ async fn start_agent_api(args: &Args) -> anyhow::Result<std::net::SocketAddr> {
             role: Role::Stable,
             self_test: None,
             offload: None,
+            llm: None,
         },
         model,
     });

@@ -194,6 +194,7 @@ impl Deployer {
                     }],
                 }),
                 offload,
+                llm: None,
             }],
         };
         self.mqtt

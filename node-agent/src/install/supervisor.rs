@@ -22,7 +22,7 @@ use crate::install::store::{self, PersistedState, Store};
 use crate::link::mqtt::Command;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Served};
-use crate::runtime::{self, Backend, Model};
+use crate::runtime::{Backend, Model};
 
 /// What install tasks need; shared by all of them.
 pub struct InstallContext {
@@ -580,15 +580,13 @@ async fn load_and_test(
             a.runtime.as_str()
         )
     })?;
-    let hints = runtime::shape_hints(a.self_test.as_ref());
-    let test = a.self_test.clone();
+    let assignment = a.clone();
     tokio::task::spawn_blocking(move || {
+        let test = assignment.self_test.as_ref();
         let model = backend
-            .load(&path, &hints)
+            .load_assigned(&path, &assignment)
             .map_err(|e| format!("load: {e:#}"))?;
-        model
-            .prepare(test.as_ref())
-            .map_err(|e| format!("self-test: {e}"))?;
+        model.prepare(test).map_err(|e| format!("self-test: {e}"))?;
         Ok(model)
     })
     .await

@@ -19,6 +19,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 
 use edgefleet_protocol::Runtime;
 use edgefleet_protocol::llm::llm_memory;
+use edgefleet_protocol::wire::Assignment;
 
 use crate::config::LlmConfig;
 use crate::cpu_level as cpu;
@@ -74,8 +75,28 @@ impl Backend for LlamaCppBackend {
     }
 
     fn load(&self, path: &Path, _hints: &ShapeHints) -> anyhow::Result<Arc<dyn Model>> {
+        self.load_with(path, &self.settings)
+    }
+
+    /// The deployment's context length and slots, when it declares them, replace the agent's.
+    fn load_assigned(
+        &self,
+        path: &Path,
+        assignment: &Assignment,
+    ) -> anyhow::Result<Arc<dyn Model>> {
+        let mut settings = self.settings.clone();
+        if let Some(run) = assignment.llm {
+            settings.context_tokens = run.context_tokens;
+            settings.slots = run.slots;
+            settings.batch_tokens = settings.batch_tokens.min(run.context_tokens);
+        }
+        self.load_with(path, &settings)
+    }
+}
+
+impl LlamaCppBackend {
+    fn load_with(&self, path: &Path, s: &LlmConfig) -> anyhow::Result<Arc<dyn Model>> {
         let shape = gguf::read_shape(path).map_err(anyhow::Error::msg)?;
-        let s = &self.settings;
         let need = llm_memory(
             &shape,
             u64::from(s.context_tokens),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use edgefleet_protocol::wire::Assignment;
 use edgefleet_protocol::{Runtime, SelfTest};
 
 use crate::tensor::{DataType, Tensor, element_count};
@@ -66,6 +67,15 @@ pub type ShapeHints = HashMap<String, Vec<usize>>;
 pub trait Backend: Send + Sync + 'static {
     fn runtime(&self) -> Runtime;
     fn load(&self, path: &Path, hints: &ShapeHints) -> anyhow::Result<Arc<dyn Model>>;
+    /// Loads the artifact of `assignment`; backends that take settings from the deployment
+    /// (llama.cpp: context length and slots) override this.
+    fn load_assigned(
+        &self,
+        path: &Path,
+        assignment: &Assignment,
+    ) -> anyhow::Result<Arc<dyn Model>> {
+        self.load(path, &shape_hints(assignment.self_test.as_ref()))
+    }
 }
 
 pub fn shape_hints(self_test: Option<&SelfTest>) -> ShapeHints {

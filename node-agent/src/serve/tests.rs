@@ -61,6 +61,7 @@ fn state() -> ApiState {
             role: Role::Canary,
             self_test: None,
             offload: None,
+            llm: None,
         },
         model: Arc::new(Doubler {
             inputs: vec![spec("x", DataType::Fp32, vec![-1, 3])],

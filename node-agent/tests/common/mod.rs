@@ -144,6 +144,7 @@ pub fn assignment(
         role: Role::Stable,
         self_test: None,
         offload: None,
+        llm: None,
     }
 }
 

@@ -44,6 +44,7 @@ pub fn variants(report: &Report) -> Vec<Variant> {
                     accuracy_drift: (d * 1e6).round() / 1e6,
                     latency_hint_ms: latency.map(|l| (l * 100.0).round() / 100.0),
                 }),
+                gguf: None,
             }
         })
         .collect()

@@ -333,3 +333,91 @@ fn llm_windows_merge_and_stay_absent_for_other_models() {
     assert_eq!(llm.completion_tokens, 240);
     assert_eq!(llm.time_to_first_token.count(), 2);
 }
+
+/// A language model's cohort: `n` requests with TTFT spread over (low, high] ms and decode
+/// speeds over (slow, fast] tokens/s.
+fn llm_window(n: u64, ttft_ms: (f64, f64), tokens_per_second: (f64, f64)) -> CohortWindow {
+    let mut w = window(5.0, 10.0, n, 0);
+    let mut llm = LlmWindow::default();
+    for i in 1..=n {
+        let f = i as f64 / n as f64;
+        llm.time_to_first_token
+            .observe((ttft_ms.0 + (ttft_ms.1 - ttft_ms.0) * f) / 1000.0);
+        llm.decode_tokens_per_second
+            .observe(tokens_per_second.0 + (tokens_per_second.1 - tokens_per_second.0) * f);
+    }
+    w.add_llm(&llm);
+    w
+}
+
+fn llm_gates(max_ttft_ms: Option<f64>, min_tps: Option<f64>) -> Analysis {
+    Analysis {
+        max_p95_ttft_ms: max_ttft_ms,
+        min_decode_tokens_per_second: min_tps,
+        ..analysis(None, None)
+    }
+}
+
+#[test]
+fn ttft_and_decode_speed_within_their_gates_pass_and_say_so() {
+    let v = judge(
+        &llm_window(100, (40.0, 90.0), (100.0, 150.0)),
+        None,
+        &llm_gates(Some(200.0), Some(80.0)),
+    );
+    assert_eq!(v.verdict, Verdict::Pass, "{}", v.message);
+    assert!(v.message.contains("TTFT p95 "), "{}", v.message);
+    assert!(v.message.contains("within 200 ms"), "{}", v.message);
+    assert!(
+        v.message.contains("tokens/s (median) at least 80"),
+        "{}",
+        v.message
+    );
+}
+
+#[test]
+fn a_slow_first_token_or_slow_decoding_fails_by_name() {
+    let slow_start = judge(
+        &llm_window(100, (300.0, 600.0), (100.0, 150.0)),
+        None,
+        &llm_gates(Some(200.0), Some(80.0)),
+    );
+    assert_eq!(slow_start.verdict, Verdict::Fail);
+    assert!(
+        slow_start.message.contains("above the 200 ms limit"),
+        "{}",
+        slow_start.message
+    );
+    let slow_decode = judge(
+        &llm_window(100, (40.0, 90.0), (20.0, 40.0)),
+        None,
+        &llm_gates(Some(200.0), Some(80.0)),
+    );
+    assert_eq!(slow_decode.verdict, Verdict::Fail);
+    assert!(
+        slow_decode
+            .message
+            .contains("below the 80 tokens/s minimum"),
+        "{}",
+        slow_decode.message
+    );
+}
+
+#[test]
+fn llm_gates_wait_for_min_samples_of_their_own() {
+    // Enough requests, but too few of them produced a first token yet.
+    let mut w = window(5.0, 10.0, 100, 0);
+    w.add_llm(
+        &llm_window(10, (40.0, 90.0), (100.0, 150.0))
+            .llm
+            .unwrap_or_default(),
+    );
+    let v = judge(&w, None, &llm_gates(Some(200.0), None));
+    assert_eq!(v.verdict, Verdict::Pending);
+    assert_eq!(v.message, "10 of 50 time-to-first-token samples");
+    // Without LLM gates the same cohort is judged on latency alone.
+    assert_eq!(
+        judge(&w, None, &llm_gates(None, None)).verdict,
+        Verdict::Pass
+    );
+}

@@ -114,6 +114,7 @@ fn state(tag: f32, offload: Option<OffloadPolicy>) -> ApiState {
             role: Role::Stable,
             self_test: None,
             offload,
+            llm: None,
         },
         model: Arc::new(Scores::new(tag)),
     });

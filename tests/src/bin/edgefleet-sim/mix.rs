@@ -170,7 +170,7 @@ pub fn variant_latency(variant: &str, profile: &Profile) -> (f64, f64) {
 /// (x86_64, 2 GiB), fp32-accel (nvidia, 2 GiB), fp16 (512 MiB), int8 (x86_64/aarch64/arm,
 /// 256 MiB); riscv64 boards with 256 MiB fit none. `steps` are canary percentages, all
 /// without pause; analysis every second on `min_samples` inferences. `llm`: the same variants
-/// as GGUF language models on llama.cpp (`runtime: llamacpp`).
+/// as GGUF language models on llama.cpp (`format: gguf`, `runtime: llamacpp`).
 pub fn deployment_yaml(version: &str, steps: &[u32], min_samples: u64, llm: bool) -> String {
     let digest = |variant: &str| {
         let h = mix64(
@@ -181,8 +181,13 @@ pub fn deployment_yaml(version: &str, steps: &[u32], min_samples: u64, llm: bool
         );
         format!("{h:016x}").repeat(4)
     };
+    // A tiny transformer's shape: with 4 MB of weights it needs about 34 MiB at the default
+    // 2,048-token context, so memory classes split by `requires` as for ONNX.
     let (runtime, extension) = if llm {
-        ("    runtime: llamacpp\n", "gguf")
+        (
+            "    format: gguf\n    runtime: llamacpp\n    gguf: {quantization: Q8_0, layers: 2, embeddingLength: 64, heads: 4, kvHeads: 4}\n",
+            "gguf",
+        )
     } else {
         ("", "onnx")
     };
