@@ -1,12 +1,14 @@
 //! `edgefleet compress` command line: every flag also reads an `EDGEFLEET_COMPRESS_*` variable.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use edgefleet_crds::{Precision, Runtime};
+use edgefleet_gguf_quantize::Quantization;
 
+use crate::gguf::{self, GgufOptions};
 use crate::measure::{OrtOptions, OrtRunner, Task};
 use crate::quantize::{self, DEFAULT_MIN_ELEMENTS};
 use crate::report::{
@@ -15,14 +17,15 @@ use crate::report::{
 use crate::tensor::ShapeOptions;
 
 /// Make int8/fp16 variants of an ONNX model, measure them against fp32 and write a
-/// `variants:` block (`compress MODEL.onnx --out DIR`), or measure a variant made elsewhere
+/// `variants:` block (`compress MODEL.onnx --out DIR`); make llama.cpp quantizations of a GGUF
+/// model and measure them against it (`compress MODEL.gguf --out DIR`); or measure a variant made elsewhere
 /// (`compress measure VARIANT.onnx --reference FP32.onnx`).
 #[derive(Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct CompressArgs {
     #[command(subcommand)]
     pub command: Option<CompressCommand>,
-    /// The fp32 ONNX model to compress.
+    /// The fp32 ONNX model (or the GGUF language model) to compress.
     #[arg(env = "EDGEFLEET_COMPRESS_MODEL", required = true)]
     pub model: Option<PathBuf>,
     /// Directory for fp32.onnx, the variants, report.json and variants.yaml.
@@ -44,6 +47,30 @@ pub struct CompressArgs {
     pub artifact: ArtifactArgs,
     #[command(flatten)]
     pub measure: MeasureArgs,
+    #[command(flatten)]
+    pub gguf: GgufArgs,
+}
+
+/// Options for GGUF inputs.
+#[derive(Args, Debug, Clone)]
+pub struct GgufArgs {
+    /// GGUF: llama.cpp quantizations to make, comma-separated (Q8_0, Q4_K_M, Q4_0, Q2_K).
+    #[arg(
+        long,
+        env = "EDGEFLEET_COMPRESS_QUANTIZATIONS",
+        value_delimiter = ',',
+        default_value = "Q8_0,Q4_K_M,Q4_0"
+    )]
+    pub quantizations: Vec<Quantization>,
+    /// GGUF: threads for quantizing and measuring (default: all cores).
+    #[arg(long, env = "EDGEFLEET_COMPRESS_THREADS")]
+    pub threads: Option<u32>,
+    /// GGUF: tokens generated per decode-speed run.
+    #[arg(long, env = "EDGEFLEET_COMPRESS_DECODE_TOKENS", default_value_t = 32)]
+    pub decode_tokens: u32,
+    /// GGUF: time to first token and decode speed are the median of this many runs.
+    #[arg(long, env = "EDGEFLEET_COMPRESS_GGUF_RUNS", default_value_t = 3)]
+    pub gguf_runs: usize,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -211,6 +238,9 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
             let (Some(model), Some(out)) = (args.model, args.out) else {
                 bail!("usage: compress MODEL.onnx --out DIR (or compress measure ...)");
             };
+            if gguf::is_gguf(&model) {
+                return run_gguf(&model, &out, args.gguf, args.artifact);
+            }
             let mut variants = args.variants;
             variants.dedup();
             let options = CompressOptions {
@@ -231,6 +261,39 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
         }
     };
     println!("{}", report::markdown(&report));
+    Ok(())
+}
+
+fn run_gguf(
+    model: &Path,
+    out: &Path,
+    args: GgufArgs,
+    artifact: ArtifactArgs,
+) -> anyhow::Result<()> {
+    if args.gguf_runs == 0 {
+        bail!("--gguf-runs must be at least 1");
+    }
+    let options = GgufOptions {
+        quantizations: args.quantizations,
+        settings: gguf::Settings {
+            threads: args.threads.unwrap_or_else(gguf::default_threads).max(1),
+            decode_tokens: args.decode_tokens,
+            runs: args.gguf_runs,
+        },
+        // The ONNX default names .onnx files; GGUF variants are .gguf.
+        uri_template: if artifact.uri_template == DEFAULT_URI_TEMPLATE {
+            gguf::DEFAULT_GGUF_URI_TEMPLATE.into()
+        } else {
+            artifact.uri_template
+        },
+        model_name: artifact.model_name,
+    };
+    let report = gguf::compress_gguf(model, out, &options)?;
+    eprintln!(
+        "compress: wrote the variants, {0}/report.json and {0}/variants.yaml",
+        out.display()
+    );
+    println!("{}", gguf::markdown(&report));
     Ok(())
 }
 
@@ -278,5 +341,25 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["compress", "m.onnx"]).is_err());
+
+        let cli = Cli::try_parse_from(["compress", "m.gguf", "--out", "d"]).expect("gguf");
+        assert_eq!(cli.args.gguf.quantizations, gguf::DEFAULT_QUANTIZATIONS);
+        let cli = Cli::try_parse_from([
+            "compress",
+            "m.gguf",
+            "--out",
+            "d",
+            "--quantizations",
+            "q4_k_m,Q2_K",
+        ])
+        .expect("gguf quantizations");
+        assert_eq!(
+            cli.args.gguf.quantizations,
+            [Quantization::Q4KM, Quantization::Q2K]
+        );
+        assert!(
+            Cli::try_parse_from(["compress", "m.gguf", "--out", "d", "--quantizations", "Q3"])
+                .is_err()
+        );
     }
 }

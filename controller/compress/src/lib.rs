@@ -1,16 +1,20 @@
 //! `edgefleet compress`: compression variants of an ONNX model (int8 weight-only, fp16 weight
 //! storage), measured against the fp32 model (size, sha256, tract latency, drift) and written as
 //! a `variants:` block for a `ModelDeployment`; `edgefleet compress measure` does the same for a
-//! variant made by another tool. See README.md.
+//! variant made by another tool. See README.md. A `.gguf` input instead gets llama.cpp
+//! quantizations (Q8_0, Q4_K_M, Q4_0 by default), measured with llama.cpp against the source
+//! (module `gguf`).
 //!
 //! Library entry points:
 //! - [`quantize_int8`], [`convert_fp16`]: bytes → bytes rewrites of the ONNX protobuf;
 //! - [`rehydrate`]: the agent-side inverse that folds the int8/fp16 weights back to fp32;
 //! - [`compress`], [`measure_import`]: the measured pipelines behind the CLI, returning a
 //!   [`Report`]; [`variants_yaml`] turns a report into CRD variants;
+//! - [`compress_gguf`]: the GGUF pipeline, returning a [`GgufReport`];
 //! - [`run`] with [`CompressArgs`]: the CLI.
 
 mod cli;
+pub mod gguf;
 pub mod measure;
 pub mod onnx;
 pub mod quantize;
@@ -19,6 +23,7 @@ pub mod report;
 pub mod tensor;
 
 pub use cli::{CompressArgs, CompressCommand, ImportArgs, MeasureArgs, run};
+pub use gguf::{GgufOptions, GgufReport, compress_gguf};
 pub use measure::{Drift, OrtOptions, OrtRunner, Task, TractRunner};
 pub use quantize::{Options as QuantizeOptions, RewriteSummary, convert_fp16, quantize_int8};
 pub use rehydrate::rehydrate;

@@ -86,7 +86,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Lower-case `[a-z0-9-]`, as the CRD wants names.
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     let s: String = name
         .to_lowercase()
         .chars()
@@ -97,7 +97,7 @@ fn sanitize(name: &str) -> String {
     if s.is_empty() { "model".into() } else { s }
 }
 
-fn stem(path: &Path) -> String {
+pub(crate) fn stem(path: &Path) -> String {
     sanitize(
         &path
             .file_stem()
@@ -106,7 +106,7 @@ fn stem(path: &Path) -> String {
     )
 }
 
-fn uri(template: &str, model: &str, variant: &str) -> anyhow::Result<String> {
+pub(crate) fn uri(template: &str, model: &str, variant: &str) -> anyhow::Result<String> {
     let uri = template
         .replace("{model}", model)
         .replace("{variant}", variant);
@@ -311,7 +311,7 @@ fn accuracy_drift(v: &VariantReport) -> Option<f64> {
         .map(Drift::accuracy_drift)
 }
 
-fn host() -> String {
+pub(crate) fn host() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
