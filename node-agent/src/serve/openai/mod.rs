@@ -7,7 +7,7 @@ mod wire;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -163,6 +163,11 @@ async fn handle(
         ))
         .into_response();
     };
+    // Test knob (canary tests): a slower variant, seen as a later first token.
+    let extra = s.test.extra_latency(&served.assignment.variant);
+    if extra > Duration::ZERO {
+        tokio::time::sleep(extra).await;
+    }
     let generation = match model.submit(&parsed.prompt, parsed.params, arrived) {
         Ok(generation) => generation,
         Err(e) => {
