@@ -35,6 +35,24 @@ struct Window {
     models: BTreeMap<(String, String), Counts>,
 }
 
+impl Window {
+    /// Counts one request of `deployment`'s `variant` and returns its counts for the rest.
+    fn request(
+        &mut self,
+        deployment: &str,
+        variant: &str,
+        seconds: f64,
+        error: bool,
+    ) -> &mut Counts {
+        let key = (deployment.to_string(), variant.to_string());
+        let counts = self.models.entry(key).or_default();
+        counts.requests += 1;
+        counts.errors += u64::from(error);
+        counts.latency.observe(seconds);
+        counts
+    }
+}
+
 pub struct WindowStats {
     inner: Mutex<Window>,
 }
@@ -64,11 +82,7 @@ impl WindowStats {
         offload: Option<OffloadOutcome>,
     ) {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (deployment.to_string(), variant.to_string());
-        let counts = w.models.entry(key).or_default();
-        counts.requests += 1;
-        counts.errors += u64::from(error);
-        counts.latency.observe(seconds);
+        let counts = w.request(deployment, variant, seconds, error);
         if let Some(outcome) = offload {
             counts.offload.requests += 1;
             counts.offload.fallbacks += u64::from(outcome.fallback);
@@ -87,11 +101,7 @@ impl WindowStats {
         llm: &LlmWindow,
     ) {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (deployment.to_string(), variant.to_string());
-        let counts = w.models.entry(key).or_default();
-        counts.requests += 1;
-        counts.errors += u64::from(error);
-        counts.latency.observe(seconds);
+        let counts = w.request(deployment, variant, seconds, error);
         counts.llm.get_or_insert_with(LlmWindow::default).merge(llm);
     }
 

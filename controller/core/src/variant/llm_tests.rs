@@ -2,6 +2,7 @@
 
 use edgefleet_crds::{GgufVariant, LlmServing, ModelFormat, Precision, Runtime, Variant};
 
+use super::tests::{fits, unmet};
 use super::*;
 use crate::testutil::{device, spec, variant};
 
@@ -102,21 +103,4 @@ fn a_longer_context_moves_a_device_down_a_quantization() {
         slots: 1,
     });
     assert_eq!(fits(&choose_variant(&llm_device(1300), &s)), "q4");
-}
-
-fn fits(choice: &Choice) -> &str {
-    choice
-        .variant_name()
-        .unwrap_or_else(|| panic!("expected a fit, got {choice}"))
-}
-
-fn unmet(choice: &Choice, name: &str) -> Vec<String> {
-    match choice {
-        Choice::NoFit { reasons } => reasons
-            .iter()
-            .find(|r| r.variant == name)
-            .map(|r| r.unmet.clone())
-            .unwrap_or_else(|| panic!("{name} not rejected in {choice}")),
-        Choice::Fits { .. } => panic!("expected no fit, got {choice}"),
-    }
 }

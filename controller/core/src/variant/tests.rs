@@ -4,13 +4,13 @@ use proptest::prelude::*;
 use super::*;
 use crate::testutil::{device, spec, variant};
 
-fn fits(choice: &Choice) -> &str {
+pub(super) fn fits(choice: &Choice) -> &str {
     choice
         .variant_name()
         .unwrap_or_else(|| panic!("expected a fit, got {choice}"))
 }
 
-fn unmet(choice: &Choice, name: &str) -> Vec<String> {
+pub(super) fn unmet(choice: &Choice, name: &str) -> Vec<String> {
     match choice {
         Choice::NoFit { reasons } => reasons
             .iter()
