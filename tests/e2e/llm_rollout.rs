@@ -2,7 +2,9 @@
 //! quantizations (the PyPI SmolLM2 Q4_1 and a Q2_K made from it with llama.cpp's quantizer)
 //! split by memory class; then a 2.0.0 canary, gated on time to first token, whose Q2_K is
 //! 600 ms slower to start on the small devices: that class is demoted and keeps 1.0.0 while
-//! the large class promotes, and every device keeps answering chats.
+//! the large class promotes, and every device keeps answering chats. A real Prometheus scrapes
+//! the controller meanwhile: every panel of the dashboard's "Language models" row has data
+//! from the real agents.
 
 #![allow(clippy::unwrap_used)] // test code: a failed step should panic with its location
 use std::time::Duration;
@@ -123,7 +125,8 @@ async fn quantizations_split_by_memory_and_a_slow_class_is_demoted_on_ttft() {
     let artifacts = ArtifactServer::start().await;
     let db = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}", db.path().join("fleet.db").display());
-    let _controller = ControllerProc::start(&standin, &database, &broker.url(), "llm", logs.path());
+    let controller = ControllerProc::start(&standin, &database, &broker.url(), "llm", logs.path());
+    let prometheus = Prometheus::start(controller.listen);
     // Agents announce half their memory available: 1024 MiB on the large class, 138 on the
     // small one (Q2_K's 134 fits, Q4_1's 144 does not). 2.0.0's Q2_K (renamed q2-k-next) starts 600 ms late on every device.
     let knob = [(
@@ -168,6 +171,26 @@ async fn quantizations_split_by_memory_and_a_slow_class_is_demoted_on_ttft() {
         assert_eq!(served["variant"], want, "{}: {served}", agent.device.id);
         assert_eq!(served["llm"]["contextTokens"], 512, "{served}");
         chat(agent).await.unwrap();
+    }
+
+    // The dashboard's language-model panels, from real llama.cpp agents' telemetry.
+    for q in dashboard_queries().into_iter().filter(|q| q.row == LLM_ROW) {
+        let promql = q.promql();
+        until(&agents, &q.panel, || async {
+            let rows = prometheus.query(&promql).await?;
+            let finite = rows.iter().any(|r| {
+                r["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite)
+            });
+            if finite {
+                Ok(())
+            } else {
+                Err(format!("{promql}: {rows:?}"))
+            }
+        })
+        .await;
     }
 
     let v2 = publish(&artifacts, "2.0.0", work.path());
