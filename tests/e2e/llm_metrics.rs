@@ -123,18 +123,7 @@ async fn prometheus_sees_simulated_llm_telemetry_and_every_llm_panel_has_data() 
         sim.assert_running();
         let promql = q.promql();
         eventually(Duration::from_secs(120), &q.panel, || async {
-            let rows = prometheus.query(&promql).await?;
-            let finite = rows.iter().any(|r| {
-                r["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .is_some_and(f64::is_finite)
-            });
-            if finite {
-                Ok(())
-            } else {
-                Err(format!("{promql}: {rows:?}"))
-            }
+            prometheus.has_data(&promql).await
         })
         .await;
     }

@@ -177,18 +177,7 @@ async fn quantizations_split_by_memory_and_a_slow_class_is_demoted_on_ttft() {
     for q in dashboard_queries().into_iter().filter(|q| q.row == LLM_ROW) {
         let promql = q.promql();
         until(&agents, &q.panel, || async {
-            let rows = prometheus.query(&promql).await?;
-            let finite = rows.iter().any(|r| {
-                r["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .is_some_and(f64::is_finite)
-            });
-            if finite {
-                Ok(())
-            } else {
-                Err(format!("{promql}: {rows:?}"))
-            }
+            prometheus.has_data(&promql).await
         })
         .await;
     }

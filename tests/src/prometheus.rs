@@ -61,6 +61,22 @@ impl Prometheus {
             .unwrap_or_default())
     }
 
+    /// `Ok` once some row of `promql` is a finite number (a dashboard panel with data).
+    pub async fn has_data(&self, promql: &str) -> Result<(), String> {
+        let rows = self.query(promql).await?;
+        let finite = rows.iter().any(|r| {
+            r["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(f64::is_finite)
+        });
+        if finite {
+            Ok(())
+        } else {
+            Err(format!("{promql}: {rows:?}"))
+        }
+    }
+
     /// The value of the first row, when it is a finite number.
     pub async fn value(&self, promql: &str) -> Result<f64, String> {
         let rows = self.query(promql).await?;
