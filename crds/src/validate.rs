@@ -7,7 +7,7 @@ use std::fmt;
 use crate::deployment::{
     ModelDeploymentSpec, ModelFormat, Precision, Runtime, SelectorOperator, SelfTestInput,
 };
-use edgefleet_protocol::offload::OffloadPolicy;
+use edgefleet_protocol::offload::{OffloadPolicy, OffloadProtocol};
 use edgefleet_protocol::spec::KNOWN_ARCHES;
 
 /// One problem, with the path of the offending field as `kubectl` would print it.
@@ -141,8 +141,54 @@ pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
     }
     if let Some(offload) = &spec.offload {
         validate_offload(offload, &mut push);
+        let language_model = spec.variants.iter().any(|v| v.format == ModelFormat::Gguf);
+        validate_offload_kind(offload, language_model, &mut push);
     }
     errors
+}
+
+/// Language models offload over OpenAI's API on time-to-first-token and context triggers;
+/// tensor models over KServe v2 on confidence, queue and latency triggers.
+fn validate_offload_kind(
+    offload: &OffloadPolicy,
+    language_model: bool,
+    push: &mut impl FnMut(String, String),
+) {
+    let t = &offload.triggers;
+    let (expected, wrong_triggers) = if language_model {
+        let wrong = [
+            ("confidenceBelow", t.confidence_below.is_some()),
+            ("latencyBudgetMs", t.latency_budget_ms.is_some()),
+        ];
+        (OffloadProtocol::OpenAi, wrong)
+    } else {
+        let wrong = [
+            ("ttftBudgetMs", t.ttft_budget_ms.is_some()),
+            ("contextExceeded", t.context_exceeded),
+        ];
+        (OffloadProtocol::KserveV2, wrong)
+    };
+    let kind = if language_model {
+        "a language model (format gguf)"
+    } else {
+        "a tensor model"
+    };
+    if offload.endpoint.protocol != expected {
+        push(
+            "spec.offload.endpoint.protocol".into(),
+            format!(
+                "{} cannot serve {kind}; use {}",
+                offload.endpoint.protocol.as_str(),
+                expected.as_str()
+            ),
+        );
+    }
+    for (trigger, _) in wrong_triggers.iter().filter(|(_, set)| *set) {
+        push(
+            format!("spec.offload.triggers.{trigger}"),
+            format!("does not apply to {kind}"),
+        );
+    }
 }
 
 /// The first self-test value its datatype cannot hold (`1.5` or `-1` as a token id, `2` as a
@@ -190,7 +236,9 @@ fn validate_offload(offload: &OffloadPolicy, push: &mut impl FnMut(String, Strin
     if offload.triggers.is_empty() {
         push(
             "spec.offload.triggers".into(),
-            "give at least one of confidenceBelow, queueDepthAbove, latencyBudgetMs".into(),
+            "give at least one of confidenceBelow, queueDepthAbove, latencyBudgetMs \
+             (tensor models) or queueDepthAbove, ttftBudgetMs, contextExceeded (language models)"
+                .into(),
         );
     }
     if let Some(confidence) = &offload.triggers.confidence_below
@@ -217,6 +265,65 @@ fn validate_offload(offload: &OffloadPolicy, push: &mut impl FnMut(String, Strin
 mod tests {
     use super::*;
     use crate::deployment::TensorDatatype;
+
+    fn offload(protocol: OffloadProtocol, triggers: &str) -> OffloadPolicy {
+        let json = format!(
+            r#"{{"inputsMayLeaveDevice": true, "endpoint": {{"url": "http://cloud:8000",
+                "model": "m", "protocol": "{}"}}, "triggers": {triggers}}}"#,
+            protocol.as_str()
+        );
+        serde_json::from_str(&json).expect("a policy")
+    }
+
+    fn offload_errors(policy: &OffloadPolicy, language_model: bool) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        validate_offload_kind(policy, language_model, &mut |path, message| {
+            errors.push((path, message))
+        });
+        errors
+    }
+
+    #[test]
+    fn language_models_offload_over_openai_on_their_own_triggers() {
+        let chat = offload(
+            OffloadProtocol::OpenAi,
+            r#"{"contextExceeded": true, "ttftBudgetMs": 400, "queueDepthAbove": 2}"#,
+        );
+        assert_eq!(offload_errors(&chat, true), vec![]);
+        let errors = offload_errors(&chat, false);
+        let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.offload.endpoint.protocol",
+                "spec.offload.triggers.ttftBudgetMs",
+                "spec.offload.triggers.contextExceeded"
+            ],
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors[0].1,
+            "openai cannot serve a tensor model; use kserve-v2"
+        );
+
+        let tensor = offload(
+            OffloadProtocol::KserveV2,
+            r#"{"confidenceBelow": {"output": "p", "threshold": 0.5}, "latencyBudgetMs": 50}"#,
+        );
+        assert_eq!(offload_errors(&tensor, false), vec![]);
+        let errors = offload_errors(&tensor, true);
+        let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.offload.endpoint.protocol",
+                "spec.offload.triggers.confidenceBelow",
+                "spec.offload.triggers.latencyBudgetMs"
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[2].1.contains("does not apply to a language model"));
+    }
 
     #[test]
     fn integer_datatypes_take_whole_numbers_in_range() {

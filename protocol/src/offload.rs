@@ -1,6 +1,8 @@
-//! Edge–cloud collaboration: requests a device cannot answer well (low confidence) or in time
-//! (queue full, latency budget) go to a larger model behind a KServe v2 / Open Inference
-//! Protocol endpoint; when the cloud does not answer, the device answers with its own result.
+//! Edge–cloud collaboration: requests a device cannot answer well (low confidence), in time
+//! (queue full, latency or time-to-first-token budget) or at all (a prompt over the language
+//! model's context) go to a larger model behind a KServe v2 / Open Inference Protocol endpoint
+//! or, for language models, an OpenAI-compatible one; when the cloud does not answer, the
+//! device answers with its own result.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +29,10 @@ fn default_timeout_ms() -> u32 {
     1000
 }
 
-/// A KServe v2 / Open Inference Protocol server: requests go to
-/// `{url}/v2/models/{model}/infer` with the device's request body unchanged.
+/// The cloud server. `kserve-v2` (tensor models): requests go to
+/// `{url}/v2/models/{model}/infer` with the device's request body unchanged. `openai`
+/// (language models, `format: gguf`): chat and text completions go to
+/// `{url}/v1/chat/completions` and `{url}/v1/completions` with `model` set to `model`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -48,6 +52,30 @@ pub struct OffloadEndpoint {
         )
     )]
     pub model: String,
+    #[serde(default)]
+    pub protocol: OffloadProtocol,
+}
+
+/// The API the cloud endpoint speaks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub enum OffloadProtocol {
+    /// KServe v2 / Open Inference Protocol `infer`, for tensor models.
+    #[default]
+    #[serde(rename = "kserve-v2")]
+    KserveV2,
+    /// OpenAI's chat and text completions (streamed), for language models.
+    #[serde(rename = "openai")]
+    OpenAi,
+}
+
+impl OffloadProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffloadProtocol::KserveV2 => "kserve-v2",
+            OffloadProtocol::OpenAi => "openai",
+        }
+    }
 }
 
 /// When a request goes to the cloud; any one trigger suffices.
@@ -68,6 +96,17 @@ pub struct OffloadTriggers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schemars", schemars(range(min = 1, max = 600000)))]
     pub latency_budget_ms: Option<u32>,
+    /// Language models, before the local run: the expected time to the first token (the
+    /// sequences ahead of this request and the model's recent prompt processing) exceeds
+    /// this budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schemars", schemars(range(min = 1, max = 600000)))]
+    pub ttft_budget_ms: Option<u32>,
+    /// Language models: a prompt (plus `max_tokens`) longer than the device's context goes
+    /// to the cloud instead of being refused. The device cannot answer it itself, so when
+    /// the cloud fails too the answer is the device's `context_length_exceeded` error.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub context_exceeded: bool,
 }
 
 impl OffloadTriggers {
@@ -75,6 +114,8 @@ impl OffloadTriggers {
         self.confidence_below.is_none()
             && self.queue_depth_above.is_none()
             && self.latency_budget_ms.is_none()
+            && self.ttft_budget_ms.is_none()
+            && !self.context_exceeded
     }
 }
 

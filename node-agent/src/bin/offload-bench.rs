@@ -144,6 +144,7 @@ fn policy(cloud: &str, triggers: OffloadTriggers) -> OffloadPolicy {
         endpoint: OffloadEndpoint {
             url: format!("http://{cloud}"),
             model: MODEL.into(),
+            protocol: Default::default(),
         },
         triggers,
         rate_limit: OffloadRateLimit {

@@ -30,6 +30,16 @@ struct Counts {
     llm: Option<LlmWindow>,
 }
 
+impl Counts {
+    fn add_offload(&mut self, offload: Option<OffloadOutcome>) {
+        if let Some(outcome) = offload {
+            self.offload.requests += 1;
+            self.offload.fallbacks += u64::from(outcome.fallback);
+            self.offload.cloud_latency.observe(outcome.cloud_seconds);
+        }
+    }
+}
+
 struct Window {
     start_ms: i64,
     models: BTreeMap<(String, String), Counts>,
@@ -83,15 +93,12 @@ impl WindowStats {
     ) {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let counts = w.request(deployment, variant, seconds, error);
-        if let Some(outcome) = offload {
-            counts.offload.requests += 1;
-            counts.offload.fallbacks += u64::from(outcome.fallback);
-            counts.offload.cloud_latency.observe(outcome.cloud_seconds);
-        }
+        counts.add_offload(offload);
     }
 
     /// One language-model request: counted like any request, plus what generation did
-    /// (`llm` holds this request's observations only). Refused requests count here too.
+    /// (`llm` holds this request's observations only) and its cloud attempt, if any.
+    /// Refused requests count here too.
     pub fn record_llm(
         &self,
         deployment: &str,
@@ -99,10 +106,12 @@ impl WindowStats {
         seconds: f64,
         error: bool,
         llm: &LlmWindow,
+        offload: Option<OffloadOutcome>,
     ) {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let counts = w.request(deployment, variant, seconds, error);
         counts.llm.get_or_insert_with(LlmWindow::default).merge(llm);
+        counts.add_offload(offload);
     }
 
     /// Closes the current window at `now_ms` and starts the next one.

@@ -95,8 +95,17 @@ impl LlmEngine {
 
     /// Tokenizes `prompt` (chat messages through the model's own template).
     fn tokenize(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>, LlmError> {
-        let text = match prompt {
+        let text = self.render(prompt)?;
+        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+    }
+
+    /// The prompt as the model reads it.
+    fn render(&self, prompt: &Prompt) -> Result<String, LlmError> {
+        Ok(match prompt {
             Prompt::Text(text) => text.clone(),
+            // The template ends with the assistant's turn opened, so the given start of the
+            // answer follows it directly.
+            Prompt::Continue { prompt, answered } => self.render(prompt)? + answered,
             Prompt::Chat(messages) => {
                 let template = self.template.as_ref().ok_or_else(|| {
                     LlmError::Prompt("this model has no chat template; use /v1/completions".into())
@@ -110,8 +119,7 @@ impl LlmEngine {
                     .apply_chat_template(template, &messages, true)
                     .map_err(|e| LlmError::Prompt(format!("applying the chat template: {e}")))?
             }
-        };
-        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+        })
     }
 
     fn admit(

@@ -12,15 +12,27 @@ use serde_json::Value;
 
 use edgefleet_protocol::{OffloadPolicy, OffloadRateLimit};
 
-use super::{CloudAnswer, CloudRequest, FORWARDED_HEADER, LocalLoad, TokenBucket};
+use super::{CloudAnswer, CloudRequest, FORWARDED_HEADER, LlmLoad, LocalLoad, TokenBucket};
 use crate::tensor::BINARY_HEADER;
 
 /// Weight of the newest local run in the recent run time (an exponential moving average).
 const RUN_TIME_WEIGHT: f64 = 0.2;
 
+#[derive(Default)]
 struct DeploymentState {
-    bucket: TokenBucket,
+    bucket: Option<TokenBucket>,
     recent_run_seconds: Option<f64>,
+    /// Language models: how long a request holds a slot, and its prompt processing.
+    recent_generation_seconds: Option<f64>,
+    recent_prefill_seconds: Option<f64>,
+}
+
+/// An exponential moving average's next value.
+fn smoothed(recent: Option<f64>, seconds: f64) -> f64 {
+    match recent {
+        Some(recent) => recent + RUN_TIME_WEIGHT * (seconds - recent),
+        None => seconds,
+    }
 }
 
 /// The device-wide side of offloading: the local queue, per-deployment rate limits and run
@@ -56,6 +68,10 @@ impl OffloadRuntime {
         })
     }
 
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn enter_queue(&self) -> QueueGuard {
         self.queued.fetch_add(1, Ordering::AcqRel);
         QueueGuard(self.queued.clone())
@@ -65,22 +81,21 @@ impl OffloadRuntime {
         self.deployments.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The deployment's state, with a token bucket for `limit` (a new one if it changed).
     fn state<'a>(
         map: &'a mut HashMap<String, DeploymentState>,
         deployment: &str,
         limit: &OffloadRateLimit,
         now: Instant,
-    ) -> &'a mut DeploymentState {
-        let state = map
-            .entry(deployment.to_string())
-            .or_insert_with(|| DeploymentState {
-                bucket: TokenBucket::new(limit, now),
-                recent_run_seconds: None,
-            });
-        if !state.bucket.limits(limit) {
-            state.bucket = TokenBucket::new(limit, now);
+    ) -> &'a mut TokenBucket {
+        let state = map.entry(deployment.to_string()).or_default();
+        match &mut state.bucket {
+            Some(bucket) if bucket.limits(limit) => {}
+            bucket => *bucket = Some(TokenBucket::new(limit, now)),
         }
         state
+            .bucket
+            .get_or_insert_with(|| TokenBucket::new(limit, now))
     }
 
     pub fn load(&self, deployment: &str) -> LocalLoad {
@@ -96,25 +111,38 @@ impl OffloadRuntime {
 
     pub fn observe_run(&self, deployment: &str, seconds: f64) {
         let mut map = self.lock();
-        let state = map
-            .entry(deployment.to_string())
-            .or_insert_with(|| DeploymentState {
-                bucket: TokenBucket::new(&OffloadRateLimit::default(), Instant::now()),
-                recent_run_seconds: None,
-            });
-        state.recent_run_seconds = Some(match state.recent_run_seconds {
-            Some(recent) => recent + RUN_TIME_WEIGHT * (seconds - recent),
-            None => seconds,
-        });
+        let state = map.entry(deployment.to_string()).or_default();
+        state.recent_run_seconds = Some(smoothed(state.recent_run_seconds, seconds));
+    }
+
+    /// A language model's load: `busy` sequences generating or queued (this request not
+    /// counted), and the model's recent timings.
+    pub fn llm_load(&self, deployment: &str, busy: usize, slots: usize) -> LlmLoad {
+        let map = self.lock();
+        let state = map.get(deployment);
+        LlmLoad {
+            ahead: busy,
+            slots,
+            recent_generation_seconds: state.and_then(|s| s.recent_generation_seconds),
+            recent_prefill_seconds: state.and_then(|s| s.recent_prefill_seconds),
+        }
+    }
+
+    /// A local generation: how long it held its slot and how long its prompt took.
+    pub fn observe_generation(&self, deployment: &str, held_seconds: f64, prefill_seconds: f64) {
+        let mut map = self.lock();
+        let state = map.entry(deployment.to_string()).or_default();
+        state.recent_generation_seconds =
+            Some(smoothed(state.recent_generation_seconds, held_seconds));
+        state.recent_prefill_seconds =
+            Some(smoothed(state.recent_prefill_seconds, prefill_seconds));
     }
 
     /// Takes a token from the deployment's bucket.
     pub fn allow(&self, deployment: &str, limit: &OffloadRateLimit) -> bool {
         let now = Instant::now();
         let mut map = self.lock();
-        Self::state(&mut map, deployment, limit, now)
-            .bucket
-            .try_take(now)
+        Self::state(&mut map, deployment, limit, now).try_take(now)
     }
 
     /// Sends the request to the policy's endpoint within its timeout.

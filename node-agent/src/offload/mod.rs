@@ -17,6 +17,7 @@
 //! `serve::offloaded` applies both to a request.
 
 pub mod client;
+pub mod openai;
 
 pub use client::{OffloadRuntime, QueueGuard};
 
@@ -40,6 +41,8 @@ pub enum Trigger {
     Confidence,
     QueueDepth,
     LatencyBudget,
+    TtftBudget,
+    ContextExceeded,
 }
 
 impl Trigger {
@@ -48,6 +51,8 @@ impl Trigger {
             Trigger::Confidence => "confidence",
             Trigger::QueueDepth => "queue_depth",
             Trigger::LatencyBudget => "latency_budget",
+            Trigger::TtftBudget => "ttft_budget",
+            Trigger::ContextExceeded => "context_exceeded",
         }
     }
 }
@@ -102,6 +107,60 @@ pub fn trigger_before_local(triggers: &OffloadTriggers, load: &LocalLoad) -> Opt
         && expected * 1000.0 > f64::from(budget_ms)
     {
         return Some(Trigger::LatencyBudget);
+    }
+    None
+}
+
+/// What the device knows about a language model's load when a request arrives.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LlmLoad {
+    /// Sequences generating or queued for this model, not counting this request.
+    pub ahead: usize,
+    /// Sequences the model generates at once.
+    pub slots: usize,
+    /// Recent time a request holds a slot (prompt processing and decoding).
+    pub recent_generation_seconds: Option<f64>,
+    /// Recent time from a slot taking a request to its first token.
+    pub recent_prefill_seconds: Option<f64>,
+}
+
+impl LlmLoad {
+    /// Time to this request's first token: a full generation for each wave of sequences that
+    /// hold every slot ahead of it, then its own prompt processing. `None` until the model
+    /// has answered once.
+    pub fn expected_ttft_seconds(&self) -> Option<f64> {
+        let prefill = self.recent_prefill_seconds?;
+        let waves = self.ahead / self.slots.max(1);
+        if waves == 0 {
+            return Some(prefill);
+        }
+        Some(waves as f64 * self.recent_generation_seconds? + prefill)
+    }
+}
+
+/// Language models, before the local run: a prompt the device's context cannot hold
+/// (`fits_context` false, known only once the prompt is tokenized), a queue too deep, or a
+/// first token expected later than the budget.
+pub fn llm_trigger_before_local(
+    triggers: &OffloadTriggers,
+    load: &LlmLoad,
+    fits_context: bool,
+) -> Option<Trigger> {
+    if !fits_context {
+        return triggers
+            .context_exceeded
+            .then_some(Trigger::ContextExceeded);
+    }
+    if let Some(depth) = triggers.queue_depth_above
+        && load.ahead > depth as usize
+    {
+        return Some(Trigger::QueueDepth);
+    }
+    if let (Some(budget_ms), Some(expected)) =
+        (triggers.ttft_budget_ms, load.expected_ttft_seconds())
+        && expected * 1000.0 > f64::from(budget_ms)
+    {
+        return Some(Trigger::TtftBudget);
     }
     None
 }

@@ -19,6 +19,7 @@ pub(crate) fn triggers(
         }),
         queue_depth_above: depth,
         latency_budget_ms: budget,
+        ..OffloadTriggers::default()
     }
 }
 
@@ -60,6 +61,84 @@ fn latency_budget_trigger_counts_the_waves_ahead() {
     );
     // Before the first local run nothing is known: run locally.
     assert_eq!(trigger_before_local(&t, &load(50, 2, None)), None);
+}
+
+fn llm_load(ahead: usize, slots: usize, generation_ms: f64, prefill_ms: f64) -> LlmLoad {
+    LlmLoad {
+        ahead,
+        slots,
+        recent_generation_seconds: Some(generation_ms / 1000.0),
+        recent_prefill_seconds: Some(prefill_ms / 1000.0),
+    }
+}
+
+#[test]
+fn ttft_budget_counts_the_generations_ahead_and_the_prompt() {
+    let t = OffloadTriggers {
+        ttft_budget_ms: Some(400),
+        ..OffloadTriggers::default()
+    };
+    // A free slot: only this prompt's processing (50 ms) stands before the first token.
+    assert_eq!(
+        llm_trigger_before_local(&t, &llm_load(0, 1, 900.0, 50.0), true),
+        None
+    );
+    // One sequence holds the only slot: 900 ms of its generation, then 50 ms.
+    assert_eq!(
+        llm_trigger_before_local(&t, &llm_load(1, 1, 900.0, 50.0), true),
+        Some(Trigger::TtftBudget)
+    );
+    // Two slots, one busy: a slot is free.
+    assert_eq!(
+        llm_trigger_before_local(&t, &llm_load(1, 2, 900.0, 50.0), true),
+        None
+    );
+    // Short generations: two waves of 150 ms plus 50 ms = 350 ms, inside the budget.
+    assert_eq!(
+        llm_trigger_before_local(&t, &llm_load(2, 1, 150.0, 50.0), true),
+        None
+    );
+    // A prompt slower than the budget on its own goes too, even with nothing ahead.
+    assert_eq!(
+        llm_trigger_before_local(&t, &llm_load(0, 1, 900.0, 450.0), true),
+        Some(Trigger::TtftBudget)
+    );
+    // Before the model has answered once nothing is known: answer locally.
+    let unknown = LlmLoad {
+        ahead: 9,
+        slots: 1,
+        ..LlmLoad::default()
+    };
+    assert_eq!(llm_trigger_before_local(&t, &unknown, true), None);
+}
+
+#[test]
+fn a_prompt_over_the_context_goes_only_with_its_trigger() {
+    let on = OffloadTriggers {
+        context_exceeded: true,
+        queue_depth_above: Some(0),
+        ..OffloadTriggers::default()
+    };
+    let idle = llm_load(0, 1, 900.0, 50.0);
+    assert_eq!(
+        llm_trigger_before_local(&on, &idle, false),
+        Some(Trigger::ContextExceeded)
+    );
+    assert_eq!(llm_trigger_before_local(&on, &idle, true), None);
+    assert_eq!(
+        llm_trigger_before_local(&on, &llm_load(1, 1, 900.0, 50.0), true),
+        Some(Trigger::QueueDepth)
+    );
+    // Without it the device refuses the prompt itself, whatever else is set.
+    let off = OffloadTriggers {
+        queue_depth_above: Some(0),
+        ttft_budget_ms: Some(1),
+        ..OffloadTriggers::default()
+    };
+    assert_eq!(
+        llm_trigger_before_local(&off, &llm_load(5, 1, 900.0, 50.0), false),
+        None
+    );
 }
 
 #[test]

@@ -38,9 +38,16 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+#[derive(Clone, Debug, PartialEq)]
 pub enum Prompt {
     Chat(Vec<ChatMessage>),
     Text(String),
+    /// `prompt` with the start of its answer already given (by a cloud endpoint that stopped
+    /// mid-answer): generation continues the answer where it ended.
+    Continue {
+        prompt: Box<Prompt>,
+        answered: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

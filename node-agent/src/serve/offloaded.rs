@@ -138,7 +138,7 @@ async fn try_cloud(
     }
 }
 
-fn count(s: &ApiState, served: &Served, trigger: Trigger, result: &str) {
+pub(super) fn count(s: &ApiState, served: &Served, trigger: Trigger, result: &str) {
     let a = &served.assignment;
     s.metrics
         .offloads

@@ -592,6 +592,7 @@ fn offload_policy(consent: bool) -> edgefleet_crds::OffloadPolicy {
         endpoint: edgefleet_crds::OffloadEndpoint {
             url: "http://cloud:8080".into(),
             model: "m".into(),
+            protocol: Default::default(),
         },
         triggers: edgefleet_crds::OffloadTriggers {
             queue_depth_above: Some(4),

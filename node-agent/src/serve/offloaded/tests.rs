@@ -83,6 +83,7 @@ fn policy(url: &str, t: OffloadTriggers, rate: f64, burst: u32) -> OffloadPolicy
         endpoint: OffloadEndpoint {
             url: url.into(),
             model: "scores".into(),
+            protocol: Default::default(),
         },
         triggers: t,
         rate_limit: OffloadRateLimit {

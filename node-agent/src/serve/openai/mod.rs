@@ -3,27 +3,30 @@
 //! `generate_stream` extension, all over the same engine. Errors use OpenAI's
 //! `{"error": {"message", "type", "code"}}` body so that OpenAI clients report them as such.
 
+mod cloud;
+mod record;
 mod wire;
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::stream::{self, Stream};
 use serde_json::{Value, json};
 
-use edgefleet_protocol::llm::LlmWindow;
+use edgefleet_protocol::OffloadProtocol;
 
 use super::ApiState;
-use crate::registry::Served;
+use crate::offload::FORWARDED_HEADER;
 use crate::runtime::language::{Event, Finished, Generation, LlmError};
+use cloud::Trace;
+use record::Recorder;
 use wire::{Api, Meta};
 
 pub fn routes(router: Router<ApiState>) -> Router<ApiState> {
@@ -31,17 +34,21 @@ pub fn routes(router: Router<ApiState>) -> Router<ApiState> {
         .route("/v1/models", get(models))
         .route(
             "/v1/chat/completions",
-            post(|s: State<ApiState>, body: Bytes| handle(s, Api::Chat, None, body, false)),
+            post(|s: State<ApiState>, h: HeaderMap, body: Bytes| {
+                handle(s, Api::Chat, None, h, body, false)
+            }),
         )
         .route(
             "/v1/completions",
-            post(|s: State<ApiState>, body: Bytes| handle(s, Api::Completion, None, body, false)),
+            post(|s: State<ApiState>, h: HeaderMap, body: Bytes| {
+                handle(s, Api::Completion, None, h, body, false)
+            }),
         )
         .route(
             "/v2/models/{name}/generate",
             post(
                 |s: State<ApiState>, Path(name): Path<String>, body: Bytes| {
-                    handle(s, Api::Generate, Some(name), body, false)
+                    handle(s, Api::Generate, Some(name), HeaderMap::new(), body, false)
                 },
             ),
         )
@@ -49,14 +56,14 @@ pub fn routes(router: Router<ApiState>) -> Router<ApiState> {
             "/v2/models/{name}/generate_stream",
             post(
                 |s: State<ApiState>, Path(name): Path<String>, body: Bytes| {
-                    handle(s, Api::Generate, Some(name), body, true)
+                    handle(s, Api::Generate, Some(name), HeaderMap::new(), body, true)
                 },
             ),
         )
 }
 
 /// An OpenAI-style error answer.
-struct OpenAiError {
+pub(super) struct OpenAiError {
     status: StatusCode,
     kind: &'static str,
     code: &'static str,
@@ -138,6 +145,7 @@ async fn handle(
     State(s): State<ApiState>,
     api: Api,
     path_model: Option<String>,
+    headers: HeaderMap,
     body: Bytes,
     force_stream: bool,
 ) -> Response {
@@ -168,13 +176,47 @@ async fn handle(
     if extra > Duration::ZERO {
         tokio::time::sleep(extra).await;
     }
-    let generation = match model.submit(&parsed.prompt, parsed.params, arrived) {
-        Ok(generation) => generation,
-        Err(e) => {
-            record.refused(&e);
-            return OpenAiError::from(e).into_response();
+    // A request another agent offloaded here is answered here (no offload loops).
+    let policy = served.assignment.offload.as_ref().filter(|p| {
+        p.inputs_may_leave_device
+            && p.endpoint.protocol == OffloadProtocol::OpenAi
+            && !headers.contains_key(FORWARDED_HEADER)
+    });
+    let stream = parsed.stream || force_stream;
+    let include_usage = parsed.include_usage;
+    let (generation, trace) = match (policy, api.openai_path()) {
+        (Some(policy), Some(path)) => {
+            let request = cloud::Request {
+                state: s.clone(),
+                served: served.clone(),
+                path,
+                body: serde_json::from_slice(&body).unwrap_or_default(),
+                prompt: parsed.prompt,
+                params: parsed.params,
+                arrived,
+            };
+            match cloud::answer(request, model, policy).await {
+                Ok((generation, trace)) => (generation, Some(trace)),
+                Err(refused) => {
+                    record.refused_offload = refused.cloud.as_ref().map(|(_, outcome)| *outcome);
+                    record.refused(&refused.error);
+                    let mut error = OpenAiError::from(refused.error);
+                    if let Some((reason, _)) = refused.cloud {
+                        error.message += &format!("; the cloud endpoint did not answer: {reason}");
+                    }
+                    return error.into_response();
+                }
+            }
         }
+        _ => match model.submit(&parsed.prompt, parsed.params, arrived) {
+            Ok(generation) => (generation, None),
+            Err(e) => {
+                record.refused(&e);
+                return OpenAiError::from(e).into_response();
+            }
+        },
     };
+    record.trace = trace.clone();
     let a = &served.assignment;
     let id = format!(
         "{}-{:016x}",
@@ -189,21 +231,32 @@ async fn handle(
         model: a.model.name.clone(),
         version: a.model.version.clone(),
     };
-    if parsed.stream || force_stream {
+    if stream {
         let state = Streaming {
             api,
             meta,
             generation,
             record,
-            include_usage: parsed.include_usage,
+            trace: trace.clone(),
+            include_usage,
             finished: None,
             ended: false,
         };
-        return Sse::new(stream_events(state))
+        let mut response = Sse::new(stream_events(state))
             .keep_alive(KeepAlive::default())
             .into_response();
+        // Who starts the answer; the last chunk's `edgefleet` says who finished it.
+        mark_source(&mut response, trace.as_ref());
+        return response;
     }
-    collect(api, meta, generation, record).await
+    collect(api, meta, generation, record, trace).await
+}
+
+/// The `edgefleet-source` header, for deployments with an offload policy.
+fn mark_source(response: &mut Response, trace: Option<&Trace>) {
+    if let Some(trace) = trace {
+        cloud::read(trace).marker.set_header(response.headers_mut());
+    }
 }
 
 struct Owned {
@@ -224,14 +277,26 @@ impl Owned {
     }
 }
 
-async fn collect(api: Api, meta: Owned, mut g: Generation, mut record: Recorder) -> Response {
+async fn collect(
+    api: Api,
+    meta: Owned,
+    mut g: Generation,
+    mut record: Recorder,
+    trace: Option<Trace>,
+) -> Response {
     let mut text = String::new();
     while let Some(event) = g.events.recv().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
             Event::Done(finished) => {
                 record.finished(&finished);
-                return axum::Json(wire::full(api, &meta.meta(), &text, &finished)).into_response();
+                let mut answer = wire::full(api, &meta.meta(), &text, &finished);
+                if let Some(trace) = &trace {
+                    cloud::annotate(&mut answer, &cloud::read(trace));
+                }
+                let mut response = axum::Json(answer).into_response();
+                mark_source(&mut response, trace.as_ref());
+                return response;
             }
             Event::Failed(e) => return record.failed(e).into_response(),
         }
@@ -246,6 +311,7 @@ struct Streaming {
     meta: Owned,
     generation: Generation,
     record: Recorder,
+    trace: Option<Trace>,
     include_usage: bool,
     /// Set once the model finished; the closing chunks are sent from it.
     finished: Option<Finished>,
@@ -275,7 +341,10 @@ fn stream_events(state: Streaming) -> impl Stream<Item = Result<SseEvent, Infall
             Some(Event::Text(piece)) => data(wire::chunk(st.api, &st.meta.meta(), &piece, None)),
             Some(Event::Done(finished)) => {
                 st.record.finished(&finished);
-                let last = wire::chunk(st.api, &st.meta.meta(), "", Some(finished.reason));
+                let mut last = wire::chunk(st.api, &st.meta.meta(), "", Some(finished.reason));
+                if let Some(trace) = &st.trace {
+                    cloud::annotate(&mut last, &cloud::read(trace));
+                }
                 st.finished = Some(finished);
                 data(last)
             }
@@ -290,74 +359,4 @@ fn stream_events(state: Streaming) -> impl Stream<Item = Result<SseEvent, Infall
         };
         Some((Ok(event), st))
     })
-}
-
-/// Counts a request once, in the telemetry window and the local metrics: when it finishes,
-/// fails or is refused, or, if the client leaves first, when it is dropped.
-struct Recorder {
-    state: ApiState,
-    served: Arc<Served>,
-    arrived: Instant,
-    done: bool,
-}
-
-impl Recorder {
-    fn new(state: &ApiState, served: &Arc<Served>, arrived: Instant) -> Recorder {
-        Recorder {
-            state: state.clone(),
-            served: served.clone(),
-            arrived,
-            done: false,
-        }
-    }
-
-    fn record(&mut self, failed: bool, llm: &LlmWindow) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        let a = &self.served.assignment;
-        let seconds = self.arrived.elapsed().as_secs_f64();
-        let labels = [a.deployment.as_str(), a.variant.as_str()];
-        let m = &self.state.metrics;
-        m.requests.with_label_values(&labels).inc();
-        if failed {
-            m.errors.with_label_values(&labels).inc();
-        }
-        m.latency.with_label_values(&labels).observe(seconds);
-        self.state
-            .stats
-            .record_llm(&a.deployment, &a.variant, seconds, failed, llm);
-    }
-
-    fn finished(&mut self, f: &Finished) {
-        self.record(false, &f.window());
-    }
-
-    fn refused(&mut self, e: &LlmError) {
-        let mut w = LlmWindow::default();
-        match e {
-            LlmError::ContextOverflow { .. } => w.context_overflows = 1,
-            LlmError::Busy { .. } => w.rejected_busy = 1,
-            _ => {}
-        }
-        // A refusal is the client's doing or back-pressure, not a failure of the model.
-        self.record(false, &w);
-    }
-
-    fn failed(&mut self, message: String) -> OpenAiError {
-        self.record(true, &LlmWindow::default());
-        OpenAiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "server_error",
-            code: "generation_failed",
-            message,
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        // The client went away mid-answer: a request, not an error.
-        self.record(false, &LlmWindow::default());
-    }
 }

@@ -14,6 +14,18 @@ pub enum Api {
     Generate,
 }
 
+impl Api {
+    /// Where the request goes on an OpenAI-compatible cloud endpoint (under `/v1/`);
+    /// KServe's generate extension is always answered on the device.
+    pub fn openai_path(self) -> Option<&'static str> {
+        match self {
+            Api::Chat => Some("chat/completions"),
+            Api::Completion => Some("completions"),
+            Api::Generate => None,
+        }
+    }
+}
+
 /// A parsed request: which model, what to generate from, how.
 pub struct Parsed {
     pub model: String,
