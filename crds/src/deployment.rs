@@ -481,6 +481,12 @@ pub struct CohortStatus {
     /// Share of the cohort's requests sent to the cloud (only with `spec.offload`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload_ratio: Option<f64>,
+    /// Language models: time to first token, p95 over the cohort's interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_ttft_ms: Option<f64>,
+    /// Language models: decode speed, median over the cohort's interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_tokens_per_second: Option<f64>,
     #[serde(default)]
     pub consecutive_failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,9 @@
 //!    than [`REGRESSION_SLACK_MS`] above it (so 1 ms vs 2 ms is noise, not a regression), or
 //!    an error rate more than [`ERROR_REGRESSION_FACTOR`] times the stable one *and* more than
 //!    [`ERROR_REGRESSION_SLACK`] above it: `Fail`. This is the only check when no thresholds
-//!    are configured;
+//!    are configured. For language models the latency compared is the time to first token
+//!    (a whole answer's time depends on how long the answer is), and a decode speed below
+//!    the stable median divided by [`REGRESSION_FACTOR`] is a regression too;
 //! 5. otherwise `Pass`.
 //!
 //! Every failed check is named in the message, not just the first.
@@ -134,6 +136,9 @@ pub struct CohortVerdict {
     pub error_rate: Option<f64>,
     /// Reported when the cohort offloaded anything or the analysis limits it.
     pub offload_ratio: Option<f64>,
+    /// Language models: time to first token (p95) and decode speed (median), once observed.
+    pub p95_ttft_ms: Option<f64>,
+    pub decode_tokens_per_second: Option<f64>,
     pub samples: u64,
     pub message: String,
 }
@@ -152,11 +157,18 @@ pub fn analyze_cohort(
     let offload_ratio = canary
         .offload_ratio()
         .filter(|_| canary.offload.requests > 0 || analysis.max_offload_ratio.is_some());
+    let llm = canary.llm.as_ref();
+    let p95_ttft_ms = llm
+        .and_then(|l| l.time_to_first_token.quantile(0.95))
+        .map(|s| s * 1000.0);
+    let decode_tokens_per_second = llm.and_then(|l| l.decode_tokens_per_second.quantile(0.5));
     let verdict = |verdict, message: String| CohortVerdict {
         verdict,
         p95_ms,
         error_rate,
         offload_ratio,
+        p95_ttft_ms,
+        decode_tokens_per_second,
         samples,
         message,
     };
@@ -281,15 +293,44 @@ fn regressions(
     failures: &mut Vec<String>,
     checks: &mut Vec<String>,
 ) {
-    if let (Some(mine), Some(theirs)) = (canary.p95_ms(), stable.p95_ms()) {
+    let language = canary.llm.as_ref().zip(stable.llm.as_ref());
+    let (what, mine, theirs) = match language {
+        Some((mine, theirs)) => (
+            "TTFT p95",
+            mine.time_to_first_token.quantile(0.95).map(|s| s * 1000.0),
+            theirs
+                .time_to_first_token
+                .quantile(0.95)
+                .map(|s| s * 1000.0),
+        ),
+        None => ("p95", canary.p95_ms(), stable.p95_ms()),
+    };
+    if let (Some(mine), Some(theirs)) = (mine, theirs) {
         if mine > theirs * REGRESSION_FACTOR && mine > theirs + REGRESSION_SLACK_MS {
             failures.push(format!(
-                "p95 {} ms regressed against the stable cohort's {} ms",
+                "{what} {} ms regressed against the stable cohort's {} ms",
                 fmt_num(mine),
                 fmt_num(theirs)
             ));
         } else {
-            checks.push(format!("p95 on par with stable {} ms", fmt_num(theirs)));
+            checks.push(format!("{what} on par with stable {} ms", fmt_num(theirs)));
+        }
+    }
+    if let Some((mine, theirs)) = language {
+        let median = |w: &LlmWindow| w.decode_tokens_per_second.quantile(0.5);
+        if let (Some(mine), Some(theirs)) = (median(mine), median(theirs)) {
+            if mine < theirs / REGRESSION_FACTOR {
+                failures.push(format!(
+                    "decode {} tokens/s regressed against the stable cohort's {}",
+                    fmt_num(mine),
+                    fmt_num(theirs)
+                ));
+            } else {
+                checks.push(format!(
+                    "decode on par with stable {} tokens/s",
+                    fmt_num(theirs)
+                ));
+            }
         }
     }
     if let (Some(mine), Some(theirs)) = (canary.error_rate(), stable.error_rate()) {

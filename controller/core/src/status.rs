@@ -123,6 +123,12 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
                 offload_ratio: verdict
                     .map(|v| v.offload_ratio.map(round4))
                     .unwrap_or_else(|| previous.and_then(|p| p.offload_ratio)),
+                p95_ttft_ms: verdict
+                    .map(|v| v.p95_ttft_ms.map(round2))
+                    .unwrap_or_else(|| previous.and_then(|p| p.p95_ttft_ms)),
+                decode_tokens_per_second: verdict
+                    .map(|v| v.decode_tokens_per_second.map(round2))
+                    .unwrap_or_else(|| previous.and_then(|p| p.decode_tokens_per_second)),
                 consecutive_failures: record.consecutive_failures,
                 message: verdict
                     .map(|v| v.message.clone())

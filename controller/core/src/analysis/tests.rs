@@ -421,3 +421,40 @@ fn llm_gates_wait_for_min_samples_of_their_own() {
         Verdict::Pass
     );
 }
+
+#[test]
+fn language_models_are_compared_with_stable_on_first_token_and_decode_speed() {
+    let a = llm_gates(None, None);
+    // Same start and speed, but the canary's answers ran longer (whole-request p95 ×10):
+    // not a regression of the model.
+    let mut long_answers = llm_window(100, (40.0, 90.0), (100.0, 150.0));
+    long_answers.latency = window(50.0, 100.0, 100, 0).latency;
+    let stable = llm_window(100, (40.0, 90.0), (100.0, 150.0));
+    let v = judge(&long_answers, Some(&stable), &a);
+    assert_eq!(v.verdict, Verdict::Pass, "{}", v.message);
+    assert!(
+        v.message.contains("TTFT p95 on par with stable"),
+        "{}",
+        v.message
+    );
+    assert!(
+        v.message.contains("decode on par with stable"),
+        "{}",
+        v.message
+    );
+
+    let slow_start = llm_window(100, (300.0, 600.0), (100.0, 150.0));
+    let v = judge(&slow_start, Some(&stable), &a);
+    assert_eq!(v.verdict, Verdict::Fail);
+    assert!(v.message.contains("TTFT p95 "), "{}", v.message);
+    assert!(
+        v.message.contains("regressed against the stable cohort's"),
+        "{}",
+        v.message
+    );
+
+    let slow_decode = llm_window(100, (40.0, 90.0), (30.0, 60.0));
+    let v = judge(&slow_decode, Some(&stable), &a);
+    assert_eq!(v.verdict, Verdict::Fail);
+    assert!(v.message.contains("tokens/s regressed"), "{}", v.message);
+}
