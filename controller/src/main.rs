@@ -11,7 +11,10 @@ fn main() -> ExitCode {
     let default_filter = match &cli.command {
         // (the controller's own disconnect at the end reads as a lost connection)
         #[cfg(feature = "standalone")]
-        Command::Demo(_) => "warn,rumqttd=off,edgefleet_controller::mqtt=error",
+        // (and llama.cpp's quantizer warns of every tensor it keeps at a higher precision)
+        Command::Demo(_) => {
+            "warn,rumqttd=off,edgefleet_controller::mqtt=error,llama-cpp-2=error,llama_cpp_2=error"
+        }
         // rumqttd logs every closed client connection (and the readiness probe) as an error
         #[cfg(feature = "standalone")]
         Command::Up(_) => "info,rumqttd=warn,rumqttd::server::broker=off",

@@ -1,5 +1,6 @@
 //! Standalone mode end to end: `edgefleet demo --short` (embedded broker, SQLite, artifact
-//! server, real agents, the real CNN in three variants, a canary rollout), and the CLI verbs
+//! server, real agents, the real CNN in three variants, a canary rollout), `demo --llm` (the
+//! chat model in two quantizations on real llama.cpp agents), and the CLI verbs
 //! against `edgefleet up`, including refused manifests.
 #![allow(clippy::unwrap_used)]
 
@@ -105,6 +106,50 @@ fn demo_short_rolls_out_every_variant_and_reports_the_no_fit_device() {
     }
     assert_eq!(no_fit, 1, "exactly one device fits nothing: {summary:#}");
     assert_eq!(summary["deployment"]["devices"]["noFit"], 1);
+}
+
+/// `edgefleet demo --llm`: the chat model in two quantizations split by memory class, a
+/// canary judged on time to first token and decode speed, one streamed answer.
+#[test]
+fn demo_llm_splits_quantizations_by_memory_and_reports_ttft_per_cohort() {
+    model("smollm2-135m-instruct-q4_1.gguf");
+    let (edgefleet, agent) = binaries();
+    let out = Command::new(edgefleet)
+        .args(["demo", "--llm", "--short", "--output", "json"])
+        .args(["--timeout-seconds", "300"])
+        .arg("--agent-bin")
+        .arg(agent)
+        .env("EDGEFLEET_MODELS", models_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo --llm failed: {stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["status"]["phase"], "Succeeded", "{summary:#}");
+    assert_eq!(summary["status"]["targetVersion"], "0.1.3", "{summary:#}");
+    for device in summary["devices"].as_array().unwrap() {
+        let runs = device["runs"][0].as_str().unwrap();
+        let want = if device["memoryMib"].as_u64().unwrap() >= 4096 {
+            "q4-1"
+        } else {
+            "q2-k"
+        };
+        assert!(runs.contains(&format!("0.1.3 {want} Ready")), "{device}");
+    }
+    let cohorts = summary["canaryCohorts"].as_array().unwrap();
+    assert_eq!(cohorts.len(), 2, "one canary cohort per class: {cohorts:?}");
+    for cohort in cohorts {
+        assert_eq!(cohort["verdict"], "Pass", "{cohort}");
+        assert!(cohort["p95TtftMs"].as_f64().unwrap() > 0.0, "{cohort}");
+        assert!(
+            cohort["decodeTokensPerSecond"].as_f64().unwrap() > 10.0,
+            "{cohort}"
+        );
+    }
+    let streamed = &summary["streamed"];
+    assert!(streamed["tokens"].as_u64().unwrap() > 8, "{streamed}");
+    assert!(!streamed["text"].as_str().unwrap().is_empty(), "{streamed}");
+    assert!(stderr.contains("streaming one answer from"), "{stderr}");
 }
 
 fn wait_port(port: u16) {

@@ -23,6 +23,7 @@ pub mod report;
 pub mod tensor;
 
 pub use cli::{CompressArgs, CompressCommand, ImportArgs, MeasureArgs, run};
+pub use edgefleet_gguf_quantize::{Quantization as GgufQuantization, quantize as quantize_gguf};
 pub use gguf::{GgufOptions, GgufReport, compress_gguf};
 pub use measure::{Drift, OrtOptions, OrtRunner, Task, TractRunner};
 pub use quantize::{Options as QuantizeOptions, RewriteSummary, convert_fp16, quantize_int8};

@@ -54,6 +54,10 @@ pub struct DemoArgs {
     /// Fewer devices and requests, no pauses: for tests.
     #[arg(long, env = "EDGEFLEET_DEMO_SHORT")]
     pub short: bool,
+    /// The chat-model scene: SmolLM2 in Q4_1 and Q2_K on four devices of two memory
+    /// classes, one streamed answer, time to first token and tokens/s per cohort.
+    #[arg(long, env = "EDGEFLEET_DEMO_LLM")]
+    pub llm: bool,
     /// Keep state here instead of a temporary directory that is removed at the end.
     #[arg(long, env = "EDGEFLEET_DEMO_DATA_DIR")]
     pub data_dir: Option<std::path::PathBuf>,

@@ -14,6 +14,8 @@ pub struct DeviceSpec {
     pub id: String,
     pub arch: &'static str,
     pub memory_mib: u64,
+    /// What the agent announces free for models.
+    pub memory_available_mib: u64,
     pub accelerators: Vec<&'static str>,
 }
 
@@ -39,6 +41,7 @@ pub fn fleet(count: usize) -> Vec<DeviceSpec> {
                 id: format!("{prefix}-{}", i / ARCHETYPES.len() + 1),
                 arch,
                 memory_mib,
+                memory_available_mib: memory_mib / 2,
                 accelerators: accel.split(',').filter(|a| !a.is_empty()).collect(),
             }
         })
@@ -93,7 +96,7 @@ pub async fn start(
             .env("EDGEFLEET_AGENT_MEMORY_MIB", spec.memory_mib.to_string())
             .env(
                 "EDGEFLEET_AGENT_MEMORY_AVAILABLE_MIB",
-                (spec.memory_mib / 2).to_string(),
+                spec.memory_available_mib.to_string(),
             )
             .env("EDGEFLEET_AGENT_CPU_FEATURES", "")
             .env("EDGEFLEET_AGENT_ACCELERATORS", spec.accelerators.join(","))

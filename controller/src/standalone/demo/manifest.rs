@@ -40,7 +40,7 @@ pub fn variants(models_dir: &Path) -> anyhow::Result<[Vec<u8>; 3]> {
     Ok([fp32, fp16, int8])
 }
 
-fn put(
+pub(super) fn put(
     dir: &Path,
     base_url: &str,
     name: &str,

@@ -1,8 +1,10 @@
 //! `edgefleet demo`: the standalone control plane in-process, real agent processes with
 //! heterogeneous capabilities, the real orientation CNN in fp32/fp16/int8 variants, v1 rolled
 //! out, then v2 through a two-step canary under inference load; a live table, then a summary.
+//! `edgefleet demo --llm`: the same for a chat model in two quantizations (module `llm`).
 
 mod fleet;
+mod llm;
 mod load;
 mod manifest;
 mod view;
@@ -20,7 +22,12 @@ use view::{Observation, View};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let variants = manifest::variants(&manifest::models_dir(args.models_dir.as_deref()))?;
+    let models_dir = manifest::models_dir(args.models_dir.as_deref());
+    let variants = if args.llm {
+        None
+    } else {
+        Some(manifest::variants(&models_dir)?)
+    };
     let agent_bin = fleet::agent_binary(args.agent_bin.as_deref())?;
     let temp = match &args.data_dir {
         Some(_) => None,
@@ -53,7 +60,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         args.devices
     };
-    let specs = fleet::fleet(devices);
+    let specs = if args.llm {
+        llm::fleet()
+    } else {
+        fleet::fleet(devices)
+    };
     let mut agents = match fleet::start(
         &agent_bin,
         &specs,
@@ -68,21 +79,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             return Err(err);
         }
     };
-    let mut view = View::new(args.output, &plane, &agents);
+    let scene = play(
+        &args,
+        &plane,
+        &agents,
+        variants.as_ref(),
+        &models_dir,
+        started,
+    );
     let outcome = tokio::select! {
-        outcome = tokio::time::timeout(
-            Duration::from_secs(args.timeout_seconds),
-            drive(&args, &plane, &agents, &variants, &mut view),
-        ) => outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("the demo did not finish within {} s (--timeout-seconds)", args.timeout_seconds))),
+        outcome = tokio::time::timeout(Duration::from_secs(args.timeout_seconds), scene) => {
+            outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("the demo did not finish within {} s (--timeout-seconds)", args.timeout_seconds)))
+        }
         _ = crate::run::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
     };
-    let mut result = match outcome {
-        Ok(observation) => view.finish(&plane, &observation, started.elapsed()).await,
-        Err(err) => Err(err.context(format!(
+    let mut result = outcome.map_err(|err| {
+        err.context(format!(
             "agent logs are in {}",
             data_dir.join("agents").display()
-        ))),
-    };
+        ))
+    });
     if result.is_ok() && args.hold {
         eprintln!("holding: the control plane and agents keep running; Ctrl-C to stop");
         crate::run::shutdown_signal().await;
@@ -95,6 +111,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         result = result.map_err(|e| e.context(format!("state kept in {}", kept.display())));
     }
     result
+}
+
+/// The orientation CNN's scene with its live view, or the chat model's (`--llm`).
+async fn play(
+    args: &DemoArgs,
+    plane: &Standalone,
+    agents: &[fleet::Agent],
+    cnn: Option<&[Vec<u8>; 3]>,
+    models_dir: &std::path::Path,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let Some(variants) = cnn else {
+        return llm::drive(args, plane, agents, models_dir).await;
+    };
+    let mut view = View::new(args.output, plane, agents);
+    let observation = drive(args, plane, agents, variants, &mut view).await?;
+    view.finish(plane, &observation, started.elapsed()).await
 }
 
 /// The scenario; returns what was observed at the end.
