@@ -7,6 +7,7 @@
 #   scripts/demo.sh --devices 12        # larger fleet
 #   scripts/demo.sh --short -o json     # quick run, machine-readable summary on stdout
 #   scripts/demo.sh --hold              # keep it running afterwards to explore (Ctrl-C stops)
+#   scripts/demo.sh --llm               # the chat model: two quantizations, TTFT per cohort
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
