@@ -11,7 +11,9 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::store::{DeviceWrite, ModelReport, Store, StoreError};
 
+mod downloads;
 mod presence;
+pub use downloads::Progress;
 pub use presence::Presence;
 
 /// What changed, so that the engine re-plans only when it matters.
@@ -33,6 +35,7 @@ pub struct Inventory {
     /// Devices online and offline, for the `edgefleet_devices` gauge.
     online: std::sync::atomic::AtomicI64,
     offline: std::sync::atomic::AtomicI64,
+    downloads: downloads::Downloads,
 }
 
 impl Inventory {
@@ -62,6 +65,7 @@ impl Inventory {
             store,
             metrics,
             changes,
+            downloads: Default::default(),
         };
         inventory.update_gauges();
         Ok(inventory)
@@ -69,6 +73,11 @@ impl Inventory {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// The deployments whose artifact `device` is downloading, with its last reported progress.
+    pub fn downloads_of(&self, device: &DeviceId) -> BTreeMap<String, Progress> {
+        self.downloads.of(device)
     }
 
     pub fn snapshot(&self) -> Vec<DeviceFacts> {
@@ -207,6 +216,9 @@ impl Inventory {
             }
         }
         let any = self.store.record_model_states(&rows, now_ms).await? > 0;
+        for report in reports {
+            self.downloads.apply(report);
+        }
         let mut devices = self.write();
         for report in reports {
             // Artifacts on the device do not count against its free disk for re-planning.

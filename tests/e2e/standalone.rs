@@ -276,6 +276,10 @@ fn cli_refuses_bad_manifests_naming_the_field_and_stores_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
 
+    // `get md -w` watches it come and go
+    let mut watcher = Watcher::start(&server, data.path());
+    watcher.wait_for("the table's header", |out| out.starts_with("NAME"));
+
     // the good manifest goes in, shows up, and goes away
     let file = data.path().join("md.yaml");
     std::fs::write(&file, VALID).unwrap();
@@ -294,6 +298,9 @@ fn cli_refuses_bad_manifests_naming_the_field_and_stores_nothing() {
         String::from_utf8_lossy(&out.stdout)
             .contains("modeldeployment.edgefleet.io/cli-demo created")
     );
+    // (the CLI calls below take milliseconds: without this the row could come and go
+    // between two polls)
+    watcher.wait_for("cli-demo", |out| out.contains("\ncli-demo"));
     let out = cli(data.path(), &server, &["get", "md"], None);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -328,6 +335,171 @@ fn cli_refuses_bad_manifests_naming_the_field_and_stores_nothing() {
         "{}",
         fail(&String::from_utf8_lossy(&out.stderr))
     );
+    watcher.wait_for("cli-demo deleted", |out| out.contains("Deleted"));
+    watcher.saw_it_come_and_go();
     let out = cli(data.path(), &server, &["get", "md", "cli-demo"], None);
     assert!(!out.status.success(), "deleted");
+}
+
+/// `edgefleet get md -w` running, its output collected as it comes.
+struct Watcher {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Vec<u8>>,
+    out: String,
+    stderr: std::path::PathBuf,
+}
+
+impl Watcher {
+    fn start(server: &str, data_dir: &Path) -> Watcher {
+        let mut child = Command::new(&binaries().0)
+            .args(["get", "md", "-w", "--watch-interval-ms", "100"])
+            .env("EDGEFLEET_SERVER", server)
+            .env("EDGEFLEET_DATA_DIR", data_dir)
+            .env_remove("EDGEFLEET_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(data_dir.join("watch.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buffer) {
+                if n == 0 || tx.send(buffer[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        Watcher {
+            child,
+            lines,
+            out: String::new(),
+            stderr: data_dir.join("watch.err"),
+        }
+    }
+
+    fn wait_for(&mut self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(&self.out) {
+            assert!(
+                Instant::now() < deadline,
+                "watch: no {what} in {:?}; its stderr: {}",
+                self.out,
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+            if let Ok(bytes) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                self.out.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+
+    /// The table, a line when cli-demo appeared and one when it was deleted, and nothing for
+    /// the polls in between when nothing changed.
+    fn saw_it_come_and_go(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let out = &self.out;
+        let lines: Vec<&str> = out.lines().collect();
+        let appeared = lines
+            .iter()
+            .position(|l| l.starts_with("cli-demo") && !l.contains("Deleted"));
+        let deleted = lines
+            .iter()
+            .position(|l| l.starts_with("cli-demo") && l.contains("Deleted"));
+        assert!(
+            matches!((appeared, deleted), (Some(a), Some(d)) if a < d),
+            "appeared, then deleted: {out}"
+        );
+        assert!(lines.len() <= 8, "phase changes only: {out}");
+    }
+}
+
+/// A large model's download, as `edgefleet get devices` shows it while it runs: the agent
+/// reports bytes of total, the controller keeps the latest, the table says how far along it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_devices_shows_how_far_a_large_download_is() {
+    let data = tempfile::tempdir().unwrap();
+    let (edgefleet, _) = binaries();
+    let (port, mqtt) = (free_port(), free_port());
+    let mut command = Command::new(edgefleet);
+    command
+        .arg("up")
+        .env("EDGEFLEET_DATA_DIR", data.path())
+        .env("EDGEFLEET_LISTEN", format!("127.0.0.1:{port}"))
+        .env("EDGEFLEET_MQTT_LISTEN", format!("127.0.0.1:{mqtt}"));
+    let up = Proc::spawn("edgefleet-up", &mut command, data.path());
+    wait_port(port);
+    let server = format!("http://127.0.0.1:{port}");
+    let artifacts = ArtifactServer::start().await;
+    let (uri, sha, size) = artifacts.put(
+        "chat.gguf",
+        &std::fs::read(model("smollm2-135m-instruct-q4_1.gguf")).unwrap(),
+    );
+    // 98.4 MB at 10 MB/s: about ten seconds of download to watch.
+    artifacts.throttle(10_000_000);
+    let device = DeviceSpec {
+        id: "pi-1".into(),
+        arch: "x86_64",
+        memory_mib: 4096,
+        labels: "site=a",
+        extra_latency_ms: 0,
+    };
+    let _agent = AgentProc::start(&device, &format!("mqtt://127.0.0.1:{mqtt}"), data.path());
+    let manifest = format!(
+        r#"apiVersion: edgefleet.io/v1alpha1
+kind: ModelDeployment
+metadata: {{name: chat}}
+spec:
+  model: {{name: smollm2, version: "0.1.2"}}
+  llm: {{contextTokens: 512, slots: 1}}
+  variants:
+  - name: q4-1
+    format: gguf
+    runtime: llamacpp
+    precision: int4
+    gguf: {{quantization: Q4_1, layers: 30, embeddingLength: 576, heads: 9, kvHeads: 3}}
+    artifact: {{uri: "{uri}", sha256: "{sha}", sizeBytes: {size}}}
+"#
+    );
+    let out = cli(data.path(), &server, &["apply", "-f", "-"], Some(&manifest));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut progress = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = cli(data.path(), &server, &["get", "devices"], None);
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = table.lines().find(|l| l.contains("Downloading")) {
+            let percent = line
+                .split("Downloading ")
+                .nth(1)
+                .and_then(|rest| rest.split('%').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            assert!(line.contains("% of 98.4 MB"), "{line}");
+            progress.extend(percent);
+        }
+        if table.contains("q4-1 Ready") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not Ready: {table}\n{}",
+            up.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("download progress seen by `get devices`: {progress:?}%");
+    assert!(
+        progress.iter().any(|p| (1..100).contains(p)),
+        "a download part-way through: {progress:?}"
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "never backwards: {progress:?}"
+    );
 }

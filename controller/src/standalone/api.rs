@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use edgefleet_core::DeviceFacts;
 use edgefleet_core::variant::{Choice, choose_variant};
 use edgefleet_crds::{ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus};
+use edgefleet_protocol::wire::ModelPhase;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -408,23 +409,28 @@ pub struct DeviceRow {
 async fn devices(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let mut rows = Vec::new();
     for facts in state.inventory.snapshot() {
-        rows.push(device_row(&state.store, &facts).await?);
+        rows.push(device_row(&state, &facts).await?);
     }
     Ok(axum::Json(rows).into_response())
 }
 
-async fn device_row(store: &Store, facts: &DeviceFacts) -> Result<DeviceRow, ApiError> {
-    let runs = store
+async fn device_row(state: &ApiState, facts: &DeviceFacts) -> Result<DeviceRow, ApiError> {
+    let downloads = state.inventory.downloads_of(&facts.id);
+    let runs = state
+        .store
         .device_assignments(facts.id.as_str())
         .await?
         .into_iter()
         .map(|(ns, name, row)| {
-            format!(
-                "{ns}/{name} {} {} {}",
-                row.version,
-                row.variant,
-                row.phase.map_or("Pending", |p| p.as_str())
-            )
+            let phase = row.phase.map_or("Pending", |p| p.as_str());
+            let mut run = format!("{ns}/{name} {} {} {phase}", row.version, row.variant);
+            // Large models take a while: say how far along the download is.
+            if row.phase == Some(ModelPhase::Downloading)
+                && let Some(progress) = downloads.get(&format!("{ns}/{name}"))
+            {
+                run.push_str(&format!(" {}", progress.describe()));
+            }
+            run
         })
         .collect();
     Ok(DeviceRow {

@@ -152,6 +152,13 @@ pub struct GetArgs {
         default_value = "table"
     )]
     pub output: OutputFormat,
+    /// `md` only: after the table, print a line whenever a deployment's phase, step or
+    /// device counts change (like `kubectl get -w`), until Ctrl-C.
+    #[arg(long, short = 'w', env = "EDGEFLEET_WATCH")]
+    pub watch: bool,
+    /// How often `--watch` asks the API.
+    #[arg(long, env = "EDGEFLEET_WATCH_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+    pub watch_interval_ms: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }

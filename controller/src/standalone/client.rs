@@ -203,22 +203,67 @@ fn print_value(value: &Value, format: OutputFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The deployments `get md` shows: the one named, or every one in the namespace.
+async fn deployments(client: &Client, args: &GetArgs) -> anyhow::Result<Vec<Value>> {
+    Ok(match &args.name {
+        Some(name) => match client.get(&args.client.namespace, name).await? {
+            Some(item) => vec![item],
+            None => bail!("modeldeployment {}/{name} not found", args.client.namespace),
+        },
+        None => client
+            .list()
+            .await?
+            .into_iter()
+            .filter(|md| md["metadata"]["namespace"] == args.client.namespace.as_str())
+            .collect(),
+    })
+}
+
+/// `get md -w`: the table, then a line per change, until Ctrl-C. A deployment that goes
+/// away is shown `Deleted`; a named one that goes away ends the watch, as in kubectl.
+async fn watch(client: &Client, args: &GetArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut watch = super::watch_table::RowWatch::default();
+    let interval = Duration::from_millis(args.watch_interval_ms);
+    let shutdown = crate::run::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let items = match args.name {
+            Some(_) => deployments(client, args).await.unwrap_or_default(),
+            None => deployments(client, args).await?,
+        };
+        let typed = items
+            .iter()
+            .map(|md| serde_json::from_value(md.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .context("the API answered with an unreadable ModelDeployment")?;
+        let rows = render::deployment_rows(&typed, now_ms());
+        print!("{}", watch.update(&render::DEPLOYMENT_COLUMNS, &rows));
+        std::io::stdout().flush()?;
+        if args.name.is_some() && rows.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.client)?;
+    if args.watch {
+        if !matches!(resource(&args.resource)?, Resource::Deployments) {
+            bail!("--watch supports `md` only");
+        }
+        if args.output != OutputFormat::Table {
+            bail!("--watch prints a table; drop --output");
+        }
+        return watch(&client, &args).await;
+    }
     match resource(&args.resource)? {
         Resource::Deployments => {
-            let items = match &args.name {
-                Some(name) => match client.get(&args.client.namespace, name).await? {
-                    Some(item) => vec![item],
-                    None => bail!("modeldeployment {}/{name} not found", args.client.namespace),
-                },
-                None => client
-                    .list()
-                    .await?
-                    .into_iter()
-                    .filter(|md| md["metadata"]["namespace"] == args.client.namespace.as_str())
-                    .collect(),
-            };
+            let items = deployments(&client, &args).await?;
             match args.output {
                 OutputFormat::Table if items.is_empty() => {
                     eprintln!("No resources found in {} namespace.", args.client.namespace)

@@ -10,6 +10,7 @@ pub mod client;
 pub mod demo;
 pub mod reconcile;
 pub mod render;
+pub mod watch_table;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

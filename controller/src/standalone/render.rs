@@ -6,6 +6,19 @@ use super::api::{Description, DeviceLine, DeviceRow, uid_created_ms};
 
 /// Left-aligned columns separated by three spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let widths = column_widths(header, rows);
+    let mut out = line(
+        &widths,
+        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    );
+    for row in rows {
+        out.push_str(&line(&widths, row));
+    }
+    out
+}
+
+/// The width of each column: its widest cell or header.
+pub fn column_widths(header: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -14,24 +27,20 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             }
         }
     }
-    let line = |cells: Vec<String>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                let pad = widths[i].saturating_sub(cell.chars().count()) + 3;
-                out.push_str(cell);
-                out.push_str(&" ".repeat(pad));
-            }
+    widths
+}
+
+/// One row padded to `widths` (the last cell is not padded).
+pub fn line(widths: &[usize], cells: &[String]) -> String {
+    let mut out = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        out.push_str(cell);
+        if i + 1 < cells.len() {
+            let width = widths.get(i).copied().unwrap_or(0);
+            out.push_str(&" ".repeat(width.saturating_sub(cell.chars().count()) + 3));
         }
-        out.trim_end().to_string() + "\n"
-    };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        out.push_str(&line(row.clone()));
     }
-    out
+    out.trim_end().to_string() + "\n"
 }
 
 /// kubectl's AGE: 42s, 7m, 3h, 5d.
@@ -50,8 +59,16 @@ fn ms(value: Option<f64>) -> String {
 }
 
 /// NAME PHASE STEP MATCHED UPDATED READY FAILED AGE, like the CRD's printer columns.
+pub const DEPLOYMENT_COLUMNS: [&str; 8] = [
+    "NAME", "PHASE", "STEP", "MATCHED", "UPDATED", "READY", "FAILED", "AGE",
+];
+
 pub fn deployments(items: &[ModelDeployment], now_ms: i64) -> String {
-    let rows: Vec<Vec<String>> = items
+    table(&DEPLOYMENT_COLUMNS, &deployment_rows(items, now_ms))
+}
+
+pub fn deployment_rows(items: &[ModelDeployment], now_ms: i64) -> Vec<Vec<String>> {
+    items
         .iter()
         .map(|md| {
             let status = md.status.clone().unwrap_or_default();
@@ -78,13 +95,7 @@ pub fn deployments(items: &[ModelDeployment], now_ms: i64) -> String {
                 age,
             ]
         })
-        .collect();
-    table(
-        &[
-            "NAME", "PHASE", "STEP", "MATCHED", "UPDATED", "READY", "FAILED", "AGE",
-        ],
-        &rows,
-    )
+        .collect()
 }
 
 pub fn devices(devices: &[DeviceRow]) -> String {
