@@ -15,7 +15,7 @@ pub fn available_backends(config: &Config) -> Vec<Arc<dyn Backend>> {
     #[allow(unused_mut)]
     let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(tract::TractBackend)];
     #[cfg(feature = "onnxruntime")]
-    if let Some(b) = ort::OrtBackend::try_new() {
+    if let Some(b) = ort::OrtBackend::try_new(config.onnxruntime_lib.as_deref()) {
         backends.push(Arc::new(b));
     }
     #[cfg(feature = "llm")]

@@ -20,6 +20,7 @@ async fn hello_is_retained_with_capabilities_and_shutdown_publishes_offline() {
     let device = unique_device("hello");
     let mut obs = Observer::connect(broker.port(), &device).await;
     let dir = tempfile::tempdir().unwrap();
+    let onnxruntime = onnxruntime_lib().display().to_string();
     let mut agent = AgentProcess::spawn(
         &dir.path().join("store"),
         &[
@@ -27,6 +28,8 @@ async fn hello_is_retained_with_capabilities_and_shutdown_publishes_offline() {
             &device,
             "--broker",
             &broker.url(),
+            "--onnxruntime-lib",
+            &onnxruntime,
             "--labels",
             "zone=lab,tier=edge",
             "--arch",
@@ -69,7 +72,10 @@ async fn hello_is_retained_with_capabilities_and_shutdown_publishes_offline() {
     );
     assert_eq!(hello.cpu_features, ["neon", "dotprod"]);
     assert_eq!(hello.accelerators, ["coral"]);
-    assert_eq!(hello.runtimes, [Runtime::Tract, Runtime::Llamacpp]);
+    assert_eq!(
+        hello.runtimes,
+        [Runtime::Tract, Runtime::Onnxruntime, Runtime::Llamacpp]
+    );
     assert_eq!(hello.agent_version, env!("CARGO_PKG_VERSION"));
     let cores = std::thread::available_parallelism().unwrap().get() as u32;
     assert_eq!(hello.cores, cores);

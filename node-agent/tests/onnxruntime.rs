@@ -1,5 +1,6 @@
-//! The optional onnxruntime backend (`--features onnxruntime`), with the shared library from
-//! the PyPI `onnxruntime` wheel (`EDGEFLEET_AGENT_ONNXRUNTIME_LIB`, or found via python3).
+//! The onnxruntime backend (cargo feature `onnxruntime`, on by default), with the shared
+//! library from the PyPI `onnxruntime` wheel (`EDGEFLEET_AGENT_ONNXRUNTIME_LIB`, or the one
+//! `tests/tools/fetch-models.sh` installs).
 #![cfg(feature = "onnxruntime")]
 #![allow(clippy::unwrap_used)]
 
@@ -7,25 +8,11 @@ mod common;
 
 use std::collections::HashMap;
 
-use edgefleet_agent::runtime::{self, Backend, ort::OrtBackend};
+use edgefleet_agent::runtime::{Backend, ort::OrtBackend};
 use edgefleet_agent::tensor::Tensor;
 
 fn library() -> String {
-    if let Ok(lib) = std::env::var("EDGEFLEET_AGENT_ONNXRUNTIME_LIB") {
-        return lib;
-    }
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "libonnxruntime not found: pip install onnxruntime (tests/tools/fetch-models.sh does) or set EDGEFLEET_AGENT_ONNXRUNTIME_LIB"
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    common::onnxruntime_lib().display().to_string()
 }
 
 #[test]
@@ -64,4 +51,15 @@ fn onnxruntime_backend_matches_the_references() {
             }
         }
     }
+}
+
+/// A device without the library (or with a broken one) runs tract only; nothing panics.
+#[test]
+fn a_missing_or_broken_library_means_no_onnxruntime() {
+    let missing = std::path::Path::new("/nonexistent/libonnxruntime.so");
+    assert!(OrtBackend::try_new(Some(missing)).is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("libonnxruntime.so");
+    std::fs::write(&broken, b"not a shared library").unwrap();
+    assert!(OrtBackend::try_new(Some(&broken)).is_none());
 }

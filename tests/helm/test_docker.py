@@ -12,14 +12,20 @@ from conftest import EVERYTHING, REPO, one
 def test_dockerfile_shape(name, binary):
     text = (REPO / "docker" / f"{name}.Dockerfile").read_text()
     froms = re.findall(r"^FROM .*$", text, re.M)
-    assert len(froms) == 2, "multi-stage: builder + runtime"
+    # builder + runtime; the agent also fetches libonnxruntime in a stage of its own
+    assert len(froms) == (3 if name == "agent" else 2), froms
     assert "--platform=$BUILDPLATFORM rust:${RUST_VERSION}" in froms[0] and "ARG RUST_VERSION=1.95" in text
     assert "ARG TARGETARCH" in text
-    assert re.search(r"^FROM (gcr\.io/distroless/static|debian:[a-z]+-slim)", froms[1], re.M)
+    assert re.search(r"^FROM (gcr\.io/distroless/static|debian:[a-z]+-slim)", froms[-1], re.M)
     assert re.search(r"^USER 65532:65532$", text, re.M)
     profile = "--profile device" if name == "agent" else "--release"
     assert f"cargo build {profile} --locked" in text and f"--bin {binary}" in text
     assert f"/usr/local/bin/{binary}" in text
+    if name == "agent":
+        # ONNX Runtime is loaded at run time: the image ships the wheel's library and says where
+        lib = "/usr/local/lib/edgefleet/libonnxruntime.so"
+        assert f"COPY --from=onnxruntime /libonnxruntime.so {lib}" in text
+        assert f"EDGEFLEET_AGENT_ONNXRUNTIME_LIB={lib}" in text
 
 
 def test_chart_runs_the_binaries_where_the_images_put_them(helm):

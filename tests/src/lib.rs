@@ -32,6 +32,34 @@ pub fn models_dir() -> PathBuf {
 }
 
 /// A model from the cache that `tests/tools/fetch-models.sh` fills; fails loudly when absent.
+/// `libonnxruntime.so` from the PyPI `onnxruntime` wheel that `tests/tools/fetch-models.sh`
+/// installs (its compress venv), or `EDGEFLEET_AGENT_ONNXRUNTIME_LIB`.
+pub fn onnxruntime_lib() -> PathBuf {
+    if let Some(lib) = std::env::var_os("EDGEFLEET_AGENT_ONNXRUNTIME_LIB") {
+        return PathBuf::from(lib);
+    }
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
+    let venv_lib = home.join(".cache/edgefleet/tools/compress-venv/lib");
+    let found = std::fs::read_dir(&venv_lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/onnxruntime/capi"))
+        .flat_map(|capi| std::fs::read_dir(capi).into_iter().flatten().flatten())
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no libonnxruntime.so under {}: run tests/tools/fetch-models.sh, or set EDGEFLEET_AGENT_ONNXRUNTIME_LIB",
+            venv_lib.display()
+        )
+    })
+}
+
 pub fn model(name: &str) -> PathBuf {
     let path = models_dir().join(name);
     assert!(

@@ -32,6 +32,10 @@ pub struct Args {
     pub max_body_bytes: Option<usize>,
     #[arg(long, env = "EDGEFLEET_AGENT_INFERENCE_THREADS")]
     pub inference_threads: Option<usize>,
+    /// `libonnxruntime.so` to load (the PyPI `onnxruntime` wheel's `capi/` has one); default:
+    /// `ORT_DYLIB_PATH`, else the library search path. Without it the agent runs tract only.
+    #[arg(long, env = "EDGEFLEET_AGENT_ONNXRUNTIME_LIB")]
+    pub onnxruntime_lib: Option<PathBuf>,
     /// Artifacts must carry an ed25519 signature by one of these keys (PEM or base64 lines).
     #[arg(long, env = "EDGEFLEET_AGENT_TRUSTED_KEYS_FILE")]
     pub trusted_keys_file: Option<PathBuf>,

@@ -129,6 +129,8 @@ pub struct Config {
     pub keep_alive: Duration,
     pub max_body_bytes: usize,
     pub inference_threads: usize,
+    /// Where to load ONNX Runtime from, if not from `ORT_DYLIB_PATH` or the search path.
+    pub onnxruntime_lib: Option<PathBuf>,
     pub trusted_keys: TrustedKeys,
     pub tls: TlsConfig,
     pub capabilities: CapabilityOverrides,

@@ -197,6 +197,7 @@ impl Config {
             keep_alive: Duration::from_secs(keep_alive),
             max_body_bytes,
             inference_threads,
+            onnxruntime_lib: args.onnxruntime_lib.clone().or(file.onnxruntime_lib),
             trusted_keys,
             tls,
             capabilities: caps,

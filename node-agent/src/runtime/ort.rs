@@ -1,6 +1,7 @@
-//! Optional ONNX Runtime backend (cargo feature `onnxruntime`): `libonnxruntime` is loaded at
-//! run time (`ort`'s load-dynamic), from `EDGEFLEET_AGENT_ONNXRUNTIME_LIB`, `ORT_DYLIB_PATH`,
-//! or the library search path. The runtime is announced only if the library loads.
+//! ONNX Runtime backend (cargo feature `onnxruntime`, on by default): `libonnxruntime` is
+//! loaded at run time (`ort`'s load-dynamic), from `--onnxruntime-lib`
+//! (`EDGEFLEET_AGENT_ONNXRUNTIME_LIB`), `ORT_DYLIB_PATH`, or the library search path. The
+//! runtime is announced only if the library loads, so a device without it runs tract.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,11 +20,13 @@ pub struct OrtBackend {
 }
 
 impl OrtBackend {
-    /// The library named by the environment, or `None` (logged) when it cannot be loaded.
-    pub fn try_new() -> Option<OrtBackend> {
-        let lib = std::env::var("EDGEFLEET_AGENT_ONNXRUNTIME_LIB")
-            .or_else(|_| std::env::var("ORT_DYLIB_PATH"))
-            .unwrap_or_else(|_| "libonnxruntime.so".into());
+    /// The library configured, else named by `ORT_DYLIB_PATH`, else found on the search
+    /// path; `None` (logged) when it cannot be loaded.
+    pub fn try_new(configured: Option<&Path>) -> Option<OrtBackend> {
+        let lib = configured
+            .map(|p| p.display().to_string())
+            .or_else(|| std::env::var("ORT_DYLIB_PATH").ok())
+            .unwrap_or_else(|| "libonnxruntime.so".into());
         match OrtBackend::from_library(&lib) {
             Ok(backend) => Some(backend),
             Err(e) => {

@@ -4,7 +4,9 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub use edgefleet_e2e::pki::Pki;
-pub use edgefleet_e2e::{ArtifactServer, Broker, Proc, free_port, models_dir, port_open};
+pub use edgefleet_e2e::{
+    ArtifactServer, Broker, Proc, free_port, models_dir, onnxruntime_lib, port_open,
+};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
