@@ -138,13 +138,7 @@ fn assert_answered(answer: &Answer, what: &str) {
 }
 
 fn cohort_value(exposition: &str, metric: &str) -> Option<f64> {
-    let values: Vec<f64> = exposition
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| l.contains("deployment=\"chat\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    deployment_metric(exposition, metric, "chat")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,16 +104,8 @@ spec:
     )
 }
 
-/// The controller's value of `metric` for the edge deployment (summed over its cohorts: the
-/// role may change while the policy is applied), if exported.
 fn cohort_value(exposition: &str, metric: &str) -> Option<f64> {
-    let values: Vec<f64> = exposition
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| l.contains("deployment=\"text-direction\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    deployment_metric(exposition, metric, "text-direction")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ pub mod prometheus;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use netfault::{Partition, metric_sum};
+pub use netfault::{Partition, deployment_metric, metric_sum};
 pub use procs::*;
 pub use prometheus::{LLM_ROW, PanelQuery, Prometheus, dashboard_queries};
 

@@ -86,9 +86,31 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The sum of `metric` over the series of one deployment (all its cohorts: the role may
+/// change during a test), if the exposition has any.
+pub fn deployment_metric(text: &str, metric: &str, deployment: &str) -> Option<f64> {
+    let label = format!("deployment=\"{deployment}\"");
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deployment_metric_sums_one_deployments_series_of_exactly_that_name() {
+        let text = "x_total{cohort=\"a\",deployment=\"chat\"} 2\n\
+                    x_total{cohort=\"b\",deployment=\"chat\"} 3\n\
+                    x_total{deployment=\"other\"} 7\n\
+                    x_total_more{deployment=\"chat\"} 11\n";
+        assert_eq!(deployment_metric(text, "x_total", "chat"), Some(5.0));
+        assert_eq!(deployment_metric(text, "x_total", "none"), None);
+    }
 
     #[test]
     fn metric_sum_adds_every_label_set_of_exactly_that_name() {
