@@ -38,7 +38,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       export "CARGO_TARGET_$(echo "$t" | tr a-z- A-Z_)_LINKER=$g-gcc"; \
     fi; \
     # Kubernetes mode only: no embedded broker, REST API or compressor (and no tract).
-    cargo build --release --locked --target "$t" -p edgefleet-controller --no-default-features --bin edgefleet; \
+    cargo build --release --locked --target "$t" -p edgefleet-controller --no-default-features --features postgres --bin edgefleet; \
     cp "target/$t/release/edgefleet" /edgefleet
 
 FROM debian:trixie-slim

@@ -21,7 +21,11 @@ log "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "the Kubernetes-only controller (no embedded broker, REST API or compressor) builds clean"
-cargo clippy --locked -p edgefleet-controller --no-default-features --bin edgefleet -- -D warnings
+cargo clippy --locked -p edgefleet-controller --no-default-features --features postgres --bin edgefleet -- -D warnings
+
+log "what scripts/demo.sh builds (no llama.cpp, no PostgreSQL) builds clean"
+cargo clippy --locked -p edgefleet-controller -p edgefleet-agent --no-default-features \
+  --features edgefleet-controller/standalone --bins -- -D warnings
 
 log "Rust tests (nextest)"
 cargo build --workspace --bins --locked

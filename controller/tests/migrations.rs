@@ -46,3 +46,34 @@ async fn migrations_apply_to_postgres() {
     assert_migrated(&db.url).await;
     db.drop().await;
 }
+
+/// `store::MIGRATIONS` is listed by hand: it must name every file of `migrations/`, in order,
+/// with the description `sqlx::migrate!` would derive from the file name, and the file's text.
+#[test]
+fn every_migration_file_is_embedded() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<(i64, String, String)> = std::fs::read_dir(&dir)
+        .expect("migrations/")
+        .map(|entry| {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .expect("a file name")
+                .to_string_lossy()
+                .to_string();
+            let stem = name.strip_suffix(".sql").expect("only .sql files");
+            let (version, description) = stem.split_once('_').expect("VERSION_description.sql");
+            (
+                version.parse().expect("numeric version"),
+                description.replace('_', " "),
+                std::fs::read_to_string(&path).expect("read"),
+            )
+        })
+        .collect();
+    files.sort();
+    let embedded: Vec<(i64, String, String)> = edgefleet_controller::store::MIGRATIONS
+        .iter()
+        .map(|(v, d, sql)| (*v, d.to_string(), sql.to_string()))
+        .collect();
+    assert_eq!(embedded, files);
+}

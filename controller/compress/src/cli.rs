@@ -1,13 +1,17 @@
 //! `edgefleet compress` command line: every flag also reads an `EDGEFLEET_COMPRESS_*` variable.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "gguf")]
+use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use edgefleet_crds::{Precision, Runtime};
+#[cfg(feature = "gguf")]
 use edgefleet_gguf_quantize::Quantization;
 
+#[cfg(feature = "gguf")]
 use crate::gguf::{self, GgufOptions};
 use crate::measure::{OrtOptions, OrtRunner, Task};
 use crate::quantize::{self, DEFAULT_MIN_ELEMENTS};
@@ -47,11 +51,13 @@ pub struct CompressArgs {
     pub artifact: ArtifactArgs,
     #[command(flatten)]
     pub measure: MeasureArgs,
+    #[cfg(feature = "gguf")]
     #[command(flatten)]
     pub gguf: GgufArgs,
 }
 
 /// Options for GGUF inputs.
+#[cfg(feature = "gguf")]
 #[derive(Args, Debug, Clone)]
 pub struct GgufArgs {
     /// GGUF: llama.cpp quantizations to make, comma-separated (Q8_0, Q4_K_M, Q4_0, Q2_K).
@@ -238,8 +244,15 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
             let (Some(model), Some(out)) = (args.model, args.out) else {
                 bail!("usage: compress MODEL.onnx --out DIR (or compress measure ...)");
             };
-            if gguf::is_gguf(&model) {
+            if crate::is_gguf(&model) {
+                #[cfg(feature = "gguf")]
                 return run_gguf(&model, &out, args.gguf, args.artifact);
+                #[cfg(not(feature = "gguf"))]
+                bail!(
+                    "{}: this edgefleet was built without GGUF support (it links llama.cpp): \
+                     build it with `--features llm`",
+                    model.display()
+                );
             }
             let mut variants = args.variants;
             variants.dedup();
@@ -264,6 +277,7 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "gguf")]
 fn run_gguf(
     model: &Path,
     out: &Path,
@@ -308,6 +322,7 @@ mod tests {
         args: CompressArgs,
     }
 
+    #[cfg(feature = "gguf")]
     #[test]
     fn parses_compress_and_measure() {
         let cli = Cli::try_parse_from([

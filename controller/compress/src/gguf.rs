@@ -59,10 +59,7 @@ pub fn default_threads() -> u32 {
 }
 
 /// True for the inputs this module handles (`*.gguf`).
-pub fn is_gguf(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-}
+pub use crate::is_gguf;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

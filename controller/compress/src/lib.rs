@@ -14,6 +14,7 @@
 //! - [`run`] with [`CompressArgs`]: the CLI.
 
 mod cli;
+#[cfg(feature = "gguf")]
 pub mod gguf;
 pub mod measure;
 pub mod onnx;
@@ -23,11 +24,19 @@ pub mod report;
 pub mod tensor;
 
 pub use cli::{CompressArgs, CompressCommand, ImportArgs, MeasureArgs, run};
+#[cfg(feature = "gguf")]
 pub use edgefleet_gguf_quantize::{Quantization as GgufQuantization, quantize as quantize_gguf};
+#[cfg(feature = "gguf")]
 pub use gguf::{GgufOptions, GgufReport, compress_gguf};
 pub use measure::{Drift, OrtOptions, OrtRunner, Task, TractRunner};
 pub use quantize::{Options as QuantizeOptions, RewriteSummary, convert_fp16, quantize_int8};
 pub use rehydrate::rehydrate;
+
+/// A GGUF language model (by its extension), rather than an ONNX model.
+pub fn is_gguf(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
 pub use report::{
     CompressOptions, ImportOptions, MeasureOptions, Report, VariantKind, VariantReport, compress,
     detect_precision, markdown, measure_import, variants, variants_yaml,

@@ -2,13 +2,15 @@
 //! with one set of portable migrations under `migrations/`. Queries are checked at run time
 //! (no database needed to build) and use `$1..$N` in order of appearance, which both accept.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 pub use edgefleet_core::AssignmentRecord;
 use edgefleet_protocol::wire::{Hello, ModelPhase, Role};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 
 mod assignments;
@@ -21,7 +23,35 @@ pub use batch::DesiredWrite;
 pub use devices::DeviceWrite;
 pub use rollouts::{rollout_row, rollout_state};
 
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+/// Every file of `migrations/` as (version, description, SQL), embedded in the binary; a test
+/// checks the list against the directory. Listed by hand rather than with `sqlx::migrate!`:
+/// the macro builds a second copy of sqlx and both drivers for the host, about a minute of a
+/// cold build on two cores (BENCHMARKS.md, "First command").
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    20261129000001,
+    "fleet state",
+    include_str!("../../../migrations/20261129000001_fleet_state.sql"),
+)];
+
+/// What `sqlx::migrate!` would build from [`MIGRATIONS`]: same versions, descriptions and
+/// checksums, so databases migrated by either agree.
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| Migrator {
+    migrations: Cow::Owned(
+        MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(*sql),
+                    false,
+                )
+            })
+            .collect(),
+    ),
+    ..Migrator::DEFAULT
+});
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,6 +63,10 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("stored document is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "database {url}: this edgefleet was built without PostgreSQL support (cargo feature `postgres`, on by default; `scripts/demo.sh` builds without it)"
+    )]
+    NoPostgres { url: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -96,6 +130,9 @@ impl Store {
     /// Connects (creating a SQLite file if needed) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         install_default_drivers();
+        if cfg!(not(feature = "postgres")) && url.starts_with("postgres") {
+            return Err(StoreError::NoPostgres { url: redact(url) });
+        }
         let is_sqlite = url.starts_with("sqlite:");
         let url_with_create = if is_sqlite && !url.contains("mode=") && !url.contains(":memory:") {
             format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })

@@ -4,7 +4,25 @@
 //! `edgefleet demo --llm`: the same for a chat model in two quantizations (module `llm`).
 
 mod fleet;
+#[cfg(feature = "llm")]
 mod llm;
+#[cfg(not(feature = "llm"))]
+mod llm {
+    //! Built without the `llm` feature (no llama.cpp): `--llm` is refused before anything starts.
+    pub fn fleet() -> Vec<super::fleet::DeviceSpec> {
+        Vec::new()
+    }
+    pub async fn drive(
+        _: &super::DemoArgs,
+        _: &super::Standalone,
+        _: &[super::fleet::Agent],
+        _: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        anyhow::bail!(NOT_BUILT)
+    }
+    pub const NOT_BUILT: &str = "--llm: this edgefleet was built without language-model support \
+        (cargo feature `llm`, which links llama.cpp); `scripts/demo.sh --llm` builds it";
+}
 mod load;
 mod manifest;
 mod view;
@@ -22,6 +40,10 @@ use view::{Observation, View};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    #[cfg(not(feature = "llm"))]
+    if args.llm {
+        bail!(llm::NOT_BUILT);
+    }
     let models_dir = manifest::models_dir(args.models_dir.as_deref());
     let variants = if args.llm {
         None
