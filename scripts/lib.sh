@@ -65,6 +65,23 @@ ensure_llama_build_deps() {
   apt_install cmake clang libclang-dev
 }
 
+# The fleet page's browser test: Debian's Chromium, driven by Playwright's Python client in
+# its own venv. Playwright's own browser download is never used (no such host is reachable):
+# the test launches /usr/bin/chromium.
+ensure_browser() {
+  if ! command -v chromium >/dev/null; then
+    log "installing chromium (Debian package) for the fleet page's browser test"
+    apt_install chromium
+  fi
+  local venv="$EDGEFLEET_TOOLS/browser-venv"
+  if ! "$venv/bin/python" -c "import playwright" 2>/dev/null; then
+    log "installing Playwright's Python client into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet "playwright==1.65.2"
+  fi
+  export EDGEFLEET_BROWSER_PYTHON="$venv/bin/python"
+}
+
 ensure_models() {
   bash tests/tools/fetch-models.sh
 }

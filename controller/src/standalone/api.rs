@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use super::page::history::LatencyHistory;
 use crate::clock::{now_ms, rfc3339};
 use crate::inventory::Inventory;
 use crate::store::{Store, StoredDeployment};
@@ -29,6 +30,8 @@ pub struct ApiState {
     pub token: Arc<str>,
     /// Wakes the reconcile loop after a write.
     pub changed: Arc<Notify>,
+    /// p95 per cohort over time, for the fleet page.
+    pub latency: Arc<LatencyHistory>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -44,7 +47,10 @@ pub fn router(state: ApiState) -> Router {
             get(describe),
         )
         .route("/api/v1/devices", get(devices))
+        .route("/api/v1/fleet", get(fleet))
         .route_layer(middleware::from_fn_with_state(state.clone(), bearer))
+        // The fleet page's shell holds no data; what it shows comes from /api/v1/fleet.
+        .route("/", get(super::page::index))
         .with_state(state)
 }
 
@@ -442,6 +448,11 @@ async fn device_row(state: &ApiState, facts: &DeviceFacts) -> Result<DeviceRow, 
         online: facts.online,
         runs,
     })
+}
+
+async fn fleet(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let view = super::page::gather(&state.store, &state.inventory, &state.latency).await?;
+    Ok(axum::Json(view).into_response())
 }
 
 /// The status stored for a deployment, if any.

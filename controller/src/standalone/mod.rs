@@ -8,6 +8,7 @@ pub mod args;
 pub mod broker;
 pub mod client;
 pub mod demo;
+pub mod page;
 pub mod reconcile;
 pub mod render;
 pub mod watch_table;
@@ -82,6 +83,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
         timing: args.timing.clone(),
     };
     let changed = Arc::new(Notify::new());
+    let latency = Arc::new(page::history::LatencyHistory::default());
     let mut api_state = None;
     let plane = crate::run::start_with(&control, |reconciler, _kick| {
         let state = ApiState {
@@ -89,6 +91,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
             inventory: reconciler.fleet().inventory.clone(),
             token: Arc::from(token.as_str()),
             changed: changed.clone(),
+            latency: latency.clone(),
         };
         api_state = Some(state.clone());
         api::router(state).nest_service(
@@ -106,6 +109,12 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
         watch::channel(true).1,
     ));
     let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(page::history::sample(
+        api.store.clone(),
+        latency,
+        std::time::Duration::from_secs(1),
+        stop_rx.clone(),
+    ));
     let loop_task = tokio::spawn(reconcile::run(
         plane.reconciler.clone(),
         changed,
@@ -128,6 +137,12 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
 }
 
 impl Standalone {
+    /// The live fleet page, with the token in the URL's fragment (which browsers never send):
+    /// the page keeps it for its API calls.
+    pub fn page_url(&self) -> String {
+        format!("{}/#token={}", self.api_url, self.token)
+    }
+
     /// Stops the reconcile loop and disconnects from the broker.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -141,7 +156,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let standalone = start(&args).await?;
     let token_file = standalone.data_dir.join("token");
     eprintln!(
-        "edgefleet: control plane up\n  API, /metrics, /artifacts/  {api}\n  MQTT broker                 {mqtt}\n  state                       {dir}\n  token                       {token}\n  artifacts                   {arts} -> {api}/artifacts/\n\nnext: edgefleet apply -f deployment.yaml --server {api}",
+        "edgefleet: control plane up\n  fleet page                  {page}\n  API, /metrics, /artifacts/  {api}\n  MQTT broker                 {mqtt}\n  state                       {dir}\n  token                       {token}\n  artifacts                   {arts} -> {api}/artifacts/\n\nnext: edgefleet apply -f deployment.yaml --server {api}",
+        page = standalone.page_url(),
         api = standalone.api_url,
         mqtt = standalone.broker.url,
         dir = standalone.data_dir.display(),

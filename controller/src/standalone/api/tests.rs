@@ -25,6 +25,7 @@ async fn state() -> ApiState {
         inventory: Arc::new(inventory),
         token: Arc::from("secret"),
         changed: Arc::new(Notify::new()),
+        latency: Default::default(),
     }
 }
 
@@ -175,4 +176,50 @@ async fn apply_get_describe_and_delete() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_fleet_page_loads_without_a_token_and_its_data_needs_one() {
+    let state = state().await;
+    let app = router(state.clone());
+    let response = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let csp = response.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let page = String::from_utf8(page.to_vec()).expect("utf-8");
+    assert!(
+        page.contains("/api/v1/fleet"),
+        "the page reads the fleet API"
+    );
+    assert!(!page.contains("secret"), "the shell carries no token");
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "nothing is fetched from elsewhere"
+    );
+
+    let (status, _) = call(&app, "GET", "/api/v1/fleet", "", "wrong").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, _) = call(&app, "POST", "/api/v1/apply", VALID, "secret").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, fleet) = call(&app, "GET", "/api/v1/fleet", "", "secret").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fleet["deployments"][0]["name"], "default/demo");
+    assert_eq!(fleet["deployments"][0]["phase"], "Pending");
+    assert_eq!(fleet["devicesTotal"], 0);
 }

@@ -77,6 +77,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
     };
     let plane = super::start(&up).await?;
+    eprintln!(
+        "demo: the live fleet page is at {} (--hold keeps it up after the demo)",
+        plane.page_url()
+    );
     let devices = if args.short {
         args.devices.min(5)
     } else {

@@ -309,6 +309,7 @@ impl View {
                 "p95Source": "client-side: wall time of the demo's POST /v2/models/{model}/infer requests to each agent (binary FP32 tensor), for the version in `version`; deployment.variants[].p95LatencyMs is the agents' own telemetry per variant",
                 "wallSeconds": elapsed.as_secs_f64(),
                 "apiUrl": plane.api_url,
+                "pageUrl": plane.page_url(),
             });
             println!("{}", serde_json::to_string_pretty(&summary)?);
             return Ok(());
@@ -329,7 +330,8 @@ impl View {
         );
         print!("{}", crate::standalone::render::describe(&description));
         println!(
-            "\nWhere to look next (while the demo runs with --hold, or after `edgefleet up`):\n  metrics    {api}/metrics\n  describe   edgefleet describe md {DEPLOYMENT} --server {api} --token <{data}/token>\n  devices    edgefleet get devices --server {api}\n  your model edgefleet compress ... then edgefleet apply -f your-deployment.yaml (see controller/STANDALONE.md)",
+            "\nWhere to look next (while the demo runs with --hold, or after `edgefleet up`):\n  fleet page {page}\n  metrics    {api}/metrics\n  describe   edgefleet describe md {DEPLOYMENT} --server {api} --token <{data}/token>\n  devices    edgefleet get devices --server {api}\n  your model edgefleet compress ... then edgefleet apply -f your-deployment.yaml (see controller/STANDALONE.md)",
+            page = plane.page_url(),
             api = self.api_url,
             data = plane.data_dir.display(),
         );
