@@ -14,8 +14,11 @@ use crate::{capabilities, llm};
 pub fn available_backends(config: &Config) -> Vec<Arc<dyn Backend>> {
     #[allow(unused_mut)]
     let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(tract::TractBackend)];
+    tract::set_intra_op_threads(config.intra_op_threads);
     #[cfg(feature = "onnxruntime")]
-    if let Some(b) = ort::OrtBackend::try_new(config.onnxruntime_lib.as_deref()) {
+    if let Some(b) =
+        ort::OrtBackend::try_new(config.onnxruntime_lib.as_deref(), config.intra_op_threads)
+    {
         backends.push(Arc::new(b));
     }
     #[cfg(feature = "llm")]

@@ -72,3 +72,12 @@ fn ocr_classifier_matches_onnxruntime() {
 fn silero_vad_matches_onnxruntime() {
     check_model("silero-vad.onnx");
 }
+
+/// The same outputs with tract's kernels split over two intra-op threads (process-wide; nextest
+/// runs each test in its own process).
+#[test]
+fn outputs_match_with_two_intra_op_threads() {
+    runtime::tract::set_intra_op_threads(2);
+    check_model("orientation.onnx");
+    check_model("ocr-cls.onnx");
+}

@@ -17,7 +17,19 @@ fn library() -> String {
 
 #[test]
 fn onnxruntime_backend_matches_the_references() {
-    let backend = OrtBackend::from_library(&library()).expect("libonnxruntime loads");
+    matches_the_references(OrtBackend::from_library(&library()).expect("libonnxruntime loads"));
+}
+
+#[test]
+fn onnxruntime_matches_the_references_with_two_intra_op_threads() {
+    matches_the_references(
+        OrtBackend::from_library(&library())
+            .expect("libonnxruntime loads")
+            .with_intra_op_threads(2),
+    );
+}
+
+fn matches_the_references(backend: OrtBackend) {
     for file in ["orientation.onnx", "silero-vad.onnx"] {
         let reference = common::reference(file);
         let model = backend
@@ -57,9 +69,9 @@ fn onnxruntime_backend_matches_the_references() {
 #[test]
 fn a_missing_or_broken_library_means_no_onnxruntime() {
     let missing = std::path::Path::new("/nonexistent/libonnxruntime.so");
-    assert!(OrtBackend::try_new(Some(missing)).is_none());
+    assert!(OrtBackend::try_new(Some(missing), 1).is_none());
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("libonnxruntime.so");
     std::fs::write(&broken, b"not a shared library").unwrap();
-    assert!(OrtBackend::try_new(Some(&broken)).is_none());
+    assert!(OrtBackend::try_new(Some(&broken), 1).is_none());
 }

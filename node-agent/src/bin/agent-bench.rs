@@ -106,6 +106,9 @@ struct Args {
     /// The agent binary; default: next to this executable.
     #[arg(long, env = "EDGEFLEET_BENCH_AGENT", default_value_os_t = defaults::agent())]
     agent: PathBuf,
+    /// Intra-op threads, for the agent (`--intra-op-threads`) and the direct tract calls alike.
+    #[arg(long, env = "EDGEFLEET_BENCH_INTRA_OP_THREADS", default_value_t = 1)]
+    intra_op_threads: usize,
 }
 
 struct Kill(Child);
@@ -120,6 +123,7 @@ impl Drop for Kill {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
+    edgefleet_agent::runtime::tract::set_intra_op_threads(args.intra_op_threads);
     for m in MODELS {
         if !args.models.join(m.file).is_file() {
             bail!(
@@ -203,6 +207,8 @@ async fn main() -> anyhow::Result<()> {
                 &broker,
                 "--listen",
                 "127.0.0.1:0",
+                "--intra-op-threads",
+                &args.intra_op_threads.to_string(),
             ])
             .arg("--store")
             .arg(&store)

@@ -30,8 +30,13 @@ pub struct Args {
     pub keep_alive_secs: Option<u64>,
     #[arg(long, env = "EDGEFLEET_AGENT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Inferences run at once (default: the cores).
     #[arg(long, env = "EDGEFLEET_AGENT_INFERENCE_THREADS")]
     pub inference_threads: Option<usize>,
+    /// Threads one inference may use inside an operator (intra-op), for tract and ONNX Runtime
+    /// alike (default: the cores divided by --inference-threads, at least 1).
+    #[arg(long, env = "EDGEFLEET_AGENT_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<usize>,
     /// `libonnxruntime.so` to load (the PyPI `onnxruntime` wheel's `capi/` has one); default:
     /// `ORT_DYLIB_PATH`, else the library search path. Without it the agent runs tract only.
     #[arg(long, env = "EDGEFLEET_AGENT_ONNXRUNTIME_LIB")]

@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub keep_alive_secs: Option<u64>,
     pub max_body_bytes: Option<usize>,
     pub inference_threads: Option<usize>,
+    /// See `--intra-op-threads`.
+    pub intra_op_threads: Option<usize>,
     /// `libonnxruntime.so` to load; see `--onnxruntime-lib`.
     pub onnxruntime_lib: Option<PathBuf>,
     /// PEM ed25519 public keys (or base64 raw keys, one per line) artifacts must be signed by.

@@ -129,6 +129,8 @@ pub struct Config {
     pub keep_alive: Duration,
     pub max_body_bytes: usize,
     pub inference_threads: usize,
+    /// Threads one inference uses inside an operator, the same for every runtime.
+    pub intra_op_threads: usize,
     /// Where to load ONNX Runtime from, if not from `ORT_DYLIB_PATH` or the search path.
     pub onnxruntime_lib: Option<PathBuf>,
     pub trusted_keys: TrustedKeys,

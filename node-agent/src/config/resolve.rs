@@ -79,12 +79,20 @@ impl Config {
         if max_body_bytes < 1024 {
             return Err(err("max_body_bytes", "must be at least 1024"));
         }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let inference_threads = args
             .inference_threads
             .or(file.inference_threads)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            .unwrap_or(cores);
         if inference_threads == 0 {
             return Err(err("inference_threads", "must be at least 1"));
+        }
+        let intra_op_threads = args
+            .intra_op_threads
+            .or(file.intra_op_threads)
+            .unwrap_or_else(|| default_intra_op_threads(cores, inference_threads));
+        if intra_op_threads == 0 {
+            return Err(err("intra_op_threads", "must be at least 1"));
         }
         let trusted_keys = match args
             .trusted_keys_file
@@ -197,6 +205,7 @@ impl Config {
             keep_alive: Duration::from_secs(keep_alive),
             max_body_bytes,
             inference_threads,
+            intra_op_threads,
             onnxruntime_lib: args.onnxruntime_lib.clone().or(file.onnxruntime_lib),
             trusted_keys,
             tls,
@@ -207,6 +216,13 @@ impl Config {
             test,
         })
     }
+}
+
+/// The cores shared by the inferences that may run at once: one inference alone on a 4-core
+/// device with `--inference-threads 1` gets 4 threads; by default (as many inferences as cores)
+/// each gets 1, so a busy device is never oversubscribed.
+pub fn default_intra_op_threads(cores: usize, inference_threads: usize) -> usize {
+    cores.checked_div(inference_threads).unwrap_or(1).max(1)
 }
 
 fn apply<T>(slot: &mut T, value: Option<impl Into<T>>) {
@@ -277,6 +293,28 @@ mod tests {
         );
         assert_eq!(c.test.extra_latency("int8"), Duration::from_millis(40));
         assert_eq!(c.test.extra_latency("fp32"), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn intra_op_threads_share_the_cores_between_concurrent_inferences() {
+        assert_eq!(default_intra_op_threads(4, 1), 4);
+        assert_eq!(default_intra_op_threads(4, 2), 2);
+        assert_eq!(default_intra_op_threads(2, 2), 1);
+        assert_eq!(default_intra_op_threads(2, 8), 1, "never below one");
+        let file = parse_file("inference_threads = 1\nintra_op_threads = 3\n").expect("valid toml");
+        let c = Config::resolve(file, &args()).expect("valid");
+        assert_eq!((c.inference_threads, c.intra_op_threads), (1, 3));
+        let mut a = args();
+        a.intra_op_threads = Some(2);
+        let file = parse_file("intra_op_threads = 3\n").expect("valid toml");
+        assert_eq!(
+            Config::resolve(file, &a).expect("valid").intra_op_threads,
+            2,
+            "the flag wins"
+        );
+        a.intra_op_threads = Some(0);
+        let e = Config::resolve(FileConfig::default(), &a).unwrap_err();
+        assert_eq!(e.field, "intra_op_threads");
     }
 
     #[test]

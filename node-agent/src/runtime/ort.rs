@@ -17,18 +17,19 @@ use crate::tensor::{DataType, Tensor};
 
 pub struct OrtBackend {
     env: ort::environment::Environment,
+    intra_op_threads: usize,
 }
 
 impl OrtBackend {
     /// The library configured, else named by `ORT_DYLIB_PATH`, else found on the search
     /// path; `None` (logged) when it cannot be loaded.
-    pub fn try_new(configured: Option<&Path>) -> Option<OrtBackend> {
+    pub fn try_new(configured: Option<&Path>, intra_op_threads: usize) -> Option<OrtBackend> {
         let lib = configured
             .map(|p| p.display().to_string())
             .or_else(|| std::env::var("ORT_DYLIB_PATH").ok())
             .unwrap_or_else(|| "libonnxruntime.so".into());
         match OrtBackend::from_library(&lib) {
-            Ok(backend) => Some(backend),
+            Ok(backend) => Some(backend.with_intra_op_threads(intra_op_threads)),
             Err(e) => {
                 tracing::info!(%lib, error = %e, "onnxruntime is not available");
                 None
@@ -42,7 +43,16 @@ impl OrtBackend {
             .with_name("edgefleet-agent")
             .build()
             .map_err(|e| anyhow::anyhow!("onnxruntime environment: {e}"))?;
-        Ok(OrtBackend { env })
+        Ok(OrtBackend {
+            env,
+            intra_op_threads: 1,
+        })
+    }
+
+    /// Threads one session uses inside an operator (ONNX Runtime's intra-op pool).
+    pub fn with_intra_op_threads(mut self, threads: usize) -> OrtBackend {
+        self.intra_op_threads = threads.max(1);
+        self
     }
 }
 
@@ -83,7 +93,7 @@ impl Backend for OrtBackend {
 
     fn load(&self, path: &Path, _hints: &ShapeHints) -> anyhow::Result<Arc<dyn Model>> {
         let session = Session::builder(&self.env)?
-            .with_intra_threads(1)
+            .with_intra_threads(self.intra_op_threads)
             .map_err(|e| anyhow::anyhow!("onnxruntime session options: {e}"))?
             .commit_from_file(path)
             .with_context(|| format!("onnxruntime loading {}", path.display()))?;

@@ -17,6 +17,29 @@ use crate::tensor::{DataType, Tensor};
 
 pub struct TractBackend;
 
+/// Threads one inference uses inside an operator: tract's matrix products and element-wise
+/// kernels split their work over a rayon pool of this many threads (1: the calling thread
+/// alone). Process-wide, like ONNX Runtime's per-session setting it mirrors.
+pub fn set_intra_op_threads(threads: usize) {
+    use tract_linalg::multithread::{Executor, set_default_executor};
+    let executor = if threads > 1 {
+        match rayon::ThreadPoolBuilder::new()
+            .thread_name(|n| format!("tract-intra-op-{n}"))
+            .num_threads(threads)
+            .build()
+        {
+            Ok(pool) => Executor::MultiThread(Arc::new(pool)),
+            Err(e) => {
+                tracing::warn!(threads, error = %e, "cannot start tract's intra-op threads; inference runs on one thread");
+                Executor::SingleThread
+            }
+        }
+    } else {
+        Executor::SingleThread
+    };
+    set_default_executor(executor);
+}
+
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
     inputs: Vec<IoSpec>,
