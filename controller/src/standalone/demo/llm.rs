@@ -147,7 +147,9 @@ pub async fn drive(
     models_dir: &Path,
 ) -> anyhow::Result<()> {
     let client = Client::with_token(&plane.api_url, &plane.token);
-    let min_samples = if args.short { 10 } else { 20 };
+    // p95 is the largest of fewer than 20 samples: the first answer after a model loads (often
+    // several times slower) would then decide a cohort alone. From 20 on it no longer does.
+    let min_samples = if args.short { 20 } else { 30 };
     let (stop_load, stop) = watch::channel(false);
     let targets: Vec<(String, SocketAddr)> =
         agents.iter().map(|a| (a.spec.id.clone(), a.api)).collect();
