@@ -26,6 +26,7 @@ fn manifest(
     offload: &str,
 ) -> String {
     let (uri, sha, size) = file;
+    let variant = smollm2_q4_1_variant(uri, sha, *size);
     format!(
         r#"apiVersion: edgefleet.io/v1alpha1
 kind: ModelDeployment
@@ -35,12 +36,7 @@ spec:
   selector: {{matchLabels: {{tier: {tier}}}}}
   llm: {{contextTokens: {context}, slots: 1}}
   variants:
-  - name: q4-1
-    format: gguf
-    runtime: llamacpp
-    precision: int4
-    gguf: {{quantization: Q4_1, layers: 30, embeddingLength: 576, heads: 9, kvHeads: 3}}
-    artifact: {{uri: "{uri}", sha256: "{sha}", sizeBytes: {size}}}
+{variant}
   rollout:
     steps: [{{percent: 100}}]
     analysis: {{intervalSeconds: 1, minSamples: 1}}

@@ -446,6 +446,7 @@ async fn get_devices_shows_how_far_a_large_download_is() {
         extra_latency_ms: 0,
     };
     let _agent = AgentProc::start(&device, &format!("mqtt://127.0.0.1:{mqtt}"), data.path());
+    let variant = smollm2_q4_1_variant(&uri, &sha, size);
     let manifest = format!(
         r#"apiVersion: edgefleet.io/v1alpha1
 kind: ModelDeployment
@@ -454,12 +455,7 @@ spec:
   model: {{name: smollm2, version: "0.1.2"}}
   llm: {{contextTokens: 512, slots: 1}}
   variants:
-  - name: q4-1
-    format: gguf
-    runtime: llamacpp
-    precision: int4
-    gguf: {{quantization: Q4_1, layers: 30, embeddingLength: 576, heads: 9, kvHeads: 3}}
-    artifact: {{uri: "{uri}", sha256: "{sha}", sizeBytes: {size}}}
+{variant}
 "#
     );
     let out = cli(data.path(), &server, &["apply", "-f", "-"], Some(&manifest));

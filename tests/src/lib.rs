@@ -177,3 +177,16 @@ impl TempPostgres {
         }
     }
 }
+
+/// The `variants:` entry (2-space indented YAML) of PyPI's SmolLM2-135M Q4_1 GGUF served at
+/// `uri`, for deployments the language-model tests apply.
+pub fn smollm2_q4_1_variant(uri: &str, sha256: &str, size_bytes: u64) -> String {
+    format!(
+        "  - name: q4-1
+    format: gguf
+    runtime: llamacpp
+    precision: int4
+    gguf: {{quantization: Q4_1, layers: 30, embeddingLength: 576, heads: 9, kvHeads: 3}}
+    artifact: {{uri: \"{uri}\", sha256: \"{sha256}\", sizeBytes: {size_bytes}}}"
+    )
+}
