@@ -1,14 +1,14 @@
 //! The default backend: tract, pure Rust, optimized once at load and shared by all requests.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use edgefleet_protocol::Runtime;
 use tract_onnx::prelude::{
     DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TDim, TVec,
-    ToDim, TypedModel, TypedRunnableModel,
+    ToDim, TypedModel, TypedRunnableModel, TypedSimpleState,
 };
 use tract_onnx::tract_hir::infer::{Factoid, InferenceOp};
 
@@ -42,6 +42,9 @@ pub fn set_intra_op_threads(threads: usize) {
 
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
+    /// Run states of finished inferences, reused: `plan.run` would build every operator's
+    /// state and scratch space again on each call. One per concurrent inference at most.
+    idle_states: Mutex<Vec<TypedSimpleState>>,
     inputs: Vec<IoSpec>,
     outputs: Vec<IoSpec>,
 }
@@ -98,6 +101,7 @@ impl TractModel {
         let plan = typed.into_runnable().context("building the tract plan")?;
         Ok(TractModel {
             plan,
+            idle_states: Mutex::new(Vec::new()),
             inputs,
             outputs,
         })
@@ -191,7 +195,16 @@ impl Model for TractModel {
             t.as_bytes_mut().copy_from_slice(&input.data);
             values.push(t.into_tvalue());
         }
-        let outputs = self.plan.run(values)?;
+        let idle = self.idle_states.lock().ok().and_then(|mut idle| idle.pop());
+        let mut state = match idle {
+            Some(state) => state,
+            None => self.plan.spawn()?,
+        };
+        let outputs = state.run(values)?;
+        // A failed run's state is dropped with the error above, never reused.
+        if let Ok(mut idle) = self.idle_states.lock() {
+            idle.push(state);
+        }
         outputs
             .iter()
             .map(|v| {
