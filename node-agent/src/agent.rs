@@ -102,6 +102,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         http,
         backends,
         free_limit: config.capabilities.disk_free_mib.map(|mib| mib << 20),
+        memory_override_mib: config
+            .capabilities
+            .memory_available_mib
+            .or(config.capabilities.memory_mib),
         trusted_keys: config.trusted_keys.clone(),
         install_states,
     });

@@ -22,6 +22,13 @@ pub struct Detected {
     pub runtimes: Vec<Runtime>,
 }
 
+/// Memory available now (`MemAvailable`), MiB; `None` where /proc/meminfo cannot be read.
+pub fn available_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let (_, available) = parse_meminfo(&meminfo);
+    (available > 0).then_some(available / 1024)
+}
+
 pub fn detect(store: &Path, runtimes: Vec<Runtime>) -> Detected {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let (total, available) = parse_meminfo(&meminfo);

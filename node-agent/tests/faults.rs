@@ -384,3 +384,43 @@ async fn telemetry_waits_in_the_spool_until_a_controller_is_online() {
     );
     obs.clear_retained(&device).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_would_not_fit_the_announced_memory_is_refused_before_loading() {
+    let server = ArtifactServer::start().await;
+    let small = model_bytes("ocr-cls.onnx");
+    let small_uri = server.add("ocr-cls.onnx", small.clone());
+    let big = model_bytes("orientation.onnx");
+    let big_uri = server.add("orientation.onnx", big.clone());
+    let broker = TestBroker::get();
+    let device = unique_device("memory");
+    let mut obs = Observer::connect(broker.port(), &device).await;
+    let dir = tempfile::tempdir().unwrap();
+    // 8 MiB for models: ocr-cls (0.6 MB file) fits, orientation (6.8 MB, ~9.7 MiB resident) not.
+    let agent = start(
+        &dir.path().join("store"),
+        &device,
+        &broker.url(),
+        &["--memory-mib", "8"],
+    );
+    let text = assignment("ocr/text-direction", "ocr-cls", "fp32", &small_uri, &small);
+    obs.publish_desired(&device, desired(&device, 1, vec![text.clone()]))
+        .await;
+    wait_phase(&mut obs, 1, "ocr/text-direction", ModelPhase::Ready, T).await;
+    let vision = assignment("vision/orientation", "orientation", "fp32", &big_uri, &big);
+    obs.publish_desired(
+        &device,
+        desired(&device, 2, vec![text.clone(), vision.clone()]),
+    )
+    .await;
+    let m = wait_phase(&mut obs, 2, "vision/orientation", ModelPhase::Failed, T).await;
+    let reason = m.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("not loaded: the model needs about 9.7 MiB resident")
+            && reason.contains("more than the 8 MiB this device announced"),
+        "{reason}"
+    );
+    // The model already serving is untouched.
+    wait_serving(&agent, "ocr-cls", &text.artifact.sha256, T).await;
+    obs.clear_retained(&device).await;
+}

@@ -92,9 +92,16 @@ impl Backend for OrtBackend {
     }
 
     fn load(&self, path: &Path, _hints: &ShapeHints) -> anyhow::Result<Arc<dyn Model>> {
+        let options = |e: ort::Error<_>| anyhow::anyhow!("onnxruntime session options: {e}");
         let session = Session::builder(&self.env)?
             .with_intra_threads(self.intra_op_threads)
-            .map_err(|e| anyhow::anyhow!("onnxruntime session options: {e}"))?
+            .map_err(options)?
+            // Fold constant DequantizeLinear (weight-only int8) into fp32 weights at load, as
+            // `edgefleet compress` measures it; left on, ONNX Runtime keeps the pairs for QDQ
+            // fusion and dequantizes every weight per run (1.6-5x slower, BENCHMARKS.md).
+            // Activation-quantized variants use integer operators, which this does not touch.
+            .with_config_entry("session.disable_quant_qdq", "1")
+            .map_err(options)?
             .commit_from_file(path)
             .with_context(|| format!("onnxruntime loading {}", path.display()))?;
         let inputs = session
