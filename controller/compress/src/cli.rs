@@ -35,13 +35,14 @@ pub struct CompressArgs {
     /// Directory for fp32.onnx, the variants, report.json and variants.yaml.
     #[arg(long, env = "EDGEFLEET_COMPRESS_OUT", required = true)]
     pub out: Option<PathBuf>,
-    /// Variants to make, comma-separated.
+    /// Variants to make, comma-separated: fp16 and int8 store weights smaller (same speed as
+    /// fp32); int8-dynamic also quantizes activations at run time, for MatMul-heavy models.
     #[arg(
         long,
         env = "EDGEFLEET_COMPRESS_VARIANTS",
         value_enum,
         value_delimiter = ',',
-        default_value = "fp16,int8"
+        default_value = "fp16,int8,int8-dynamic"
     )]
     pub variants: Vec<VariantKind>,
     /// Tensors with fewer elements stay fp32.

@@ -14,6 +14,7 @@
 //! - [`run`] with [`CompressArgs`]: the CLI.
 
 mod cli;
+pub mod dynamic;
 #[cfg(feature = "gguf")]
 pub mod gguf;
 pub mod measure;
@@ -24,6 +25,7 @@ pub mod report;
 pub mod tensor;
 
 pub use cli::{CompressArgs, CompressCommand, ImportArgs, MeasureArgs, run};
+pub use dynamic::quantize_dynamic;
 #[cfg(feature = "gguf")]
 pub use edgefleet_gguf_quantize::{Quantization as GgufQuantization, quantize as quantize_gguf};
 #[cfg(feature = "gguf")]

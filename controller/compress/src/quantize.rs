@@ -133,7 +133,11 @@ pub fn quantize_symmetric(
 
 /// Moves float `Constant` nodes with at least `min_elements` elements into initializers, so
 /// that both rewrites see weights however the exporter stored them. Semantics are unchanged.
-fn lift_constants(graph: &mut GraphProto, min_elements: usize, ir_version: i64) -> usize {
+pub(crate) fn lift_constants(
+    graph: &mut GraphProto,
+    min_elements: usize,
+    ir_version: i64,
+) -> usize {
     if ir_version < 4 {
         // IR < 4 wants every initializer listed as a graph input too; leave such models alone.
         return 0;

@@ -21,7 +21,7 @@ use tract_onnx::pb::tensor_proto::DataType;
 use crate::measure::{self, Drift, Outputs, TractRunner};
 use crate::quantize::{self, RewriteSummary};
 use crate::tensor::{self, InputSpec, Sample};
-use crate::{CompressError, onnx};
+use crate::{CompressError, dynamic, onnx};
 
 /// One runtime's measurement of one variant.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -360,6 +360,7 @@ pub fn compress(
         let made = match kind {
             VariantKind::Fp16 => quantize::convert_fp16(&bytes, options.quantize),
             VariantKind::Int8 => quantize::quantize_int8(&bytes, options.quantize),
+            VariantKind::Int8Dynamic => dynamic::quantize_dynamic(&bytes, options.quantize),
         };
         let (out, summary) = match made {
             Ok(made) => made,

@@ -330,9 +330,16 @@ fn preference_name(prefer: Preference) -> &'static str {
 fn rank_value(prefer: Preference, variant: &Variant) -> String {
     match prefer {
         Preference::Accuracy => accuracy(variant).map_or("unmeasured".into(), fmt_num),
-        Preference::Latency => latency_hint(variant).map_or("no latency hint".into(), |ms| {
-            format!("{} ms hint", fmt_num(ms))
-        }),
+        // Both numbers it was ranked on: `edgefleet compress` measures them per runtime.
+        Preference::Latency => {
+            let latency = latency_hint(variant).map_or("no latency hint".into(), |ms| {
+                format!("{} ms latency hint", fmt_num(ms))
+            });
+            match accuracy(variant) {
+                Some(a) => format!("{latency}, accuracy {}", fmt_num(a)),
+                None => latency,
+            }
+        }
         Preference::Size => format!("{} bytes", variant.artifact.size_bytes),
     }
 }

@@ -15,7 +15,13 @@ use crate::tensor::ShapeOptions;
 #[serde(rename_all = "lowercase")]
 pub enum VariantKind {
     Fp16,
+    /// Weight-only int8: smaller, same speed as fp32.
     Int8,
+    /// Activations quantized at run time too: MatMuls on integer kernels (faster on ONNX
+    /// Runtime; see `dynamic`).
+    #[value(name = "int8-dynamic")]
+    #[serde(rename = "int8-dynamic")]
+    Int8Dynamic,
 }
 
 impl VariantKind {
@@ -23,13 +29,14 @@ impl VariantKind {
         match self {
             VariantKind::Fp16 => "fp16",
             VariantKind::Int8 => "int8",
+            VariantKind::Int8Dynamic => "int8-dynamic",
         }
     }
 
     pub fn precision(self) -> Precision {
         match self {
             VariantKind::Fp16 => Precision::Fp16,
-            VariantKind::Int8 => Precision::Int8,
+            VariantKind::Int8 | VariantKind::Int8Dynamic => Precision::Int8,
         }
     }
 }
@@ -82,7 +89,11 @@ pub struct CompressOptions {
 impl Default for CompressOptions {
     fn default() -> Self {
         CompressOptions {
-            variants: vec![VariantKind::Fp16, VariantKind::Int8],
+            variants: vec![
+                VariantKind::Fp16,
+                VariantKind::Int8,
+                VariantKind::Int8Dynamic,
+            ],
             quantize: quantize::Options::default(),
             measure: MeasureOptions::default(),
             uri_template: DEFAULT_URI_TEMPLATE.into(),

@@ -8,46 +8,74 @@ pub fn min_memory_mib(size_bytes: u64) -> u64 {
     64 + (3 * size_bytes).div_ceil(1 << 20)
 }
 
-/// The report's variants as CRD variants (those a runtime could run, or that were not measured).
+/// The report's variants as CRD variants. Each variant measured on both runtimes is offered for
+/// both: under its own name for tract and as `NAME-ort` for ONNX Runtime (same artifact), each
+/// with that runtime's measured latency and drift, so `prefer: latency` ranks on what a device
+/// would actually run. A runtime that could not load a variant is not offered it: that is found
+/// here, at compress time, not on devices.
 pub fn variants(report: &Report) -> Vec<Variant> {
-    report
-        .variants
-        .iter()
-        .filter(|v| {
-            // A variant we made that tract cannot run is a bug, not a deployable artifact.
-            v.tract.loaded || v.runtime != Runtime::Tract || v.rewrite.is_none()
-        })
-        .map(|v| {
-            let latency = match v.runtime {
-                Runtime::Tract => v.tract.latency_ms,
-                Runtime::Onnxruntime => v.onnxruntime.as_ref().and_then(|o| o.latency_ms),
-                // The compressor measures ONNX models only.
-                Runtime::Llamacpp => None,
-            };
-            Variant {
-                name: v.name.clone(),
-                artifact: Artifact {
-                    uri: v.uri.clone(),
-                    sha256: v.sha256.clone(),
-                    size_bytes: v.size_bytes,
-                    signature: None,
-                },
-                format: ModelFormat::Onnx,
-                precision: v.precision,
-                runtime: v.runtime,
-                requires: Requirements {
-                    min_memory_mib: min_memory_mib(v.size_bytes),
-                    min_free_disk_mib: (2 * v.size_bytes).div_ceil(1 << 20).max(1),
-                    ..Default::default()
-                },
-                quality: v.accuracy_drift.map(|d| Quality {
-                    accuracy_drift: (d * 1e6).round() / 1e6,
-                    latency_hint_ms: latency.map(|l| (l * 100.0).round() / 100.0),
-                }),
-                gguf: None,
-            }
-        })
-        .collect()
+    let mut out = Vec::new();
+    for v in &report.variants {
+        let runs = match v.runtime {
+            Runtime::Tract => v.tract.loaded,
+            // Unmeasured (no --ort-python) is offered; measured and failed is not.
+            Runtime::Onnxruntime => v.onnxruntime.as_ref().is_none_or(|o| o.loaded),
+            Runtime::Llamacpp => true,
+        };
+        if runs {
+            out.push(crd_variant(v, v.runtime, v.name.clone()));
+        }
+        if v.runtime == Runtime::Tract && v.onnxruntime.as_ref().is_some_and(|o| o.loaded) {
+            out.push(crd_variant(
+                v,
+                Runtime::Onnxruntime,
+                format!("{}{ORT_SUFFIX}", v.name),
+            ));
+        }
+    }
+    out
+}
+
+/// Name suffix of a variant's ONNX Runtime twin.
+pub const ORT_SUFFIX: &str = "-ort";
+
+fn crd_variant(v: &VariantReport, runtime: Runtime, name: String) -> Variant {
+    let measured = match runtime {
+        Runtime::Tract => Some(&v.tract),
+        Runtime::Onnxruntime => v.onnxruntime.as_ref(),
+        // The compressor measures ONNX models only.
+        Runtime::Llamacpp => None,
+    };
+    let latency = measured.and_then(|m| m.latency_ms);
+    let drift = match runtime {
+        Runtime::Onnxruntime if v.runtime == Runtime::Tract => measured
+            .and_then(|m| m.drift.as_ref())
+            .map(Drift::accuracy_drift)
+            .or(v.accuracy_drift),
+        _ => v.accuracy_drift,
+    };
+    Variant {
+        name,
+        artifact: Artifact {
+            uri: v.uri.clone(),
+            sha256: v.sha256.clone(),
+            size_bytes: v.size_bytes,
+            signature: None,
+        },
+        format: ModelFormat::Onnx,
+        precision: v.precision,
+        runtime,
+        requires: Requirements {
+            min_memory_mib: min_memory_mib(v.size_bytes),
+            min_free_disk_mib: (2 * v.size_bytes).div_ceil(1 << 20).max(1),
+            ..Default::default()
+        },
+        quality: drift.map(|d| Quality {
+            accuracy_drift: (d * 1e6).round() / 1e6,
+            latency_hint_ms: latency.map(|l| (l * 100.0).round() / 100.0),
+        }),
+        gguf: None,
+    }
 }
 
 /// A `variants:` block ready to paste under a `ModelDeployment`'s `spec`.
