@@ -12,6 +12,9 @@
 //! tensors, one keep-alive connection) against direct tract calls on the same model and input
 //! in this process.
 
+#[cfg(feature = "onnxruntime")]
+#[path = "agent_bench/compare.rs"]
+mod compare;
 #[path = "shared/defaults.rs"]
 mod defaults;
 
@@ -109,6 +112,17 @@ struct Args {
     /// Intra-op threads, for the agent (`--intra-op-threads`) and the direct tract calls alike.
     #[arg(long, env = "EDGEFLEET_BENCH_INTRA_OP_THREADS", default_value_t = 1)]
     intra_op_threads: usize,
+    /// Instead: each model on tract and on ONNX Runtime in a fresh agent, against ONNX
+    /// Runtime's own Python session (RSS per model, direct, API and Python latency).
+    #[arg(long, env = "EDGEFLEET_BENCH_COMPARE_RUNTIMES")]
+    compare_runtimes: bool,
+    /// `libonnxruntime.so` for the agent and the direct calls; default: the one inside
+    /// `--ort-python`'s onnxruntime package.
+    #[arg(long, env = "EDGEFLEET_BENCH_ONNXRUNTIME_LIB")]
+    onnxruntime_lib: Option<PathBuf>,
+    /// A Python with onnxruntime and numpy (tests/tools/fetch-compress-models.sh makes one).
+    #[arg(long, env = "EDGEFLEET_BENCH_ORT_PYTHON", default_value_os_t = defaults::ort_python())]
+    ort_python: PathBuf,
 }
 
 struct Kill(Child);
@@ -118,6 +132,58 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The given broker, the usual local one, or a private Mosquitto (killed with the guard).
+async fn broker(given: Option<String>, work: &Path) -> anyhow::Result<(String, Option<Kill>)> {
+    if let Some(b) = given {
+        return Ok((b, None));
+    }
+    if std::net::TcpStream::connect("127.0.0.1:1883").is_ok() {
+        return Ok(("mqtt://127.0.0.1:1883".into(), None));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let conf = work.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )?;
+    let private = Kill(
+        Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((format!("mqtt://127.0.0.1:{port}"), Some(private)))
+}
+
+/// Serves `files` by name over HTTP, as a model repository would.
+async fn serve_files(
+    files: std::sync::Arc<std::collections::HashMap<String, Bytes>>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let app = axum::Router::new().route(
+        "/{name}",
+        axum::routing::get(
+            move |axum::extract::Path(name): axum::extract::Path<String>| {
+                let files = files.clone();
+                async move {
+                    files
+                        .get(&name)
+                        .cloned()
+                        .ok_or(axum::http::StatusCode::NOT_FOUND)
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -135,34 +201,17 @@ async fn main() -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
 
-    // A broker: the given one, the usual local one, or a private Mosquitto.
-    let mut _private = None;
-    let broker = match args.broker.clone() {
-        Some(b) => b,
-        None if std::net::TcpStream::connect("127.0.0.1:1883").is_ok() => {
-            "mqtt://127.0.0.1:1883".into()
-        }
-        None => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            let conf = work.join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-            )?;
-            _private = Some(Kill(
-                Command::new("/usr/sbin/mosquitto")
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?,
-            ));
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            format!("mqtt://127.0.0.1:{port}")
-        }
-    };
+    let (broker, _private) = broker(args.broker.clone(), &work).await?;
+    if args.compare_runtimes {
+        #[cfg(feature = "onnxruntime")]
+        let compared = compare::run(&args, &work, &broker).await;
+        #[cfg(not(feature = "onnxruntime"))]
+        let compared: anyhow::Result<()> = Err(anyhow::anyhow!(
+            "--compare-runtimes needs the `onnxruntime` feature"
+        ));
+        let _ = std::fs::remove_dir_all(&work);
+        return compared;
+    }
     let broker_port: u16 = broker.rsplit(':').next().unwrap_or("1883").parse()?;
 
     // Artifact server.
@@ -174,24 +223,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let files = std::sync::Arc::new(files);
-    let app = axum::Router::new().route(
-        "/{name}",
-        axum::routing::get({
-            let files = files.clone();
-            move |axum::extract::Path(name): axum::extract::Path<String>| {
-                let files = files.clone();
-                async move {
-                    files
-                        .get(&name)
-                        .cloned()
-                        .ok_or(axum::http::StatusCode::NOT_FOUND)
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let file_addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let file_addr = serve_files(files.clone()).await?;
 
     let binary_size = std::fs::metadata(&args.agent)
         .with_context(|| format!("agent binary {}", args.agent.display()))?

@@ -13,3 +13,10 @@ pub fn agent() -> PathBuf {
         .map(|exe| exe.with_file_name("edgefleet-agent"))
         .unwrap_or_else(|_| PathBuf::from("edgefleet-agent"))
 }
+
+/// The Python tests/tools/fetch-compress-models.sh sets up, with onnxruntime and numpy.
+#[allow(dead_code)] // agent-bench only
+pub fn ort_python() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/edgefleet/tools/compress-venv/bin/python")
+}
