@@ -96,6 +96,9 @@ impl Backend for OrtBackend {
         let session = Session::builder(&self.env)?
             .with_intra_threads(self.intra_op_threads)
             .map_err(options)?
+            // Operators run one after another (sequential execution): no inter-op pool.
+            .with_inter_threads(1)
+            .map_err(options)?
             // Fold constant DequantizeLinear (weight-only int8) into fp32 weights at load, as
             // `edgefleet compress` measures it; left on, ONNX Runtime keeps the pairs for QDQ
             // fusion and dequantizes every weight per run (1.6-5x slower, BENCHMARKS.md).
@@ -122,10 +125,16 @@ impl Backend for OrtBackend {
     }
 }
 
-fn le<const N: usize>(c: &[u8]) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(c);
-    a
+/// Decodes little-endian elements of `N` bytes into a fresh vector (one pass, no per-element
+/// allocation: inputs of vision models are hundreds of thousands of elements).
+fn decode<T, const N: usize>(data: &[u8], from_le: impl Fn([u8; N]) -> T) -> Vec<T> {
+    let mut out = Vec::with_capacity(data.len() / N);
+    out.extend(data.chunks_exact(N).map(|c| {
+        let mut a = [0u8; N];
+        a.copy_from_slice(c);
+        from_le(a)
+    }));
+    out
 }
 
 fn to_value(t: Tensor) -> anyhow::Result<DynValue> {
@@ -133,37 +142,20 @@ fn to_value(t: Tensor) -> anyhow::Result<DynValue> {
     let d = &t.data;
     Ok(match t.dt {
         DataType::Fp32 => {
-            let v: Vec<f32> = d
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(le(c)))
-                .collect();
-            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+            ort::value::Tensor::from_array((shape, decode(d, f32::from_le_bytes)))?.into_dyn()
         }
         DataType::Fp64 => {
-            let v: Vec<f64> = d
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(le(c)))
-                .collect();
-            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+            ort::value::Tensor::from_array((shape, decode(d, f64::from_le_bytes)))?.into_dyn()
         }
         DataType::Int64 => {
-            let v: Vec<i64> = d
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(le(c)))
-                .collect();
-            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+            ort::value::Tensor::from_array((shape, decode(d, i64::from_le_bytes)))?.into_dyn()
         }
         DataType::Int32 => {
-            let v: Vec<i32> = d
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(le(c)))
-                .collect();
-            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+            ort::value::Tensor::from_array((shape, decode(d, i32::from_le_bytes)))?.into_dyn()
         }
         DataType::Uint8 => ort::value::Tensor::from_array((shape, d.to_vec()))?.into_dyn(),
         DataType::Int8 => {
-            let v: Vec<i8> = d.iter().map(|b| *b as i8).collect();
-            ort::value::Tensor::from_array((shape, v))?.into_dyn()
+            ort::value::Tensor::from_array((shape, decode(d, i8::from_le_bytes)))?.into_dyn()
         }
         DataType::Bool => {
             let v: Vec<bool> = d.iter().map(|b| *b != 0).collect();
@@ -173,22 +165,26 @@ fn to_value(t: Tensor) -> anyhow::Result<DynValue> {
 }
 
 fn from_value(value: &DynValue, dt: DataType) -> anyhow::Result<Tensor> {
-    fn bytes<T: ort::value::PrimitiveTensorElementType + Copy>(
+    fn bytes<T: ort::value::PrimitiveTensorElementType + Copy, const N: usize>(
         value: &DynValue,
-        encode: impl Fn(T) -> Vec<u8>,
+        encode: impl Fn(T) -> [u8; N],
     ) -> anyhow::Result<(Vec<usize>, Bytes)> {
         let (shape, data) = value.try_extract_tensor::<T>()?;
         let shape = shape.iter().map(|d| *d as usize).collect();
-        Ok((shape, data.iter().flat_map(|v| encode(*v)).collect()))
+        let mut out = Vec::with_capacity(data.len() * N);
+        for v in data {
+            out.extend_from_slice(&encode(*v));
+        }
+        Ok((shape, Bytes::from(out)))
     }
     let (shape, data) = match dt {
-        DataType::Fp32 => bytes::<f32>(value, |v| v.to_le_bytes().to_vec())?,
-        DataType::Fp64 => bytes::<f64>(value, |v| v.to_le_bytes().to_vec())?,
-        DataType::Int64 => bytes::<i64>(value, |v| v.to_le_bytes().to_vec())?,
-        DataType::Int32 => bytes::<i32>(value, |v| v.to_le_bytes().to_vec())?,
-        DataType::Uint8 => bytes::<u8>(value, |v| vec![v])?,
-        DataType::Int8 => bytes::<i8>(value, |v| vec![v as u8])?,
-        DataType::Bool => bytes::<bool>(value, |v| vec![u8::from(v)])?,
+        DataType::Fp32 => bytes(value, f32::to_le_bytes)?,
+        DataType::Fp64 => bytes(value, f64::to_le_bytes)?,
+        DataType::Int64 => bytes(value, i64::to_le_bytes)?,
+        DataType::Int32 => bytes(value, i32::to_le_bytes)?,
+        DataType::Uint8 => bytes(value, |v: u8| [v])?,
+        DataType::Int8 => bytes(value, i8::to_le_bytes)?,
+        DataType::Bool => bytes(value, |v: bool| [u8::from(v)])?,
     };
     Ok(Tensor { dt, shape, data })
 }
