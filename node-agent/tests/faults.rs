@@ -396,12 +396,13 @@ async fn a_model_that_would_not_fit_the_announced_memory_is_refused_before_loadi
     let device = unique_device("memory");
     let mut obs = Observer::connect(broker.port(), &device).await;
     let dir = tempfile::tempdir().unwrap();
-    // 8 MiB for models: ocr-cls (0.6 MB file) fits, orientation (6.8 MB, ~9.7 MiB resident) not.
+    // 60 MiB for models: ocr-cls (0.6 MB file, ~32.8 MiB estimated) fits; orientation (6.8 MB,
+    // ~41.7 MiB) does not fit beside it.
     let agent = start(
         &dir.path().join("store"),
         &device,
         &broker.url(),
-        &["--memory-mib", "8"],
+        &["--memory-mib", "60"],
     );
     let text = assignment("ocr/text-direction", "ocr-cls", "fp32", &small_uri, &small);
     obs.publish_desired(&device, desired(&device, 1, vec![text.clone()]))
@@ -416,8 +417,9 @@ async fn a_model_that_would_not_fit_the_announced_memory_is_refused_before_loadi
     let m = wait_phase(&mut obs, 2, "vision/orientation", ModelPhase::Failed, T).await;
     let reason = m.reason.as_deref().unwrap();
     assert!(
-        reason.contains("not loaded: the model needs about 9.7 MiB resident")
-            && reason.contains("more than the 8 MiB this device announced"),
+        reason.contains("not loaded: the model needs about 41.7 MiB resident")
+            && reason.contains("already loaded hold about 32.8 MiB")
+            && reason.contains("more than the 60 MiB this device announced"),
         "{reason}"
     );
     // The model already serving is untouched.
