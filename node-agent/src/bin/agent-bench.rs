@@ -67,12 +67,17 @@ fn values(shape: &[usize]) -> Vec<f32> {
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `RssAnon`: heap and stacks, not code pages).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field}"))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

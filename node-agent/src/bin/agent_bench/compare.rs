@@ -22,7 +22,7 @@ use edgefleet_protocol::{
     Artifact, ModelRef, Precision, Runtime, SelfTest, SelfTestInput, TensorDatatype,
 };
 
-use super::{Args, Kill, Stats, rss_kib, stats};
+use super::{Args, Kill, Stats, stats, status_kib};
 
 struct Input {
     name: &'static str,
@@ -114,8 +114,11 @@ struct Row {
     model: &'static str,
     file_bytes: u64,
     runtime: Runtime,
+    /// VmRSS growth: includes the runtime's code paged in on first use.
     rss_load_kib: i64,
-    rss_run_kib: i64,
+    /// RssAnon growth (heap: weights, plans, buffers), at load and after the requests.
+    anon_load_kib: i64,
+    anon_run_kib: i64,
     direct: Stats,
     api: Stats,
 }
@@ -138,10 +141,15 @@ pub async fn run(args: &Args, work: &Path, broker: &str) -> anyhow::Result<()> {
     }
     let files = Arc::new(files);
     let file_addr = super::serve_files(files.clone()).await?;
+    // ONNX Runtime allows one environment per process: one backend for every direct run.
+    let ort = OrtBackend::from_library(&lib.display().to_string())?
+        .with_intra_op_threads(args.intra_op_threads);
     let mut rows = Vec::new();
     let mut python = Vec::new();
     for m in MODELS {
-        for runtime in [Runtime::Tract, Runtime::Onnxruntime] {
+        let backends: [&dyn Backend; 2] = [&TractBackend, &ort];
+        for backend in backends {
+            let runtime = backend.runtime();
             let row = measure(
                 args,
                 work,
@@ -150,7 +158,7 @@ pub async fn run(args: &Args, work: &Path, broker: &str) -> anyhow::Result<()> {
                 file_addr,
                 &files[m.file],
                 m,
-                runtime,
+                backend,
             )
             .await
             .with_context(|| format!("{} on {}", m.name, runtime.as_str()))?;
@@ -160,33 +168,35 @@ pub async fn run(args: &Args, work: &Path, broker: &str) -> anyhow::Result<()> {
     }
 
     println!(
-        "| model | file | runtime | RSS added at load (x file) | RSS added after the requests (x file) | direct p50 / p99 ms | agent API p50 / p99 ms | ORT Python session p50 / p99 ms | API p50 / Python p50 |"
+        "| model | file | runtime | VmRSS added at load | heap (RssAnon) added at load (x file) | heap added after the requests (x file) | direct p50 / p99 ms | agent API p50 / p99 ms | ORT Python session p50 / p99 ms | direct / Python p50 | API / Python p50 |"
     );
-    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mib = |kib: i64| kib as f64 / 1024.0;
     for (i, r) in rows.iter().enumerate() {
         let py = &python[i / 2];
         let file_mib = r.file_bytes as f64 / 1048576.0;
         println!(
-            "| {} | {:.2} MiB | {} | {:.1} MiB ({:.2}x) | {:.1} MiB ({:.2}x) | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} | {:.2}x |",
+            "| {} | {:.2} MiB | {} | {:.1} MiB | {:.1} MiB ({:.2}x) | {:.1} MiB ({:.2}x) | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} | {:.2}x | {:.2}x |",
             r.model,
             file_mib,
             r.runtime.as_str(),
             mib(r.rss_load_kib),
-            mib(r.rss_load_kib) / file_mib,
-            mib(r.rss_run_kib),
-            mib(r.rss_run_kib) / file_mib,
+            mib(r.anon_load_kib),
+            mib(r.anon_load_kib) / file_mib,
+            mib(r.anon_run_kib),
+            mib(r.anon_run_kib) / file_mib,
             r.direct.p50,
             r.direct.p99,
             r.api.p50,
             r.api.p99,
             py.p50,
             py.p99,
+            r.direct.p50 / py.p50,
             r.api.p50 / py.p50,
         );
     }
     println!(
-        "\n{} timed runs per cell after 50 warm-up ones, {} intra-op thread(s) everywhere; a fresh agent per row (RSS: VmRSS growth from the idle agent); direct = the agent's backend called in this process; ONNX Runtime {} through {}.",
+        "\n{} timed runs per cell after 50 warm-up ones, {} intra-op thread(s) everywhere; a fresh agent per row (growth of VmRSS and RssAnon from the idle agent); direct = the agent's backend called in this process; ONNX Runtime {} through {}.",
         args.iterations,
         args.intra_op_threads,
         python.first().map_or("?", |p| p.version.as_str()),
@@ -304,8 +314,9 @@ async fn measure(
     file_addr: std::net::SocketAddr,
     bytes: &Bytes,
     m: &CompareModel,
-    runtime: Runtime,
+    backend: &dyn Backend,
 ) -> anyhow::Result<Row> {
+    let runtime = backend.runtime();
     let device = format!(
         "bench-{}-{}-{}",
         std::process::id(),
@@ -341,7 +352,8 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = rss_kib(pid)? as i64;
+    let idle = status_kib(pid, "VmRSS")? as i64;
+    let idle_anon = status_kib(pid, "RssAnon")? as i64;
 
     let broker_port: u16 = broker.rsplit(':').next().unwrap_or("1883").parse()?;
     let mut o = MqttOptions::new(format!("{device}-ctl"), "127.0.0.1", broker_port);
@@ -409,9 +421,10 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let loaded = rss_kib(pid)? as i64;
+    let loaded = status_kib(pid, "VmRSS")? as i64;
+    let loaded_anon = status_kib(pid, "RssAnon")? as i64;
     let api = time_api(&http, &addr, m, args.iterations).await?;
-    let after = rss_kib(pid)? as i64;
+    let after_anon = status_kib(pid, "RssAnon")? as i64;
     let _ = client
         .publish(topic, QoS::AtLeastOnce, true, Vec::new())
         .await;
@@ -419,13 +432,14 @@ async fn measure(
     poller.abort();
     let _ = std::fs::remove_dir_all(&store);
 
-    let direct = time_direct(args, &args.models.join(m.file), lib, m, runtime)?;
+    let direct = time_direct(args, &args.models.join(m.file), m, backend)?;
     Ok(Row {
         model: m.name,
         file_bytes: bytes.len() as u64,
         runtime,
         rss_load_kib: loaded - idle,
-        rss_run_kib: after - idle,
+        anon_load_kib: loaded_anon - idle_anon,
+        anon_run_kib: after_anon - idle_anon,
         direct,
         api,
     })
@@ -434,17 +448,9 @@ async fn measure(
 fn time_direct(
     args: &Args,
     path: &Path,
-    lib: &Path,
     m: &CompareModel,
-    runtime: Runtime,
+    backend: &dyn Backend,
 ) -> anyhow::Result<Stats> {
-    let backend: Box<dyn Backend> = match runtime {
-        Runtime::Onnxruntime => Box::new(
-            OrtBackend::from_library(&lib.display().to_string())?
-                .with_intra_op_threads(args.intra_op_threads),
-        ),
-        _ => Box::new(TractBackend),
-    };
     let hints = m
         .inputs
         .iter()
