@@ -390,6 +390,18 @@ pub fn compress(
         report.accuracy_drift = accuracy_drift(&report);
         variants.push(report);
     }
+    // Say in the report why an activation-quantized variant is not offered on a runtime.
+    let measured = variants.clone();
+    for v in &mut variants {
+        for runtime in [Runtime::Tract, Runtime::Onnxruntime] {
+            if let Some((mine, fp32)) = render::slower_than_fp32(&measured, v, runtime) {
+                v.notes.push(format!(
+                    "not offered for {}: {mine:.2} ms there against fp32's {fp32:.2} ms",
+                    runtime.as_str()
+                ));
+            }
+        }
+    }
     let report = Report {
         model: model_name,
         reference: model_path.to_path_buf(),

@@ -22,10 +22,13 @@ pub fn variants(report: &Report) -> Vec<Variant> {
             Runtime::Onnxruntime => v.onnxruntime.as_ref().is_none_or(|o| o.loaded),
             Runtime::Llamacpp => true,
         };
-        if runs {
+        if runs && slower_than_fp32(&report.variants, v, v.runtime).is_none() {
             out.push(crd_variant(v, v.runtime, v.name.clone()));
         }
-        if v.runtime == Runtime::Tract && v.onnxruntime.as_ref().is_some_and(|o| o.loaded) {
+        if v.runtime == Runtime::Tract
+            && v.onnxruntime.as_ref().is_some_and(|o| o.loaded)
+            && slower_than_fp32(&report.variants, v, Runtime::Onnxruntime).is_none()
+        {
             out.push(crd_variant(
                 v,
                 Runtime::Onnxruntime,
@@ -34,6 +37,27 @@ pub fn variants(report: &Report) -> Vec<Variant> {
         }
     }
     out
+}
+
+/// For an activation-quantized variant (whose only point is speed), measured slower than fp32
+/// on `runtime`: both latencies. Such a variant is not offered for that runtime, where it would
+/// only win on size (tract runs MatMulInteger without integer kernels: MiniLM 340 ms vs 7 ms).
+pub fn slower_than_fp32(
+    all: &[VariantReport],
+    v: &VariantReport,
+    runtime: Runtime,
+) -> Option<(f64, f64)> {
+    if v.name != VariantKind::Int8Dynamic.name() {
+        return None;
+    }
+    let latency = |v: &VariantReport| match runtime {
+        Runtime::Tract => v.tract.latency_ms,
+        Runtime::Onnxruntime => v.onnxruntime.as_ref().and_then(|o| o.latency_ms),
+        Runtime::Llamacpp => None,
+    };
+    let fp32 = all.iter().find(|r| r.name == "fp32")?;
+    let (mine, reference) = (latency(v)?, latency(fp32)?);
+    (mine >= reference).then_some((mine, reference))
 }
 
 /// Name suffix of a variant's ONNX Runtime twin.
