@@ -433,3 +433,63 @@ proptest! {
         }
     }
 }
+
+/// What `edgefleet compress` writes for MiniLM (measured numbers, BENCHMARKS.md): fp32 and
+/// int8 on both runtimes, int8-dynamic on ONNX Runtime only.
+fn compressed_minilm() -> Vec<Variant> {
+    let make = |name: &str, precision, runtime, drift, ms| {
+        let mut v = with_hint(variant(name, precision, Some(drift)), ms);
+        v.runtime = runtime;
+        v
+    };
+    vec![
+        make("fp32", Precision::Fp32, Runtime::Tract, 0.0, 6.94),
+        make("fp32-ort", Precision::Fp32, Runtime::Onnxruntime, 0.0, 5.94),
+        make("int8", Precision::Int8, Runtime::Tract, 0.0003, 49.96),
+        make(
+            "int8-ort",
+            Precision::Int8,
+            Runtime::Onnxruntime,
+            0.0003,
+            6.50,
+        ),
+        make(
+            "int8-dynamic-ort",
+            Precision::Int8,
+            Runtime::Onnxruntime,
+            0.0332,
+            3.59,
+        ),
+    ]
+}
+
+#[test]
+fn prefer_latency_picks_per_runtime_on_measured_numbers_within_min_accuracy() {
+    let mut s = spec("1", compressed_minilm());
+    s.selection.prefer = Preference::Latency;
+    let mut with_ort = device("ort");
+    with_ort.runtimes = [Runtime::Tract, Runtime::Onnxruntime].into();
+    let tract_only = device("tract");
+
+    let choice = choose_variant(&with_ort, &s);
+    assert_eq!(fits(&choice), "int8-dynamic-ort");
+    assert!(
+        choice
+            .to_string()
+            .contains("ranked first by latency (3.59 ms latency hint, accuracy 0.9668)"),
+        "{choice}"
+    );
+    // A tract-only device never sees the ONNX Runtime variants; fp32 is its fastest.
+    assert_eq!(fits(&choose_variant(&tract_only, &s)), "fp32");
+
+    // A floor above int8-dynamic's measured accuracy: the next fastest that holds it.
+    s.selection.min_accuracy = Some(0.99);
+    let choice = choose_variant(&with_ort, &s);
+    assert_eq!(fits(&choice), "fp32-ort");
+    assert!(
+        choice
+            .to_string()
+            .contains("int8-dynamic-ort has accuracy 0.9668 below minAccuracy 0.99"),
+        "{choice}"
+    );
+}
