@@ -14,6 +14,7 @@ use edgefleet_protocol::wire::Hello;
 
 use crate::capabilities;
 use crate::config::Config;
+use crate::install::memory::Announced;
 use crate::install::repository::InstallStates;
 use crate::install::store::Store;
 use crate::install::supervisor::{InstallContext, Supervisor};
@@ -102,10 +103,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         http,
         backends,
         free_limit: config.capabilities.disk_free_mib.map(|mib| mib << 20),
-        memory_override_mib: config
+        memory: match config
             .capabilities
             .memory_available_mib
-            .or(config.capabilities.memory_mib),
+            .or(config.capabilities.memory_mib)
+        {
+            Some(mib) => Announced::Fixed(mib),
+            None => Announced::Detected(capabilities::available_memory_mib),
+        },
         trusted_keys: config.trusted_keys.clone(),
         install_states,
     });

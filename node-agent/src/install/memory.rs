@@ -3,6 +3,42 @@
 //! it, so the agent refuses it with a reason the controller shows instead.
 
 use edgefleet_protocol::Runtime;
+use edgefleet_protocol::wire::Assignment;
+
+/// The memory a device announced for models.
+#[derive(Clone, Copy, Debug)]
+pub enum Announced {
+    /// A capability override, MiB: the models already loaded count against it.
+    Fixed(u64),
+    /// What the kernel reports available at the time of asking (`MemAvailable`, MiB), which
+    /// already excludes the models loaded; `None` where it cannot be read (nothing is refused).
+    Detected(fn() -> Option<u64>),
+}
+
+impl Announced {
+    /// [`check_fits`] for `assignment` beside the `loaded` ones (the one it replaces, of the
+    /// same deployment, excluded).
+    pub fn check<'a>(
+        &self,
+        assignment: &Assignment,
+        loaded: impl IntoIterator<Item = &'a Assignment>,
+    ) -> Result<(), String> {
+        let (bytes, runtime) = (assignment.artifact.size_bytes, assignment.runtime);
+        match *self {
+            Announced::Fixed(mib) => {
+                let others = loaded
+                    .into_iter()
+                    .filter(|other| other.deployment != assignment.deployment)
+                    .map(|other| (other.artifact.size_bytes, other.runtime));
+                check_fits(mib, bytes, runtime, others)
+            }
+            Announced::Detected(available) => match available() {
+                Some(mib) => check_fits(mib, bytes, runtime, []),
+                None => Ok(()),
+            },
+        }
+    }
+}
 
 /// Heap an ONNX model takes, per byte of its file plus a fixed part (plan, arenas, scratch
 /// space): an upper bound of what `agent-bench --compare-runtimes` measured on both runtimes
@@ -100,6 +136,41 @@ mod tests {
         assert_eq!(check_fits(100, 4 * MB, Runtime::Tract, others), Ok(()));
         let why = check_fits(99, 4 * MB, Runtime::Tract, others).expect_err("100 > 99");
         assert!(why.contains("already loaded hold about 62.0 MiB"), "{why}");
+    }
+
+    fn sized(deployment: &str, mib: u64) -> Assignment {
+        let mut a = crate::testutil::assignment(deployment, "m", 'a');
+        a.artifact.size_bytes = mib * MB;
+        a
+    }
+
+    #[test]
+    fn a_fixed_announcement_counts_the_other_deployments_but_not_the_one_replaced() {
+        let loaded = [sized("d/old", 20), sized("d/other", 4)];
+        // Replacing d/old (20 MiB) with 20 MiB beside d/other: 62 + 38 = 100 MiB.
+        let announced = Announced::Fixed(100);
+        assert_eq!(announced.check(&sized("d/old", 20), &loaded), Ok(()));
+        // A third deployment would also count d/old: 62 + 62 + 38 > 100.
+        assert!(announced.check(&sized("d/new", 20), &loaded).is_err());
+    }
+
+    #[test]
+    fn detected_memory_is_read_when_asked_and_already_excludes_loaded_models() {
+        let loaded = [sized("d/big", 500)];
+        assert_eq!(
+            Announced::Detected(|| Some(62)).check(&sized("d/new", 20), &loaded),
+            Ok(())
+        );
+        assert!(
+            Announced::Detected(|| Some(61))
+                .check(&sized("d/new", 20), &loaded)
+                .is_err()
+        );
+        // Unknown (no /proc/meminfo): nothing is refused on a guess.
+        assert_eq!(
+            Announced::Detected(|| None).check(&sized("d/new", 9999), &loaded),
+            Ok(())
+        );
     }
 
     #[test]

@@ -34,10 +34,8 @@ pub struct InstallContext {
     pub backends: Vec<Arc<dyn Backend>>,
     /// Caps the free disk space believed available (capability override).
     pub free_limit: Option<u64>,
-    /// Memory announced as available to models (capability override), MiB: a model that would
-    /// not fit beside those loaded is refused before loading. Without an override the agent
-    /// announces what the kernel reports available, which already excludes loaded models.
-    pub memory_override_mib: Option<u64>,
+    /// The memory the agent announced, which a model must fit before it is loaded.
+    pub memory: memory::Announced,
     pub trusted_keys: TrustedKeys,
     /// Where the repository index reads the install phases from.
     pub install_states: Arc<InstallStates>,
@@ -585,23 +583,8 @@ async fn load_and_test(
             a.runtime.as_str()
         )
     })?;
-    let fits = match ctx.memory_override_mib {
-        Some(announced) => {
-            let others = ctx
-                .registry
-                .all()
-                .into_iter()
-                .filter(|s| s.assignment.deployment != a.deployment)
-                .map(|s| (s.assignment.artifact.size_bytes, s.assignment.runtime))
-                .collect::<Vec<_>>();
-            memory::check_fits(announced, a.artifact.size_bytes, a.runtime, others)
-        }
-        None => match crate::capabilities::available_memory_mib() {
-            Some(available) => memory::check_fits(available, a.artifact.size_bytes, a.runtime, []),
-            None => Ok(()),
-        },
-    };
-    fits?;
+    let loaded = ctx.registry.all();
+    ctx.memory.check(a, loaded.iter().map(|s| &s.assignment))?;
     let assignment = a.clone();
     tokio::task::spawn_blocking(move || {
         let test = assignment.self_test.as_ref();
