@@ -191,6 +191,87 @@ async fn serve_files(
     Ok(addr)
 }
 
+/// A bench agent with an empty store: killed when dropped.
+struct BenchAgent {
+    _process: Kill,
+    pid: u32,
+    /// Its local API, `host:port`.
+    addr: String,
+}
+
+/// Starts `edgefleet-agent` as `device` on `broker` with a fresh `store`, waits for its API.
+async fn start_agent(
+    args: &Args,
+    device: &str,
+    broker: &str,
+    store: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> anyhow::Result<BenchAgent> {
+    let process = Kill(
+        Command::new(&args.agent)
+            .args([
+                "--device-id",
+                device,
+                "--broker",
+                broker,
+                "--listen",
+                "127.0.0.1:0",
+                "--intra-op-threads",
+                &args.intra_op_threads.to_string(),
+            ])
+            .args(extra)
+            .arg("--store")
+            .arg(store)
+            .env("EDGEFLEET_AGENT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let pid = process.0.id();
+    let addr = loop {
+        if let Ok(s) = std::fs::read_to_string(store.join("listen-addr")) {
+            break s.trim().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok(BenchAgent {
+        _process: process,
+        pid,
+        addr,
+    })
+}
+
+/// An MQTT client that plays the controller for `device` (its event loop polled in the
+/// background until the returned task is aborted or the broker goes away).
+fn control_client(
+    device: &str,
+    broker: &str,
+) -> anyhow::Result<(AsyncClient, tokio::task::JoinHandle<()>)> {
+    let port: u16 = broker.rsplit(':').next().unwrap_or("1883").parse()?;
+    let mut o = MqttOptions::new(format!("{device}-ctl"), "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(o, 16);
+    let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    Ok((client, poller))
+}
+
+/// Waits up to two minutes for the agent at `addr` to serve `model`.
+async fn wait_ready(http: &reqwest::Client, addr: &str, model: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = http
+            .get(format!("http://{addr}/v2/models/{model}"))
+            .send()
+            .await?;
+        if r.status().is_success() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{model} did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
@@ -217,7 +298,6 @@ async fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&work);
         return compared;
     }
-    let broker_port: u16 = broker.rsplit(':').next().unwrap_or("1883").parse()?;
 
     // Artifact server.
     let mut files = std::collections::HashMap::new();
@@ -235,38 +315,12 @@ async fn main() -> anyhow::Result<()> {
         .len();
     let device = format!("bench-{}", std::process::id());
     let store = work.join("store");
-    let agent = Kill(
-        Command::new(&args.agent)
-            .args([
-                "--device-id",
-                &device,
-                "--broker",
-                &broker,
-                "--listen",
-                "127.0.0.1:0",
-                "--intra-op-threads",
-                &args.intra_op_threads.to_string(),
-            ])
-            .arg("--store")
-            .arg(&store)
-            .env("EDGEFLEET_AGENT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let pid = agent.0.id();
-    let addr = loop {
-        if let Ok(s) = std::fs::read_to_string(store.join("listen-addr")) {
-            break s.trim().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let agent = start_agent(&args, &device, &broker, &store, &[]).await?;
+    let (pid, addr) = (agent.pid, agent.addr.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = rss_kib(pid)?;
 
-    let mut o = MqttOptions::new(format!("{device}-ctl"), "127.0.0.1", broker_port);
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(o, 16);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let (client, _poller) = control_client(&device, &broker)?;
     let http = reqwest::Client::new();
     let mut assignments = Vec::new();
     let mut rss_rows = Vec::new();
@@ -313,20 +367,7 @@ async fn main() -> anyhow::Result<()> {
         client
             .publish(topic, QoS::AtLeastOnce, false, wire::encode(&doc))
             .await?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let r = http
-                .get(format!("http://{addr}/v2/models/{}", m.name))
-                .send()
-                .await?;
-            if r.status().is_success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not become ready", m.name);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(&http, &addr, m.name).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         rss_rows.push((m.name, rss_kib(pid)?));
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::QoS;
 
 use edgefleet_agent::install::pull::sha256_hex;
 use edgefleet_agent::runtime::ort::OrtBackend;
@@ -22,7 +22,7 @@ use edgefleet_protocol::{
     Artifact, ModelRef, Precision, Runtime, SelfTest, SelfTestInput, TensorDatatype,
 };
 
-use super::{Args, Kill, Stats, stats, status_kib};
+use super::{Args, Stats, control_client, start_agent, stats, status_kib, wait_ready};
 
 struct Input {
     name: &'static str,
@@ -324,42 +324,20 @@ async fn measure(
         runtime.as_str()
     );
     let store = work.join(&device);
-    let agent = Kill(
-        Command::new(&args.agent)
-            .args([
-                "--device-id",
-                &device,
-                "--broker",
-                broker,
-                "--listen",
-                "127.0.0.1:0",
-                "--intra-op-threads",
-                &args.intra_op_threads.to_string(),
-            ])
-            .arg("--onnxruntime-lib")
-            .arg(lib)
-            .arg("--store")
-            .arg(&store)
-            .env("EDGEFLEET_AGENT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let pid = agent.0.id();
-    let addr = loop {
-        if let Ok(s) = std::fs::read_to_string(store.join("listen-addr")) {
-            break s.trim().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let agent = start_agent(
+        args,
+        &device,
+        broker,
+        &store,
+        &["--onnxruntime-lib".as_ref(), lib.as_os_str()],
+    )
+    .await?;
+    let (pid, addr) = (agent.pid, agent.addr.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = status_kib(pid, "VmRSS")? as i64;
     let idle_anon = status_kib(pid, "RssAnon")? as i64;
 
-    let broker_port: u16 = broker.rsplit(':').next().unwrap_or("1883").parse()?;
-    let mut o = MqttOptions::new(format!("{device}-ctl"), "127.0.0.1", broker_port);
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(o, 16);
-    let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let (client, poller) = control_client(&device, broker)?;
     let assignment = Assignment {
         deployment: format!("bench/{}", m.name),
         model: ModelRef {
@@ -406,20 +384,9 @@ async fn measure(
         .publish(topic.clone(), QoS::AtLeastOnce, false, wire::encode(&doc))
         .await?;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let r = http
-            .get(format!("http://{addr}/v2/models/{}", m.name))
-            .send()
-            .await?;
-        if r.status().is_success() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("{} did not become ready on {}", m.name, runtime.as_str());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&http, &addr, m.name)
+        .await
+        .with_context(|| format!("on {}", runtime.as_str()))?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let loaded = status_kib(pid, "VmRSS")? as i64;
     let loaded_anon = status_kib(pid, "RssAnon")? as i64;
