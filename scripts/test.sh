@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole EdgeFleet test suite on a fresh machine: installs and starts what the tests need
 # (PostgreSQL, Mosquitto, Prometheus, Python tools, kubectl/helm, the C/C++ tools llama.cpp
-# builds with, real models, Chromium and Playwright for the fleet page), then runs
+# builds with, real models, Chromium and Playwright for the fleet page, two OCI registries
+# (Debian's docker-registry) and the oras client), then runs
 # the format check, clippy and every test. CI (.ci/run) runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ ensure_k8s_tools
 ensure_llama_build_deps
 ensure_models
 ensure_browser
+ensure_registry
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

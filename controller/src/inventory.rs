@@ -13,6 +13,7 @@ use crate::store::{DeviceWrite, ModelReport, Store, StoreError};
 
 mod downloads;
 mod presence;
+mod sites;
 pub use downloads::Progress;
 pub use presence::Presence;
 
@@ -36,9 +37,17 @@ pub struct Inventory {
     online: std::sync::atomic::AtomicI64,
     offline: std::sync::atomic::AtomicI64,
     downloads: downloads::Downloads,
+    site_fetches: sites::SiteFetches,
+    /// The device label that names a device's site (for the per-site download view).
+    site_label: RwLock<String>,
 }
 
 impl Inventory {
+    /// Which device label names a device's site (default `site`).
+    pub fn set_site_label(&self, label: &str) {
+        *self.site_label.write().unwrap_or_else(|p| p.into_inner()) = label.to_string();
+    }
+
     pub async fn load(store: Store, metrics: Metrics) -> Result<Self, StoreError> {
         let mut devices = BTreeMap::new();
         for stored in store.load_devices().await? {
@@ -66,6 +75,8 @@ impl Inventory {
             metrics,
             changes,
             downloads: Default::default(),
+            site_fetches: Default::default(),
+            site_label: RwLock::new("site".into()),
         };
         inventory.update_gauges();
         Ok(inventory)
@@ -220,6 +231,19 @@ impl Inventory {
             self.downloads.apply(report);
         }
         let mut devices = self.write();
+        {
+            let site_label = self.site_label.read().unwrap_or_else(|p| p.into_inner());
+            for report in reports {
+                let site = devices
+                    .get(&report.device_id)
+                    .and_then(|d| d.labels.get(site_label.as_str()));
+                self.site_fetches.apply(
+                    report,
+                    site.map(String::as_str),
+                    &self.metrics.site_fetched_bytes,
+                );
+            }
+        }
         for report in reports {
             // Artifacts on the device do not count against its free disk for re-planning.
             let installed = report

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub telemetry_windows: IntCounterVec,
     pub leader: IntGauge,
     pub store_errors: IntCounter,
+    pub artifact_resolutions: IntCounterVec,
+    /// Bytes devices fetched for their models, by site and source (origin or site_cache).
+    pub site_fetched_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -116,11 +119,31 @@ impl Metrics {
                 "SQL operations that failed (retried later)",
             )
             .unwrap_or_else(|_| unreachable!("static counter options are valid")),
+            artifact_resolutions: counter_vec(
+                "edgefleet_artifact_resolutions_total",
+                "oci:// references looked up in their registry, by result",
+                &["result"],
+            ),
+            site_fetched_bytes: gauge_vec(
+                "edgefleet_site_fetched_bytes",
+                "Bytes the devices of a site fetched for the models they were last assigned, by source (origin: across the uplink; site_cache: from the site's cache)",
+                &["site", "source"],
+            ),
             registry,
         };
         metrics.register_all();
         // Known label values start at zero, so rates and dashboards have a series before the
         // first event (Prometheus practice for bounded label sets).
+        for result in [
+            "ok",
+            "unauthorized",
+            "not_found",
+            "unreachable",
+            "http",
+            "manifest",
+        ] {
+            metrics.artifact_resolutions.with_label_values(&[result]);
+        }
         for category in ["store", "publish", "kube"] {
             metrics.reconcile_errors.with_label_values(&[category]);
         }
@@ -164,6 +187,8 @@ impl Metrics {
             Box::new(self.telemetry_windows.clone()),
             Box::new(self.leader.clone()),
             Box::new(self.store_errors.clone()),
+            Box::new(self.artifact_resolutions.clone()),
+            Box::new(self.site_fetched_bytes.clone()),
         ];
         for collector in collectors {
             // Names are distinct constants; a clash would be a programming error caught by tests.

@@ -13,7 +13,7 @@ use crate::http::{HealthState, LinkHealthHandle, Readiness};
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, BrokerConnection};
-use crate::reconcile::{FleetState, Reconciler};
+use crate::reconcile::{Distribution, FleetState, Reconciler};
 use crate::store::{Store, redact};
 use crate::telemetry::Telemetry;
 use edgefleet_mqtt::{BrokerUrl, TlsSettingNames};
@@ -38,6 +38,7 @@ pub async fn start_with(
     extra_routes: impl FnOnce(&Arc<Reconciler>, &watch::Sender<u64>) -> axum::Router,
 ) -> anyhow::Result<ControlPlane> {
     let broker = broker_connection(args)?;
+    let distribution = args.distribution.distribution()?;
     let metrics = Metrics::new();
     let store = Store::connect(&args.database_url).await.with_context(|| {
         format!(
@@ -70,7 +71,10 @@ pub async fn start_with(
         attribution: Arc::new(Attribution::default()),
         metrics: metrics.clone(),
     };
-    let reconciler = Arc::new(Reconciler::new(fleet.clone(), Arc::new(link.clone())));
+    fleet.inventory.set_site_label(&distribution.site_label);
+    let reconciler = Arc::new(
+        Reconciler::new(fleet.clone(), Arc::new(link.clone())).with_distribution(distribution),
+    );
     let (kick, _) = watch::channel(0u64);
     tokio::spawn(crate::ingest::run(fleet, messages, kick.clone()));
 
@@ -327,6 +331,60 @@ pub struct ControlArgs {
     pub listen: String,
     #[command(flatten)]
     pub timing: LoopTiming,
+    #[command(flatten)]
+    pub distribution: DistributionArgs,
+}
+
+/// Where artifacts come from besides plain URLs, the same flags for `run` and `up`.
+#[derive(Args, Debug, Clone)]
+pub struct DistributionArgs {
+    /// Registry credentials for `oci://` artifacts, as a docker `config.json` (in Kubernetes,
+    /// the `.dockerconfigjson` of a `kubernetes.io/dockerconfigjson` Secret mounted as a file).
+    /// The controller uses them to resolve tags; they never travel to devices.
+    #[arg(long, env = "EDGEFLEET_REGISTRY_AUTH_FILE")]
+    pub registry_auth_file: Option<std::path::PathBuf>,
+    /// Comma-separated `host:port`s of registries reached over plain HTTP.
+    #[arg(long, env = "EDGEFLEET_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// The device label whose value names a device's site: devices of a site download
+    /// through the site's cache (a device that announces one).
+    #[arg(long, env = "EDGEFLEET_SITE_LABEL", default_value = "site")]
+    pub site_label: String,
+}
+
+impl DistributionArgs {
+    pub fn distribution(&self) -> anyhow::Result<Distribution> {
+        let credentials = match &self.registry_auth_file {
+            Some(path) => {
+                let bytes = std::fs::read(path).with_context(|| {
+                    format!(
+                        "--registry-auth-file / EDGEFLEET_REGISTRY_AUTH_FILE: cannot read {}",
+                        path.display()
+                    )
+                })?;
+                edgefleet_oci::Credentials::from_docker_config(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--registry-auth-file / EDGEFLEET_REGISTRY_AUTH_FILE ({}): {e}",
+                        path.display()
+                    )
+                })?
+            }
+            None => edgefleet_oci::Credentials::default(),
+        };
+        if self.site_label.is_empty() {
+            anyhow::bail!("--site-label / EDGEFLEET_SITE_LABEL: must not be empty");
+        }
+        let insecure: Vec<String> = self
+            .insecure_registries
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(Distribution {
+            registry: Arc::new(edgefleet_oci::Registry::new(&insecure, credentials)),
+            site_label: self.site_label.clone(),
+        })
+    }
 }
 
 /// Timing of the control loop, the same flags for `edgefleet run` and `edgefleet up`.

@@ -67,6 +67,7 @@ async fn series_after(devices: usize) -> (usize, String) {
             disk_free_mib: 1000,
             accelerators: vec![],
             runtimes: vec![Runtime::Tract],
+            site_cache_url: None,
         };
         ingest::handle(engine.fleet(), &DeviceMessage::Hello(hello))
             .await

@@ -36,6 +36,7 @@ fn hello(id: &str, arch: &str, memory_mib: u64) -> Hello {
         disk_free_mib: 10_000,
         accelerators: vec![],
         runtimes: vec![Runtime::Tract],
+        site_cache_url: None,
     }
 }
 
@@ -125,6 +126,7 @@ impl Fleet {
                         bytes_total: None,
                         reason: None,
                         serving_sha256: Some(a.artifact.sha256.clone()),
+                        fetched: None,
                     })
                     .collect(),
             };

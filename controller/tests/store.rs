@@ -20,6 +20,7 @@ fn hello(id: &str) -> Hello {
         disk_free_mib: 9000,
         accelerators: vec![],
         runtimes: vec![],
+        site_cache_url: None,
     }
 }
 

@@ -7,6 +7,8 @@ use std::fmt;
 use crate::deployment::{
     ModelDeploymentSpec, ModelFormat, Precision, Runtime, SelectorOperator, SelfTestInput,
 };
+use edgefleet_protocol::Artifact;
+use edgefleet_protocol::oci::OciReference;
 use edgefleet_protocol::offload::{OffloadPolicy, OffloadProtocol};
 use edgefleet_protocol::spec::KNOWN_ARCHES;
 
@@ -58,6 +60,9 @@ pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
                 }
                 .into(),
             );
+        }
+        if let Err(message) = artifact_problem(&variant.artifact) {
+            push(format!("spec.variants[{i}].artifact"), message);
         }
         for (j, arch) in variant.requires.arch.iter().enumerate() {
             if !KNOWN_ARCHES.contains(&arch.as_str()) {
@@ -149,6 +154,22 @@ pub fn validate_spec(spec: &ModelDeploymentSpec) -> Vec<FieldError> {
 
 /// Language models offload over OpenAI's API on time-to-first-token and context triggers;
 /// tensor models over KServe v2 on confidence, queue and latency triggers.
+/// http(s) artifacts carry their digest and size; OCI ones may (a pin the registry must
+/// match), and otherwise get them from the manifest.
+fn artifact_problem(artifact: &Artifact) -> Result<(), String> {
+    if OciReference::is_oci(&artifact.uri) {
+        OciReference::parse(&artifact.uri)?;
+        return Ok(());
+    }
+    if artifact.sha256.is_empty() {
+        return Err("sha256 is required for an http(s) artifact".into());
+    }
+    if artifact.size_bytes == 0 {
+        return Err("sizeBytes is required for an http(s) artifact".into());
+    }
+    Ok(())
+}
+
 fn validate_offload_kind(
     offload: &OffloadPolicy,
     language_model: bool,
@@ -362,6 +383,40 @@ mod tests {
             let why = dt.check_value(v).expect_err("refused");
             assert!(why.contains(needle), "{v} as {}: {why:?}", dt.as_str());
         }
+    }
+
+    #[test]
+    fn artifacts_need_a_digest_unless_the_registry_gives_one() {
+        let artifact = |uri: &str, sha256: &str, size_bytes: u64| Artifact {
+            uri: uri.into(),
+            sha256: sha256.into(),
+            size_bytes,
+            signature: None,
+        };
+        let sha = "a".repeat(64);
+        assert_eq!(
+            artifact_problem(&artifact("https://h/m.onnx", &sha, 10)),
+            Ok(())
+        );
+        assert!(
+            artifact_problem(&artifact("https://h/m.onnx", "", 10))
+                .expect_err("refused")
+                .contains("sha256 is required")
+        );
+        assert!(
+            artifact_problem(&artifact("https://h/m.onnx", &sha, 0))
+                .expect_err("refused")
+                .contains("sizeBytes is required")
+        );
+        assert_eq!(
+            artifact_problem(&artifact("oci://reg:5000/models/m:v1", "", 0)),
+            Ok(())
+        );
+        assert!(
+            artifact_problem(&artifact("oci://reg:5000/models/m", "", 0))
+                .expect_err("refused")
+                .contains("neither a :tag")
+        );
     }
 
     #[test]

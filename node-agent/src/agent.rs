@@ -13,7 +13,10 @@ use edgefleet_protocol::Runtime;
 use edgefleet_protocol::wire::Hello;
 
 use crate::capabilities;
-use crate::config::Config;
+use edgefleet_oci::Registry as OciRegistry;
+
+use crate::config::{Config, SiteCacheConfig};
+use crate::install::fetch::Sources;
 use crate::install::memory::Announced;
 use crate::install::repository::InstallStates;
 use crate::install::store::Store;
@@ -25,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::offload::OffloadRuntime;
 use crate::registry::Registry;
 use crate::serve::{self, ApiInner};
+use crate::site_cache::{self, SiteCache};
 
 /// Runs the agent until `shutdown` completes, then drains in-flight requests, spools the last
 /// telemetry window, publishes offline and returns.
@@ -49,9 +53,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             config.labels.clone(),
             config.capabilities.clone(),
         );
+        let site_cache_url = config
+            .distribution
+            .site_cache
+            .as_ref()
+            .map(|c| c.url.clone());
         Arc::new(move || {
             let detected = capabilities::detect(&root, runtimes.clone());
-            capabilities::hello(&device, &labels, detected, &overrides)
+            let mut hello = capabilities::hello(&device, &labels, detected, &overrides);
+            hello.site_cache_url = site_cache_url.clone();
+            hello
         })
     };
 
@@ -96,11 +107,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .read_timeout(Duration::from_secs(30))
         .build()
         .context("building the HTTP client")?;
+    let sources = Arc::new(Sources {
+        http,
+        registry: OciRegistry::new(
+            &config.distribution.insecure_registries,
+            config.distribution.credentials.clone(),
+        ),
+    });
+    let site_cache = match &config.distribution.site_cache {
+        Some(cache) => {
+            Some(serve_site_cache(cache, &store, &sources, &metrics, stop_tx.subscribe()).await?)
+        }
+        None => None,
+    };
     let ctx = Arc::new(InstallContext {
         store: store.clone(),
         registry,
         metrics: metrics.clone(),
-        http,
+        sources,
+        fetched: Default::default(),
         backends,
         free_limit: config.capabilities.disk_free_mib.map(|mib| mib << 20),
         memory: match config
@@ -171,6 +196,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
     }
     link.abort();
+    if let Some(site_cache) = site_cache {
+        let _ = tokio::time::timeout(Duration::from_secs(5), site_cache).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves this device's site from `<store>/site-cache` until `stop` turns true.
+async fn serve_site_cache(
+    config: &SiteCacheConfig,
+    store: &Store,
+    sources: &Arc<Sources>,
+    metrics: &Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let dir = store.root().join("site-cache");
+    let cache_store = Store::open(&dir).with_context(|| {
+        format!(
+            "config field `site_cache_listen`: cannot use {}",
+            dir.display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "config field `site_cache_listen`: cannot bind {}",
+                config.listen
+            )
+        })?;
+    tracing::info!(listen = %config.listen, url = %config.url, "serving the site cache");
+    let cache = SiteCache::new(cache_store, sources.clone(), metrics.clone());
+    Ok(tokio::spawn(
+        axum::serve(listener, site_cache::router(cache))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .into_future(),
+    ))
 }

@@ -65,6 +65,7 @@ pub fn hello(
         disk_free_mib: o.disk_free_mib.unwrap_or(detected.disk_free_mib),
         accelerators: o.accelerators.clone().unwrap_or(detected.accelerators),
         runtimes: o.runtimes.clone().unwrap_or(detected.runtimes),
+        site_cache_url: None,
     }
 }
 

@@ -29,6 +29,7 @@ pub mod offload;
 pub mod registry;
 pub mod runtime;
 pub mod serve;
+pub mod site_cache;
 pub mod tensor;
 #[cfg(test)]
 mod testutil;

@@ -17,7 +17,10 @@ pub struct Metrics {
     pub desired_rejected: IntCounterVec,
     pub desired_applied: IntCounter,
     pub model_switches: IntCounterVec,
-    pub download_bytes: IntCounter,
+    /// By `source`: `origin` or `site_cache`.
+    pub download_bytes: IntCounterVec,
+    /// Bytes this device served to its site as the site cache.
+    pub site_cache_served_bytes: IntCounter,
     pub spool_windows: IntGauge,
     pub spool_dropped: IntCounter,
     pub telemetry_acked: IntCounter,
@@ -121,10 +124,16 @@ impl Metrics {
                 "Model installs by result",
                 &["result"],
             ),
-            download_bytes: counter(
+            download_bytes: counter_vec(
                 &r,
                 "edgefleet_agent_download_bytes_total",
-                "Artifact bytes downloaded",
+                "Artifact bytes downloaded, by source (origin or site_cache)",
+                &["source"],
+            ),
+            site_cache_served_bytes: counter(
+                &r,
+                "edgefleet_agent_site_cache_served_bytes_total",
+                "Artifact bytes served to the site's devices as its site cache",
             ),
             spool_windows: gauge(
                 &r,

@@ -25,5 +25,6 @@ pub fn assignment(deployment: &str, name: &str, sha: char) -> Assignment {
         self_test: None,
         offload: None,
         llm: None,
+        site_cache: None,
     }
 }

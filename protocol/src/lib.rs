@@ -5,6 +5,7 @@
 
 pub mod histogram;
 pub mod llm;
+pub mod oci;
 pub mod offload;
 pub mod presence;
 pub mod spec;

@@ -43,15 +43,23 @@ pub struct ModelRef {
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Artifact {
-    /// http(s) URL the agent downloads from.
+    /// Where the agent downloads from: an http(s) URL, or an OCI artifact
+    /// `oci://registry/repository:tag` / `@sha256:<manifest digest>` whose manifest has the
+    /// model file as its one layer. The controller resolves a tag to a digest once per model
+    /// version, so every device gets the same bytes.
     #[cfg_attr(
         feature = "schemars",
-        schemars(length(min = 1, max = 2048), pattern(r"^https?://"))
+        schemars(length(min = 1, max = 2048), pattern(r"^(https?|oci)://"))
     )]
     pub uri: String,
-    /// Lower-case hex SHA-256 of the file; the agent refuses anything else.
+    /// Lower-case hex SHA-256 of the file; the agent refuses anything else. Required for
+    /// http(s); for OCI artifacts it is the layer's digest, filled in by the controller (and
+    /// checked against the registry's when given).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[cfg_attr(feature = "schemars", schemars(pattern(r"^[0-9a-f]{64}$")))]
     pub sha256: String,
+    /// Required for http(s); filled in from the OCI manifest otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
     #[cfg_attr(feature = "schemars", schemars(range(min = 1)))]
     pub size_bytes: u64,
     /// Base64 ed25519 signature over the ASCII `sha256` hex string. Agents configured with
@@ -59,6 +67,10 @@ pub struct Artifact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schemars", schemars(pattern(r"^[A-Za-z0-9+/]{86}==$")))]
     pub signature: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

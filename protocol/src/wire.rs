@@ -262,6 +262,10 @@ pub struct Hello {
     pub accelerators: Vec<String>,
     #[serde(default)]
     pub runtimes: Vec<Runtime>,
+    /// Set when this device serves verified artifacts to the devices of its site: the base URL
+    /// they reach it at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_cache_url: Option<String>,
 }
 
 impl WireMessage for Hello {
@@ -278,6 +282,9 @@ impl WireMessage for Hello {
                 "{} labels exceed the limit of 64",
                 self.labels.len()
             ));
+        }
+        if let Some(url) = &self.site_cache_url {
+            check_http_url("siteCacheUrl", url)?;
         }
         Ok(())
     }
@@ -355,6 +362,11 @@ pub struct Assignment {
     /// their own `--llm-*` settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<crate::llm::LlmRun>,
+    /// Base URL of the site cache to try before the artifact's origin (`GET
+    /// {siteCache}/v1/blobs/{sha256}`); the agent falls back to the origin when it fails, and
+    /// checks the digest whichever served it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_cache: Option<String>,
 }
 
 impl WireMessage for Desired {
@@ -369,11 +381,9 @@ impl WireMessage for Desired {
                 return Err(format!("deployment {:?} is assigned twice", a.deployment));
             }
             check_sha256(&a.artifact.sha256)?;
-            if !(a.artifact.uri.starts_with("http://") || a.artifact.uri.starts_with("https://")) {
-                return Err(format!(
-                    "artifact uri {:?} is not http(s)",
-                    truncate(&a.artifact.uri, 80)
-                ));
+            check_artifact_uri(&a.artifact.uri)?;
+            if let Some(cache) = &a.site_cache {
+                check_http_url("siteCache", cache)?;
             }
             if a.artifact.size_bytes == 0 {
                 return Err("artifact sizeBytes must be positive".into());
@@ -450,6 +460,19 @@ pub struct ModelState {
     /// failure is the previous one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_sha256: Option<String>,
+    /// Bytes this device fetched for the artifact, by where they came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<FetchedBytes>,
+}
+
+/// Download bytes by source, for the per-site view of what crossed the uplink.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchedBytes {
+    #[serde(default)]
+    pub origin: u64,
+    #[serde(default)]
+    pub site_cache: u64,
 }
 
 impl WireMessage for StateReport {
@@ -546,6 +569,33 @@ impl WireMessage for Telemetry {
             }
         }
         Ok(())
+    }
+}
+
+/// An assignment's artifact: http(s), or an OCI reference pinned to a manifest digest (the
+/// controller resolves tags before anything reaches a device).
+fn check_artifact_uri(uri: &str) -> Result<(), String> {
+    if crate::oci::OciReference::is_oci(uri) {
+        let reference = crate::oci::OciReference::parse(uri)?;
+        return match reference.pin {
+            crate::oci::Pin::Digest(_) => Ok(()),
+            crate::oci::Pin::Tag(_) => Err(format!(
+                "artifact uri {:?} is a tag, not a digest",
+                truncate(uri, 80)
+            )),
+        };
+    }
+    check_http_url("artifact uri", uri)
+}
+
+fn check_http_url(what: &str, url: &str) -> Result<(), String> {
+    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() <= 2048 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {:?} is not an http(s) URL",
+            truncate(url, 80)
+        ))
     }
 }
 

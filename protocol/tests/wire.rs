@@ -23,6 +23,7 @@ fn hello() -> Hello {
         disk_free_mib: 20_000,
         accelerators: vec![],
         runtimes: vec![Runtime::Tract],
+        site_cache_url: None,
     }
 }
 
@@ -49,6 +50,7 @@ fn desired() -> Desired {
             self_test: None,
             offload: None,
             llm: None,
+            site_cache: None,
         }],
     }
 }
@@ -97,6 +99,7 @@ fn every_payload_round_trips() {
             bytes_total: Some(10),
             reason: None,
             serving_sha256: None,
+            fetched: None,
         }],
     };
     assert_eq!(decode::<StateReport>(&encode(&state)), Ok(state));

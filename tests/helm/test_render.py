@@ -210,7 +210,8 @@ def test_controller_env_defaults(helm):
         "EDGEFLEET_LEASE_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
         "EDGEFLEET_IDENTITY": {"fieldRef": {"fieldPath": "metadata.name"}},
         "EDGEFLEET_WATCH_NAMESPACE": "",
-        "EDGEFLEET_LOG_FORMAT": "json",
+        "EDGEFLEET_SITE_LABEL": "site",
+            "EDGEFLEET_LOG_FORMAT": "json",
         "RUST_LOG": "info",
     }
     assert dep["spec"]["strategy"] == {"type": "Recreate"}

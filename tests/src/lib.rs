@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod netfault;
+pub mod oci;
 pub mod orientation;
 pub mod pki;
 pub mod procs;

@@ -28,6 +28,8 @@ pub struct DeviceFacts {
     /// is not demanded from free disk again; otherwise a device whose download filled its disk
     /// would stop fitting the very variant it runs, and the plan would flap on every reconcile.
     pub installed_sha256: BTreeSet<String>,
+    /// Set when the device serves its site's artifacts (see [`crate::site`]).
+    pub site_cache_url: Option<String>,
 }
 
 impl From<&Hello> for DeviceFacts {
@@ -47,6 +49,7 @@ impl From<&Hello> for DeviceFacts {
             runtimes: hello.runtimes.iter().copied().collect(),
             online: true,
             installed_sha256: BTreeSet::new(),
+            site_cache_url: hello.site_cache_url.clone(),
         }
     }
 }

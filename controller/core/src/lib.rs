@@ -15,11 +15,14 @@
 //! - [`pacing`]: how many devices may switch models at once;
 //! - [`desired`]: a device's full desired document and its generation;
 //! - [`progress`]: one canary turn: analyse, decide, move the state;
-//! - [`status`]: the `ModelDeployment` status from all of the above.
+//! - [`status`]: the `ModelDeployment` status from all of the above;
+//! - [`artifacts`]: `oci://` artifacts replaced by what their tags resolved to;
+//! - [`site`]: which site cache each device downloads through.
 //!
 //! Assignments as stored ([`assignment::AssignmentRecord`]) carry typed roles and phases.
 
 pub mod analysis;
+pub mod artifacts;
 pub mod assignment;
 pub mod canary;
 pub mod cohort;
@@ -30,6 +33,7 @@ pub mod plan;
 pub mod progress;
 pub mod progression;
 pub mod rollout;
+pub mod site;
 pub mod status;
 pub mod variant;
 

@@ -94,6 +94,7 @@ impl PlannedAssignment {
             self_test: self.self_test.clone(),
             offload: self.offload.clone(),
             llm: self.llm,
+            site_cache: None,
         }
     }
 }

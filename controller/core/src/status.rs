@@ -229,6 +229,38 @@ pub fn invalid_status(
     status
 }
 
+/// The status while an `oci://` artifact cannot be resolved (registry down, credentials
+/// refused, tag missing): the rollout stays where it was and devices keep what they run, with
+/// a false `ArtifactsResolved` condition saying why.
+pub fn unresolved_status(
+    generation: Option<i64>,
+    message: &str,
+    previous: Option<&ModelDeploymentStatus>,
+    now_rfc3339: &str,
+) -> ModelDeploymentStatus {
+    const TYPE: &str = "ArtifactsResolved";
+    let mut status = previous.cloned().unwrap_or_default();
+    status.observed_generation = generation;
+    let since = previous
+        .and_then(|p| {
+            p.conditions
+                .iter()
+                .find(|c| c.type_ == TYPE && c.status == "False")
+        })
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now_rfc3339.to_string());
+    status.conditions.retain(|c| c.type_ != TYPE);
+    status.conditions.push(Condition {
+        type_: TYPE.into(),
+        status: "False".into(),
+        reason: "ArtifactUnresolved".into(),
+        message: message.to_string(),
+        last_transition_time: Some(since),
+        observed_generation: generation,
+    });
+    status
+}
+
 /// Which cohorts were demoted and what their devices run instead, for the Demoted condition.
 fn demoted_cohorts(input: &StatusInput<'_>) -> String {
     if input.state.demotions.is_empty() {

@@ -29,6 +29,7 @@ pub fn device(name: &str) -> DeviceFacts {
         runtimes: [Runtime::Tract].into(),
         online: true,
         installed_sha256: Default::default(),
+        site_cache_url: None,
     }
 }
 
@@ -105,6 +106,7 @@ pub fn record(
             self_test: None,
             offload: None,
             llm: None,
+            site_cache: None,
         },
         generation: 0,
         phase,

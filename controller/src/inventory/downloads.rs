@@ -84,6 +84,7 @@ mod tests {
                     bytes_total: bytes.map(|b| b.1),
                     reason: None,
                     serving_sha256: None,
+                    fetched: None,
                 })
                 .collect(),
         }

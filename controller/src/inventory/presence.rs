@@ -86,6 +86,7 @@ mod tests {
             disk_free_mib: 4096,
             accelerators: vec![],
             runtimes: vec![],
+            site_cache_url: None,
         }
     }
 

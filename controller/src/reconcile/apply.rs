@@ -1,11 +1,13 @@
 //! Step 3: the plan's assignments written to SQL, paced by `maxUnavailablePercent`, and the
-//! desired documents of devices whose assignment changed rebuilt and published.
+//! desired documents of devices whose assignment changed rebuilt and published. Each
+//! assignment names the device's site cache, if its site has one online.
 
 use std::collections::{BTreeSet, HashMap};
 
 use edgefleet_core::AssignmentRecord;
 use edgefleet_core::pacing;
 use edgefleet_core::plan::RolloutPlan;
+use edgefleet_core::site::SiteCaches;
 
 use super::{DeploymentInput, ReconcileError, Reconciler, Records};
 
@@ -16,12 +18,13 @@ impl Reconciler {
         &self,
         input: &DeploymentInput<'_>,
         plan: &RolloutPlan,
+        caches: &SiteCaches,
         now_ms: i64,
     ) -> Result<Records, ReconcileError> {
         let store = &self.fleet.store;
         let key = input.key();
         let old = store.assignments(input.namespace, input.name).await?;
-        let new = planned_records(input, &key, plan);
+        let new = planned_records(input, &key, plan, caches);
         let online: BTreeSet<String> = plan
             .devices
             .iter()
@@ -55,18 +58,25 @@ impl Reconciler {
 }
 
 /// A record per device the plan assigns something to; reports are filled in by the store.
-fn planned_records(input: &DeploymentInput<'_>, key: &str, plan: &RolloutPlan) -> Records {
+fn planned_records(
+    input: &DeploymentInput<'_>,
+    key: &str,
+    plan: &RolloutPlan,
+    caches: &SiteCaches,
+) -> Records {
     plan.devices
         .iter()
         .filter_map(|device| {
             let assignment = device.assignment.as_ref()?;
+            let mut wire = assignment.to_wire(key);
+            wire.site_cache = caches.get(device.device.as_str()).cloned();
             Some(AssignmentRecord {
                 device_id: device.device.to_string(),
                 version: assignment.model.version.clone(),
                 variant: assignment.variant.name.clone(),
                 role: assignment.role,
                 reason: format!("{}; {}", device.reason, assignment.variant_reason),
-                assignment: assignment.to_wire(key),
+                assignment: wire,
                 generation: input.generation.unwrap_or(0),
                 phase: None,
                 phase_reason: None,

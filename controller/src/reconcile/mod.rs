@@ -10,6 +10,7 @@ mod progress;
 mod publish;
 mod remove;
 mod republish;
+mod resolve;
 mod status;
 mod validate;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use edgefleet_core::plan::{RolloutPlan, Stage, plan_rollout};
 use edgefleet_core::rollout::{RolloutEvent, RolloutState};
+use edgefleet_core::site::site_caches;
 use edgefleet_core::{AssignmentRecord, DeviceFacts};
 use edgefleet_crds::{ModelDeploymentSpec, ModelDeploymentStatus, Phase};
 
@@ -84,9 +86,26 @@ pub struct ReconcileOutput {
     pub events: Vec<RolloutEvent>,
 }
 
+/// Where artifacts come from besides plain URLs: the OCI registry client (with the
+/// controller's credentials) and the device label that names a device's site.
+pub struct Distribution {
+    pub registry: Arc<edgefleet_oci::Registry>,
+    pub site_label: String,
+}
+
+impl Default for Distribution {
+    fn default() -> Self {
+        Self {
+            registry: Arc::new(edgefleet_oci::Registry::new(&[], Default::default())),
+            site_label: "site".into(),
+        }
+    }
+}
+
 pub struct Reconciler {
     fleet: FleetState,
     publisher: Arc<dyn Publisher>,
+    distribution: Distribution,
     /// Serialises desired-document rebuilds: two deployments touching one device must not
     /// both read generation N and publish N+1.
     publish_lock: tokio::sync::Mutex<()>,
@@ -97,8 +116,14 @@ impl Reconciler {
         Self {
             fleet,
             publisher,
+            distribution: Distribution::default(),
             publish_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    pub fn with_distribution(mut self, distribution: Distribution) -> Self {
+        self.distribution = distribution;
+        self
     }
 
     pub fn fleet(&self) -> &FleetState {
@@ -133,14 +158,19 @@ impl Reconciler {
             return Ok(invalid);
         }
         let mut loaded = load::rollout(&self.fleet.store, input, now_ms).await?;
+        let pinned = match self.pinned(input, &loaded.state, now_ms).await? {
+            Ok(pinned) => pinned,
+            Err(unresolved) => return Ok(resolve::unresolved_output(input, unresolved, now_ms)),
+        };
         let devices = self.fleet.inventory.snapshot();
+        let caches = site_caches(&devices, &self.distribution.site_label);
         let key = input.key();
         self.fleet
             .attribution
             .set_variants(&key, loaded.state.variant_names());
 
-        let plan = plan(input.uid, &loaded.state, &devices);
-        let mut records = self.apply(input, &plan, now_ms).await?;
+        let plan = plan(input.uid, &pinned, &devices);
+        let mut records = self.apply(input, &plan, &caches, now_ms).await?;
         let turn = progress::turn(
             &self.fleet,
             input,
@@ -154,8 +184,13 @@ impl Reconciler {
             Some(event) => {
                 load::record_event(&self.fleet.store, input, &event, now_ms).await?;
                 loaded.events.push(event);
-                let plan = self::plan(input.uid, &loaded.state, &devices);
-                records = self.apply(input, &plan, now_ms).await?;
+                let pinned = RolloutState {
+                    target: pinned.target,
+                    previous: pinned.previous,
+                    ..loaded.state.clone()
+                };
+                let plan = self::plan(input.uid, &pinned, &devices);
+                records = self.apply(input, &plan, &caches, now_ms).await?;
                 plan
             }
             None => plan,

@@ -30,6 +30,8 @@ pub struct UpArgs {
     pub artifacts_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub timing: crate::run::LoopTiming,
+    #[command(flatten)]
+    pub distribution: crate::run::DistributionArgs,
 }
 
 #[derive(Args, Debug, Clone)]

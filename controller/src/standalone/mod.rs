@@ -81,6 +81,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
         mqtt_password_file: None,
         listen: args.listen.clone(),
         timing: args.timing.clone(),
+        distribution: args.distribution.clone(),
     };
     let changed = Arc::new(Notify::new());
     let latency = Arc::new(page::history::LatencyHistory::default());

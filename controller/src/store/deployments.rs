@@ -118,6 +118,7 @@ impl Store {
             "rollouts",
             "rollout_history",
             "cohort_rollups",
+            "artifact_pins",
         ] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE namespace = $1 AND name = $2"

@@ -18,6 +18,7 @@ mod batch;
 mod deployments;
 mod desired;
 mod devices;
+mod pins;
 mod rollouts;
 pub use batch::DesiredWrite;
 pub use devices::DeviceWrite;
@@ -27,11 +28,18 @@ pub use rollouts::{rollout_row, rollout_state};
 /// checks the list against the directory. Listed by hand rather than with `sqlx::migrate!`:
 /// the macro builds a second copy of sqlx and both drivers for the host, about a minute of a
 /// cold build on two cores (BENCHMARKS.md, "First command").
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    20261129000001,
-    "fleet state",
-    include_str!("../../../migrations/20261129000001_fleet_state.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        20261129000001,
+        "fleet state",
+        include_str!("../../../migrations/20261129000001_fleet_state.sql"),
+    ),
+    (
+        20261207000001,
+        "artifact pins",
+        include_str!("../../../migrations/20261207000001_artifact_pins.sql"),
+    ),
+];
 
 /// What `sqlx::migrate!` would build from [`MIGRATIONS`]: same versions, descriptions and
 /// checksums, so databases migrated by either agree.

@@ -17,14 +17,15 @@
 mod compare;
 #[path = "shared/defaults.rs"]
 mod defaults;
+#[path = "shared/fleet.rs"]
+mod fleet;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::QoS;
 
 use edgefleet_agent::install::pull::sha256_hex;
 use edgefleet_agent::runtime::{Backend, tract::TractBackend};
@@ -33,6 +34,7 @@ use edgefleet_protocol::wire::{self, Assignment, Channel, Desired, DeviceId, Rol
 use edgefleet_protocol::{
     Artifact, ModelRef, Precision, Runtime, SelfTest, SelfTestInput, TensorDatatype,
 };
+use fleet::{broker, control_client, serve_files, start_agent, wait_ready};
 
 struct BenchModel {
     file: &'static str,
@@ -130,148 +132,6 @@ struct Args {
     ort_python: PathBuf,
 }
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The given broker, the usual local one, or a private Mosquitto (killed with the guard).
-async fn broker(given: Option<String>, work: &Path) -> anyhow::Result<(String, Option<Kill>)> {
-    if let Some(b) = given {
-        return Ok((b, None));
-    }
-    if std::net::TcpStream::connect("127.0.0.1:1883").is_ok() {
-        return Ok(("mqtt://127.0.0.1:1883".into(), None));
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let conf = work.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-    )?;
-    let private = Kill(
-        Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok((format!("mqtt://127.0.0.1:{port}"), Some(private)))
-}
-
-/// Serves `files` by name over HTTP, as a model repository would.
-async fn serve_files(
-    files: std::sync::Arc<std::collections::HashMap<String, Bytes>>,
-) -> anyhow::Result<std::net::SocketAddr> {
-    let app = axum::Router::new().route(
-        "/{name}",
-        axum::routing::get(
-            move |axum::extract::Path(name): axum::extract::Path<String>| {
-                let files = files.clone();
-                async move {
-                    files
-                        .get(&name)
-                        .cloned()
-                        .ok_or(axum::http::StatusCode::NOT_FOUND)
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
-}
-
-/// A bench agent with an empty store: killed when dropped.
-struct BenchAgent {
-    _process: Kill,
-    pid: u32,
-    /// Its local API, `host:port`.
-    addr: String,
-}
-
-/// Starts `edgefleet-agent` as `device` on `broker` with a fresh `store`, waits for its API.
-async fn start_agent(
-    args: &Args,
-    device: &str,
-    broker: &str,
-    store: &Path,
-    extra: &[&std::ffi::OsStr],
-) -> anyhow::Result<BenchAgent> {
-    let process = Kill(
-        Command::new(&args.agent)
-            .args([
-                "--device-id",
-                device,
-                "--broker",
-                broker,
-                "--listen",
-                "127.0.0.1:0",
-                "--intra-op-threads",
-                &args.intra_op_threads.to_string(),
-            ])
-            .args(extra)
-            .arg("--store")
-            .arg(store)
-            .env("EDGEFLEET_AGENT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let pid = process.0.id();
-    let addr = loop {
-        if let Ok(s) = std::fs::read_to_string(store.join("listen-addr")) {
-            break s.trim().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    Ok(BenchAgent {
-        _process: process,
-        pid,
-        addr,
-    })
-}
-
-/// An MQTT client that plays the controller for `device` (its event loop polled in the
-/// background until the returned task is aborted or the broker goes away).
-fn control_client(
-    device: &str,
-    broker: &str,
-) -> anyhow::Result<(AsyncClient, tokio::task::JoinHandle<()>)> {
-    let port: u16 = broker.rsplit(':').next().unwrap_or("1883").parse()?;
-    let mut o = MqttOptions::new(format!("{device}-ctl"), "127.0.0.1", port);
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(o, 16);
-    let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    Ok((client, poller))
-}
-
-/// Waits up to two minutes for the agent at `addr` to serve `model`.
-async fn wait_ready(http: &reqwest::Client, addr: &str, model: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let r = http
-            .get(format!("http://{addr}/v2/models/{model}"))
-            .send()
-            .await?;
-        if r.status().is_success() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{model} did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
@@ -315,7 +175,15 @@ async fn main() -> anyhow::Result<()> {
         .len();
     let device = format!("bench-{}", std::process::id());
     let store = work.join("store");
-    let agent = start_agent(&args, &device, &broker, &store, &[]).await?;
+    let agent = start_agent(
+        &args.agent,
+        args.intra_op_threads,
+        &device,
+        &broker,
+        &store,
+        &[],
+    )
+    .await?;
     let (pid, addr) = (agent.pid, agent.addr.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = rss_kib(pid)?;
@@ -357,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
             }),
             offload: None,
             llm: None,
+            site_cache: None,
         });
         let doc = Desired {
             device_id: DeviceId::new(device.clone())?,

@@ -135,6 +135,7 @@ async fn start_agent_api(args: &Args) -> anyhow::Result<std::net::SocketAddr> {
             self_test: None,
             offload: None,
             llm: None,
+            site_cache: None,
         },
         model,
     });

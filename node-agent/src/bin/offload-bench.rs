@@ -196,6 +196,7 @@ impl Deployer {
                 }),
                 offload,
                 llm: None,
+                site_cache: None,
             }],
         };
         self.mqtt

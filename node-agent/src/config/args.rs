@@ -91,6 +91,20 @@ pub struct Args {
     /// Language models: prompt tokens per evaluation step, default 512.
     #[arg(long, env = "EDGEFLEET_AGENT_LLM_BATCH_TOKENS")]
     pub llm_batch_tokens: Option<u32>,
+    /// Registry credentials as a docker `config.json` (`docker login` / `oras login` write
+    /// one), for `oci://` artifacts.
+    #[arg(long, env = "EDGEFLEET_AGENT_REGISTRY_AUTH_FILE")]
+    pub registry_auth_file: Option<PathBuf>,
+    /// Comma-separated `host:port`s of registries reached over plain HTTP.
+    #[arg(long, env = "EDGEFLEET_AGENT_INSECURE_REGISTRIES")]
+    pub insecure_registries: Option<String>,
+    /// Serve verified artifacts to this device's site on this address (this device is the
+    /// site cache).
+    #[arg(long, env = "EDGEFLEET_AGENT_SITE_CACHE_LISTEN")]
+    pub site_cache_listen: Option<String>,
+    /// The URL the site's devices reach the cache at (default: http://<site-cache-listen>).
+    #[arg(long, env = "EDGEFLEET_AGENT_SITE_CACHE_URL")]
+    pub site_cache_url: Option<String>,
     /// Test knob: artificial latency added to every inference.
     #[arg(long, env = "EDGEFLEET_AGENT_EXTRA_LATENCY_MS")]
     pub extra_latency_ms: Option<u64>,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::distribution::DistributionFile;
 use super::{
     BackoffConfig, CapabilityOverrides, ConfigError, LlmConfig, SpoolConfig, TestKnobs, TlsConfig,
     err,
@@ -40,6 +41,8 @@ pub struct FileConfig {
     pub backoff: BackoffConfig,
     #[serde(default)]
     pub llm: LlmConfig,
+    #[serde(default)]
+    pub distribution: DistributionFile,
     #[serde(default)]
     pub test: TestKnobs,
 }

@@ -4,6 +4,7 @@
 //! validated [`Config`] declared here.
 
 mod args;
+mod distribution;
 mod file;
 mod llm;
 mod resolve;
@@ -23,6 +24,7 @@ use edgefleet_protocol::wire::DeviceId;
 use crate::install::signing::TrustedKeys;
 
 pub use args::Args;
+pub use distribution::{Distribution, SiteCacheConfig};
 pub use file::{FileConfig, parse_file};
 pub use llm::LlmConfig;
 
@@ -139,5 +141,6 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub backoff: BackoffConfig,
     pub llm: LlmConfig,
+    pub distribution: Distribution,
     pub test: TestKnobs,
 }

@@ -182,6 +182,7 @@ impl Config {
             ));
         }
         let llm = file.llm.resolve(args)?;
+        let distribution = file.distribution.resolve(args)?;
         let mut test = file.test;
         apply(&mut test.extra_latency_ms, args.extra_latency_ms);
         if let Some(pairs) = &args.extra_latency_ms_by_variant {
@@ -213,6 +214,7 @@ impl Config {
             spool,
             backoff,
             llm,
+            distribution,
             test,
         })
     }

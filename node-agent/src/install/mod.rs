@@ -1,9 +1,11 @@
 //! Getting the desired models onto the device: the pure decision of what to do with a desired
-//! document ([`assignments`]), the resumable, digest-verified download ([`pull`]), signature
+//! document ([`assignments`]), the resumable, digest-verified download ([`pull`]) from a site cache or the origin ([`fetch`]), signature
 //! checks ([`signing`]), whether a model fits the announced memory ([`memory`]), the content-addressed artifact store with atomic swaps ([`store`]),
 //! the loop that applies it all ([`supervisor`]) and what it reports ([`repository`]).
 
 pub mod assignments;
+pub mod fetch;
+mod load;
 pub mod memory;
 pub mod pull;
 pub mod repository;

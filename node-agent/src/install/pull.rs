@@ -4,13 +4,16 @@
 //! async [`pull`] only moves bytes.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use edgefleet_protocol::Artifact;
+use edgefleet_protocol::wire::FetchedBytes;
+use futures_util::StreamExt;
 
+use crate::install::fetch::{Sources, Via};
 use crate::install::store::{self, Store};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum PullError {
     Network(String),
     #[error("store: {0}")]
     Io(String),
+    /// The registry refused for good: wrong credentials, a missing blob or manifest.
+    #[error("registry: {0}")]
+    Registry(String),
 }
 
 impl PullError {
@@ -47,6 +53,7 @@ impl PullError {
             PullError::Http(_) => "http",
             PullError::Network(_) => "network",
             PullError::Io(_) => "io",
+            PullError::Registry(_) => "registry",
         }
     }
 }
@@ -109,48 +116,104 @@ pub fn content_range_start(value: &str) -> Option<u64> {
         .ok()
 }
 
-/// Ensures `artifact` is in the store, verified; returns its path. `free_limit` caps the free
-/// space believed available (to simulate small disks). `progress(done, total)` follows bytes.
+/// How long a device waits for its site cache to fetch an artifact from the origin (the
+/// cache answers 503 meanwhile) before downloading it itself.
+const MAX_WAIT_FOR_SITE_CACHE: Duration = Duration::from_secs(30 * 60);
+
+/// What a pull did: where the artifact is, and how many bytes each source sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pulled {
+    pub path: PathBuf,
+    pub fetched: FetchedBytes,
+}
+
+/// Follows a pull: `(via, new_bytes, done, total)` after each chunk.
+pub type Progress<'a> = &'a (dyn Fn(Via, u64, u64, u64) + Send + Sync);
+
+/// Ensures `artifact` is in the store, verified; returns its path. With a `site_cache`, the
+/// cache is asked first and the origin takes over (from the bytes already written) as soon
+/// as the cache fails; if the result does not verify after the cache served part of it, the
+/// whole file is fetched again from the origin. `free_limit` caps the free space believed
+/// available (to simulate small disks).
 pub async fn pull(
-    client: &reqwest::Client,
+    sources: &Sources,
     store: &Store,
     artifact: &Artifact,
+    site_cache: Option<&str>,
     free_limit: Option<u64>,
-    progress: &(dyn Fn(u64, u64) + Send + Sync),
-) -> Result<PathBuf, PullError> {
+    progress: Progress<'_>,
+) -> Result<Pulled, PullError> {
     let sha = &artifact.sha256;
+    let mut fetched = FetchedBytes::default();
     if store.has_artifact(sha) {
         let path = store.artifact_path(sha);
         let actual = hash_blocking(path.clone()).await?;
         if &actual == sha {
-            return Ok(path);
+            return Ok(Pulled { path, fetched });
         }
         tracing::warn!(%sha, %actual, "stored artifact is corrupt; downloading it again");
         std::fs::remove_file(&path).map_err(io_err)?;
     }
     let partial = store.partial_path(sha);
-    let mut attempt = 0u32;
+    let mut refetched = false;
+    let wait_for_cache_until = Instant::now() + MAX_WAIT_FOR_SITE_CACHE;
+    let mut via = if site_cache.is_some() {
+        Via::SiteCache
+    } else {
+        Via::Origin
+    };
     loop {
-        attempt += 1;
-        match download(client, store, artifact, free_limit, progress).await {
-            Ok(()) => break,
-            Err(e) if e.retryable() && attempt < 6 => {
-                let delay = Duration::from_millis(200 * (1 << attempt.min(5)));
-                tracing::warn!(%sha, attempt, error = %e, ?delay, "download interrupted; will resume");
-                tokio::time::sleep(delay).await;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = download(
+                sources,
+                store,
+                artifact,
+                (via, site_cache),
+                free_limit,
+                &mut fetched,
+                progress,
+            )
+            .await;
+            match result {
+                Ok(()) => break,
+                // the cache is fetching it from the origin: ask again shortly
+                Err(PullError::Http(503))
+                    if via == Via::SiteCache && Instant::now() < wait_for_cache_until =>
+                {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) if via == Via::SiteCache && !matches!(e, PullError::DiskFull { .. }) => {
+                    tracing::warn!(%sha, error = %e, "site cache failed; continuing from the origin");
+                    via = Via::Origin;
+                }
+                Err(e) if e.retryable() && attempt < 6 => {
+                    let delay = Duration::from_millis(200 * (1 << attempt.min(5)));
+                    tracing::warn!(%sha, attempt, error = %e, ?delay, "download interrupted; will resume");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
-    }
-    let actual = hash_blocking(partial.clone()).await?;
-    if &actual != sha {
+        let actual = hash_blocking(partial.clone()).await?;
+        if &actual == sha {
+            let path = store.commit_partial(sha).map_err(io_err)?;
+            return Ok(Pulled { path, fetched });
+        }
         let _ = std::fs::remove_file(&partial);
+        if fetched.site_cache > 0 && !refetched {
+            refetched = true;
+            // a cache can never make a device run wrong bytes: start over from the origin
+            tracing::warn!(%sha, %actual, "bytes from the site cache did not verify; fetching from the origin");
+            via = Via::Origin;
+            continue;
+        }
         return Err(PullError::DigestMismatch {
             expected: sha.clone(),
             actual,
         });
     }
-    store.commit_partial(sha).map_err(io_err)
 }
 
 async fn hash_blocking(path: PathBuf) -> Result<String, PullError> {
@@ -160,13 +223,15 @@ async fn hash_blocking(path: PathBuf) -> Result<String, PullError> {
         .map_err(io_err)
 }
 
-/// One attempt: appends to the partial file until it holds `size` bytes.
+/// One attempt from one source: appends to the partial file until it holds `size` bytes.
 async fn download(
-    client: &reqwest::Client,
+    sources: &Sources,
     store: &Store,
     artifact: &Artifact,
+    (via, site_cache): (Via, Option<&str>),
     free_limit: Option<u64>,
-    progress: &(dyn Fn(u64, u64) + Send + Sync),
+    fetched: &mut FetchedBytes,
+    progress: Progress<'_>,
 ) -> Result<(), PullError> {
     let size = artifact.size_bytes;
     let path = store.partial_path(&artifact.sha256);
@@ -181,27 +246,8 @@ async fn download(
     if need > free {
         return Err(PullError::DiskFull { need, free });
     }
-    let mut request = client.get(&artifact.uri);
-    if offset > 0 {
-        request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
-    }
-    let mut response = request
-        .send()
-        .await
-        .map_err(|e| PullError::Network(e.to_string()))?;
-    let range_start = response
-        .headers()
-        .get(reqwest::header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(content_range_start);
-    let plan = plan_response(
-        response.status().as_u16(),
-        offset,
-        range_start,
-        response.content_length(),
-        size,
-    )?;
-    let mut file = match plan {
+    let mut body = sources.open(artifact, via, site_cache, offset).await?;
+    let mut file = match body.plan {
         Plan::Append => tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -218,17 +264,16 @@ async fn download(
         }
     };
     if offset > 0 {
-        tracing::info!(sha = %artifact.sha256, offset, "resuming download");
+        tracing::info!(sha = %artifact.sha256, offset, via = via.as_str(), "resuming download");
     }
     let mut done = offset;
-    progress(done, size);
-    loop {
-        let chunk = match response.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
+    progress(via, 0, done, size);
+    while let Some(chunk) = body.chunks.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
             Err(e) => {
                 file.flush().await.map_err(io_err)?;
-                return Err(PullError::Network(e.to_string()));
+                return Err(e);
             }
         };
         done += chunk.len() as u64;
@@ -241,7 +286,12 @@ async fn download(
             });
         }
         file.write_all(&chunk).await.map_err(io_err)?;
-        progress(done, size);
+        let new = chunk.len() as u64;
+        match via {
+            Via::Origin => fetched.origin += new,
+            Via::SiteCache => fetched.site_cache += new,
+        }
+        progress(via, new, done, size);
     }
     file.flush().await.map_err(io_err)?;
     file.sync_all().await.map_err(io_err)?;

@@ -161,6 +161,7 @@ mod tests {
                 bytes_total: None,
                 reason: None,
                 serving_sha256: None,
+                fetched: None,
             },
         }
     }

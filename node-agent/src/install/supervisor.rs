@@ -2,24 +2,25 @@
 //! (pull → verify → load → self-test → switch), keeps the persisted state and reports phases.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use edgefleet_protocol::Runtime;
 use edgefleet_protocol::wire::{
-    Assignment, Desired, DeviceId, ModelPhase, ModelState, StateReport,
+    Assignment, Desired, DeviceId, FetchedBytes, ModelPhase, ModelState, StateReport,
 };
 
 use crate::install::assignments::{self, Action, Rejection};
+use crate::install::fetch::{Sources, Via};
+use crate::install::load::{load_and_test, load_stored};
 use crate::install::memory;
 use crate::install::pull;
 use crate::install::repository::{InstallStates, Wanted};
 use crate::install::signing::TrustedKeys;
-use crate::install::store::{self, PersistedState, Store};
+use crate::install::store::{PersistedState, Store};
 use crate::link::mqtt::Command;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Served};
@@ -30,7 +31,10 @@ pub struct InstallContext {
     pub store: Store,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
-    pub http: reqwest::Client,
+    /// HTTP, OCI registries and the site cache.
+    pub sources: Arc<Sources>,
+    /// Bytes fetched per artifact by source, for the state report's per-site view.
+    pub fetched: Mutex<HashMap<String, FetchedBytes>>,
     pub backends: Vec<Arc<dyn Backend>>,
     /// Caps the free disk space believed available (capability override).
     pub free_limit: Option<u64>,
@@ -42,7 +46,7 @@ pub struct InstallContext {
 }
 
 impl InstallContext {
-    fn backend(&self, runtime: Runtime) -> Option<Arc<dyn Backend>> {
+    pub(crate) fn backend(&self, runtime: Runtime) -> Option<Arc<dyn Backend>> {
         self.backends
             .iter()
             .find(|b| b.runtime() == runtime)
@@ -88,6 +92,7 @@ fn model_state(a: &Assignment, phase: ModelPhase, serving: Option<String>) -> Mo
         bytes_total: None,
         reason: None,
         serving_sha256: serving,
+        fetched: None,
     }
 }
 
@@ -463,6 +468,11 @@ impl Supervisor {
             .assignments
             .iter()
             .filter_map(|a| self.phases.get(&a.deployment).cloned())
+            .map(|mut state| {
+                let fetched = self.ctx.fetched.lock().unwrap_or_else(|e| e.into_inner());
+                state.fetched = fetched.get(&state.sha256).copied();
+                state
+            })
             .chain(self.removed.iter().cloned())
             .collect();
         Some(StateReport {
@@ -507,14 +517,13 @@ async fn install_inner(
     ctx.trusted_keys
         .verify(&a.artifact)
         .map_err(|e| format!("signature: {e}"))?;
-    let counted = AtomicU64::new(u64::MAX);
     let reported = AtomicU64::new(u64::MAX);
     let step = (a.artifact.size_bytes / 20).max(64 * 1024);
-    let progress = |done: u64, total: u64| {
-        let before = counted.swap(done, Ordering::Relaxed);
-        if before != u64::MAX && done > before {
-            ctx.metrics.download_bytes.inc_by(done - before);
-        }
+    let progress = |via: Via, new: u64, done: u64, total: u64| {
+        ctx.metrics
+            .download_bytes
+            .with_label_values(&[via.as_str()])
+            .inc_by(new);
         let last = reported.load(Ordering::Relaxed);
         if last == u64::MAX || done >= total || done.abs_diff(last) >= step {
             reported.store(done, Ordering::Relaxed);
@@ -532,15 +541,24 @@ async fn install_inner(
             });
         }
     };
-    let path = pull::pull(
-        &ctx.http,
+    let site_cache = a.site_cache.as_deref();
+    let pulled = pull::pull(
+        &ctx.sources,
         &ctx.store,
         &a.artifact,
+        site_cache,
         ctx.free_limit,
         &progress,
     )
     .await
     .map_err(|e| format!("{}: {e}", e.kind()))?;
+    if pulled.fetched != FetchedBytes::default() {
+        ctx.fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(a.artifact.sha256.clone(), pulled.fetched);
+    }
+    let path = pulled.path;
     let _ = events
         .send(Event::Progress {
             deployment: a.deployment.clone(),
@@ -551,49 +569,4 @@ async fn install_inner(
         })
         .await;
     load_and_test(ctx, a, path).await
-}
-
-/// Loads a model already in the store, re-verifying its digest first.
-async fn load_stored(ctx: &Arc<InstallContext>, a: &Assignment) -> Result<Arc<dyn Model>, String> {
-    // The trusted keys may have changed since it was installed (a revoked key).
-    ctx.trusted_keys
-        .verify(&a.artifact)
-        .map_err(|e| format!("signature: {e}"))?;
-    let path = ctx.store.artifact_path(&a.artifact.sha256);
-    let check = path.clone();
-    let actual = tokio::task::spawn_blocking(move || store::sha256_file(&check))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
-    if actual != a.artifact.sha256 {
-        return Err(format!("stored artifact has sha256 {actual}"));
-    }
-    load_and_test(ctx, a, path).await
-}
-
-/// Loads, warms up and self-tests a verified artifact, off the async threads.
-async fn load_and_test(
-    ctx: &Arc<InstallContext>,
-    a: &Assignment,
-    path: PathBuf,
-) -> Result<Arc<dyn Model>, String> {
-    let backend = ctx.backend(a.runtime).ok_or_else(|| {
-        format!(
-            "runtime {} is not available on this device",
-            a.runtime.as_str()
-        )
-    })?;
-    let loaded = ctx.registry.all();
-    ctx.memory.check(a, loaded.iter().map(|s| &s.assignment))?;
-    let assignment = a.clone();
-    tokio::task::spawn_blocking(move || {
-        let test = assignment.self_test.as_ref();
-        let model = backend
-            .load_assigned(&path, &assignment)
-            .map_err(|e| format!("load: {e:#}"))?;
-        model.prepare(test).map_err(|e| format!("self-test: {e}"))?;
-        Ok(model)
-    })
-    .await
-    .map_err(|e| format!("load task: {e}"))?
 }

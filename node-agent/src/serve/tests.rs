@@ -62,6 +62,7 @@ fn state() -> ApiState {
             self_test: None,
             offload: None,
             llm: None,
+            site_cache: None,
         },
         model: Arc::new(Doubler {
             inputs: vec![spec("x", DataType::Fp32, vec![-1, 3])],
@@ -302,6 +303,7 @@ fn model_state(deployment: &str, version: &str, sha: &str, phase: ModelPhase) ->
         bytes_total: None,
         reason: None,
         serving_sha256: None,
+        fetched: None,
     }
 }
 

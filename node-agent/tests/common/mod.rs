@@ -147,6 +147,7 @@ pub fn assignment(
         self_test: None,
         offload: None,
         llm: None,
+        site_cache: None,
     }
 }
 

@@ -42,6 +42,7 @@ fn facts_from_hello_copy_capabilities_and_lower_case_features() {
         disk_free_mib: 100,
         accelerators: vec!["NVIDIA".into()],
         runtimes: vec![Runtime::Onnxruntime, Runtime::Tract],
+        site_cache_url: None,
     };
     let facts = DeviceFacts::from(&hello);
     assert_eq!(facts.id, id("cam-1"));

@@ -75,6 +75,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             telemetry_slice_seconds: 1,
             mqtt_unready_after_seconds: 30,
         },
+        distribution: crate::run::DistributionArgs {
+            registry_auth_file: None,
+            insecure_registries: Vec::new(),
+            site_label: "site".into(),
+        },
     };
     let plane = super::start(&up).await?;
     eprintln!(

@@ -325,7 +325,8 @@ async fn measure(
     );
     let store = work.join(&device);
     let agent = start_agent(
-        args,
+        &args.agent,
+        args.intra_op_threads,
         &device,
         broker,
         &store,
@@ -373,6 +374,7 @@ async fn measure(
         }),
         offload: None,
         llm: None,
+        site_cache: None,
     };
     let doc = Desired {
         device_id: DeviceId::new(device.clone())?,

@@ -116,6 +116,7 @@ fn state(tag: f32, offload: Option<OffloadPolicy>) -> ApiState {
             self_test: None,
             offload,
             llm: None,
+            site_cache: None,
         },
         model: Arc::new(Scores::new(tag)),
     });

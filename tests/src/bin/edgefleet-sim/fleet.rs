@@ -452,6 +452,7 @@ impl Gateway {
                     bytes_total: None,
                     reason: None,
                     serving_sha256: m.serving.as_ref().map(|(_, sha, _)| sha.clone()),
+                    fetched: None,
                 })
                 .collect(),
         };

@@ -147,6 +147,7 @@ pub fn hello(seed: u64, index: usize, id: &DeviceId, llm: bool) -> Hello {
         } else {
             vec![Runtime::Tract]
         },
+        site_cache_url: None,
     }
 }
 
