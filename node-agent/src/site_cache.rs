@@ -15,6 +15,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
@@ -150,16 +151,22 @@ async fn blob(
     let path = cache.store.artifact_path(&sha256);
     match ServeFile::new(path).oneshot(request).await {
         Ok(response) => {
-            if response.status().is_success()
-                && let Some(length) = response
-                    .headers()
-                    .get(axum::http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-            {
-                cache.metrics.site_cache_served_bytes.inc_by(length);
-            }
-            response.map(axum::body::Body::new)
+            // counted as the bytes leave, so a cut transfer counts what was sent
+            let served = cache.clone();
+            response.map(|body| {
+                let counted = axum::body::Body::new(body)
+                    .into_data_stream()
+                    .map(move |chunk| {
+                        if let Ok(bytes) = &chunk {
+                            served
+                                .metrics
+                                .site_cache_served_bytes
+                                .inc_by(bytes.len() as u64);
+                        }
+                        chunk
+                    });
+                axum::body::Body::from_stream(counted)
+            })
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
