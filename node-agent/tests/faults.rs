@@ -13,12 +13,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn start(store: &std::path::Path, device: &str, broker: &str, extra: &[&str]) -> AgentProcess {
-    let mut args = vec!["--device-id", device, "--broker", broker];
-    args.extend_from_slice(extra);
-    AgentProcess::spawn(store, &args)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_download_resumes_with_range() {
     let server = ArtifactServer::start().await;
@@ -349,17 +343,21 @@ async fn telemetry_waits_in_the_spool_until_a_controller_is_online() {
     let others = metric(&agent, "edgefleet_agent_controllers_online")
         .await
         .unwrap();
+    // Another test's observer may come online during the window, even briefly (it counts as
+    // a controller): then telemetry going out is right, and the window proves nothing. So the
+    // count is watched through the whole window, not read at its ends.
+    let mut most_online = others;
     if others == 0.0 {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let online = metric(&agent, "edgefleet_agent_controllers_online")
+                .await
+                .unwrap();
+            most_online = most_online.max(online);
+        }
         obs.drain();
     }
-    // Another test's observer may have come online during the window (it counts as a
-    // controller): then telemetry going out is right, and the window proves nothing.
-    let alone_throughout = others == 0.0
-        && metric(&agent, "edgefleet_agent_controllers_online")
-            .await
-            .unwrap()
-            == 0.0;
+    let alone_throughout = most_online == 0.0;
     if alone_throughout {
         assert!(
             !obs.seen.iter().any(|(t, _, _)| t.ends_with("/telemetry")),

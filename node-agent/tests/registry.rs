@@ -15,12 +15,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn start(store: &std::path::Path, device: &str, broker: &str, extra: &[&str]) -> AgentProcess {
-    let mut args = vec!["--device-id", device, "--broker", broker];
-    args.extend_from_slice(extra);
-    AgentProcess::spawn(store, &args)
-}
-
 /// An assignment of `file` as pushed to `registry/repo`, pinned by manifest digest.
 fn oci_assignment(
     deployment: &str,

@@ -3,6 +3,7 @@
 //! `ModelDeployment` spec a device needs to run its model. Pure data and pure functions, no
 //! I/O and no Kubernetes, so the node agent links none of the control plane.
 
+mod checks;
 pub mod histogram;
 pub mod llm;
 pub mod oci;

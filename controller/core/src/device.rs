@@ -28,7 +28,7 @@ pub struct DeviceFacts {
     /// is not demanded from free disk again; otherwise a device whose download filled its disk
     /// would stop fitting the very variant it runs, and the plan would flap on every reconcile.
     pub installed_sha256: BTreeSet<String>,
-    /// Set when the device serves its site's artifacts (see [`crate::site`]).
+    /// Set when the device serves its site's artifacts (the `site` module picks caches).
     pub site_cache_url: Option<String>,
 }
 

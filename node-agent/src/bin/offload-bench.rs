@@ -19,9 +19,11 @@
 
 #[path = "shared/defaults.rs"]
 mod defaults;
+#[path = "shared/fleet.rs"]
+mod fleet;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,7 @@ use edgefleet_protocol::{
     Artifact, ConfidenceTrigger, ModelRef, OffloadEndpoint, OffloadPolicy, OffloadRateLimit,
     OffloadTriggers, Precision, Runtime, ScoreKind, SelfTest, SelfTestInput, TensorDatatype,
 };
+use fleet::Kill;
 
 const MODEL: &str = "ocr-cls";
 const FILE: &str = "ocr-cls.onnx";
@@ -85,15 +88,6 @@ struct Args {
     /// The agent binary; default: next to this executable.
     #[arg(long, env = "EDGEFLEET_BENCH_AGENT", default_value_os_t = defaults::agent())]
     agent: PathBuf,
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct Agent {
@@ -359,33 +353,7 @@ async fn main() -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("offload-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
 
-    let mut _private = None;
-    let broker = match args.broker.clone() {
-        Some(b) => b,
-        None if std::net::TcpStream::connect("127.0.0.1:1883").is_ok() => {
-            "mqtt://127.0.0.1:1883".into()
-        }
-        None => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            let conf = work.join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-            )?;
-            _private = Some(Kill(
-                Command::new("/usr/sbin/mosquitto")
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?,
-            ));
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            format!("mqtt://127.0.0.1:{port}")
-        }
-    };
+    let (broker, _private) = fleet::broker(args.broker.clone(), &work).await?;
     let broker_port: u16 = broker.rsplit(':').next().unwrap_or("1883").parse()?;
 
     let app = axum::Router::new().route(

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use edgefleet_protocol::wire::Assignment;
 
+use crate::install::context::InstallContext;
 use crate::install::store;
-use crate::install::supervisor::InstallContext;
 use crate::runtime::Model;
 
 /// Loads a model already in the store, re-verifying its digest first.

@@ -4,6 +4,7 @@
 //! the loop that applies it all ([`supervisor`]) and what it reports ([`repository`]).
 
 pub mod assignments;
+pub mod context;
 pub mod fetch;
 mod load;
 pub mod memory;

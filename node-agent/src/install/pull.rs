@@ -1,7 +1,7 @@
 //! Artifact pull: resumable (HTTP Range), size-capped, sha256-verified, atomically committed.
 //!
-//! The decisions (where to resume, whether a response may be used) are pure functions; the
-//! async [`pull`] only moves bytes.
+//! The decisions (where to resume, whether a response may be used) are pure functions in
+//! [`super::fetch`]; the async [`pull`] only moves bytes.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,107 +13,12 @@ use edgefleet_protocol::Artifact;
 use edgefleet_protocol::wire::FetchedBytes;
 use futures_util::StreamExt;
 
-use crate::install::fetch::{Sources, Via};
+pub use crate::install::fetch::PullError;
+use crate::install::fetch::{Plan, Sources, Via, resume_offset};
 use crate::install::store::{self, Store};
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PullError {
-    #[error("not enough free disk: {need} bytes needed, {free} free")]
-    DiskFull { need: u64, free: u64 },
-    #[error("artifact is larger than its declared {limit} bytes (at least {seen})")]
-    TooLarge { limit: u64, seen: u64 },
-    #[error("sha256 mismatch: expected {expected}, got {actual}")]
-    DigestMismatch { expected: String, actual: String },
-    #[error("server answered HTTP {0}")]
-    Http(u16),
-    #[error("network: {0}")]
-    Network(String),
-    #[error("store: {0}")]
-    Io(String),
-    /// The registry refused for good: wrong credentials, a missing blob or manifest.
-    #[error("registry: {0}")]
-    Registry(String),
-}
-
-impl PullError {
-    /// Transient failures are retried, resuming from what was already written.
-    pub fn retryable(&self) -> bool {
-        match self {
-            PullError::Network(_) => true,
-            PullError::Http(code) => *code == 408 || *code == 429 || *code >= 500,
-            _ => false,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PullError::DiskFull { .. } => "disk_full",
-            PullError::TooLarge { .. } => "too_large",
-            PullError::DigestMismatch { .. } => "digest_mismatch",
-            PullError::Http(_) => "http",
-            PullError::Network(_) => "network",
-            PullError::Io(_) => "io",
-            PullError::Registry(_) => "registry",
-        }
-    }
-}
 
 fn io_err(e: std::io::Error) -> PullError {
     PullError::Io(e.to_string())
-}
-
-/// Where to continue a download given the bytes already on disk: `0` restarts.
-pub fn resume_offset(partial_len: u64, size: u64) -> u64 {
-    if partial_len < size { partial_len } else { 0 }
-}
-
-/// How to use a server's answer to a request that asked for bytes from `offset`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
-    /// Append the body to the partial file (206 for our range, or 200 when starting fresh).
-    Append,
-    /// The server sent the whole file: truncate the partial file and start over.
-    Restart,
-    /// The server refuses the range (416): discard the partial file and ask again from 0.
-    Discard,
-}
-
-pub fn plan_response(
-    status: u16,
-    offset: u64,
-    content_range_start: Option<u64>,
-    content_length: Option<u64>,
-    size: u64,
-) -> Result<Plan, PullError> {
-    let plan = match status {
-        206 if content_range_start == Some(offset) => Plan::Append,
-        206 => return Err(PullError::Network("server sent a different range".into())),
-        200 if offset == 0 => Plan::Append,
-        200 => Plan::Restart,
-        416 => return Ok(Plan::Discard),
-        code => return Err(PullError::Http(code)),
-    };
-    let start = if plan == Plan::Restart { 0 } else { offset };
-    if let Some(len) = content_length
-        && start.saturating_add(len) > size
-    {
-        return Err(PullError::TooLarge {
-            limit: size,
-            seen: start.saturating_add(len),
-        });
-    }
-    Ok(plan)
-}
-
-/// `bytes 100-199/200` → `100`.
-pub fn content_range_start(value: &str) -> Option<u64> {
-    value
-        .strip_prefix("bytes ")?
-        .split('-')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// How long a device waits for its site cache to fetch an artifact from the origin (the
@@ -306,47 +211,4 @@ async fn download(
 /// Sha256 of bytes (for tests and tools).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resume_and_response_plans() {
-        assert_eq!(resume_offset(0, 100), 0);
-        assert_eq!(resume_offset(40, 100), 40);
-        assert_eq!(
-            resume_offset(100, 100),
-            0,
-            "a full partial file is re-fetched"
-        );
-        assert_eq!(
-            plan_response(206, 40, Some(40), Some(60), 100),
-            Ok(Plan::Append)
-        );
-        assert_eq!(
-            plan_response(200, 40, None, Some(100), 100),
-            Ok(Plan::Restart)
-        );
-        assert_eq!(plan_response(200, 0, None, None, 100), Ok(Plan::Append));
-        assert_eq!(plan_response(416, 40, None, None, 100), Ok(Plan::Discard));
-        assert!(matches!(
-            plan_response(200, 0, None, Some(101), 100),
-            Err(PullError::TooLarge {
-                limit: 100,
-                seen: 101
-            })
-        ));
-        assert!(plan_response(206, 40, Some(0), Some(100), 100).is_err());
-        let e = plan_response(503, 0, None, None, 100).unwrap_err();
-        assert!(e.retryable());
-        assert!(
-            !plan_response(404, 0, None, None, 100)
-                .unwrap_err()
-                .retryable()
-        );
-        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
-        assert_eq!(content_range_start("items 1-2"), None);
-    }
 }

@@ -2,57 +2,27 @@
 //! (pull → verify → load → self-test → switch), keeps the persisted state and reports phases.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use edgefleet_protocol::Runtime;
 use edgefleet_protocol::wire::{
     Assignment, Desired, DeviceId, FetchedBytes, ModelPhase, ModelState, StateReport,
 };
 
 use crate::install::assignments::{self, Action, Rejection};
-use crate::install::fetch::{Sources, Via};
+use crate::install::fetch::Via;
 use crate::install::load::{load_and_test, load_stored};
-use crate::install::memory;
 use crate::install::pull;
-use crate::install::repository::{InstallStates, Wanted};
-use crate::install::signing::TrustedKeys;
-use crate::install::store::{PersistedState, Store};
+use crate::install::repository::Wanted;
+use crate::install::store::PersistedState;
 use crate::link::mqtt::Command;
-use crate::metrics::Metrics;
-use crate::registry::{Registry, Served};
-use crate::runtime::{Backend, Model};
+use crate::registry::Served;
+use crate::runtime::Model;
 
-/// What install tasks need; shared by all of them.
-pub struct InstallContext {
-    pub store: Store,
-    pub registry: Arc<Registry>,
-    pub metrics: Arc<Metrics>,
-    /// HTTP, OCI registries and the site cache.
-    pub sources: Arc<Sources>,
-    /// Bytes fetched per artifact by source, for the state report's per-site view.
-    pub fetched: Mutex<HashMap<String, FetchedBytes>>,
-    pub backends: Vec<Arc<dyn Backend>>,
-    /// Caps the free disk space believed available (capability override).
-    pub free_limit: Option<u64>,
-    /// The memory the agent announced, which a model must fit before it is loaded.
-    pub memory: memory::Announced,
-    pub trusted_keys: TrustedKeys,
-    /// Where the repository index reads the install phases from.
-    pub install_states: Arc<InstallStates>,
-}
-
-impl InstallContext {
-    pub(crate) fn backend(&self, runtime: Runtime) -> Option<Arc<dyn Backend>> {
-        self.backends
-            .iter()
-            .find(|b| b.runtime() == runtime)
-            .cloned()
-    }
-}
+pub use crate::install::context::InstallContext;
 
 pub enum Event {
     Progress {

@@ -412,6 +412,13 @@ impl AgentProcess {
     }
 }
 
+/// This crate's agent as `device` on `broker`, with `extra` flags.
+pub fn start(store: &Path, device: &str, broker: &str, extra: &[&str]) -> AgentProcess {
+    let mut args = vec!["--device-id", device, "--broker", broker];
+    args.extend_from_slice(extra);
+    AgentProcess::spawn(store, &args)
+}
+
 /// Polls `GET /v2/models/{name}` until it reports `sha256`.
 pub async fn wait_serving(
     agent: &AgentProcess,
