@@ -406,6 +406,12 @@ impl Supervisor {
     fn gc(&self) {
         let mut keep = self.persisted.referenced();
         keep.extend(self.installing.values().map(|(sha, _)| sha.clone()));
+        // the per-source byte counts go with the artifacts they describe
+        self.ctx
+            .fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|sha, _| keep.contains(sha));
         match self.ctx.store.gc(&keep) {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(?removed, "garbage-collected old artifacts");
@@ -434,12 +440,12 @@ impl Supervisor {
 
     pub fn state_report(&self) -> Option<StateReport> {
         let desired = self.persisted.desired.as_ref()?;
+        let fetched = self.ctx.fetched.lock().unwrap_or_else(|e| e.into_inner());
         let models = desired
             .assignments
             .iter()
             .filter_map(|a| self.phases.get(&a.deployment).cloned())
             .map(|mut state| {
-                let fetched = self.ctx.fetched.lock().unwrap_or_else(|e| e.into_inner());
                 state.fetched = fetched.get(&state.sha256).copied();
                 state
             })
