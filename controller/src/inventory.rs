@@ -1,7 +1,7 @@
 //! The fleet inventory: what every device announced, whether it is online, and what it runs.
 //! SQL is the truth (it survives restarts); an in-memory copy serves the planners.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
 use edgefleet_core::{DeviceFacts, device_class};
@@ -53,10 +53,13 @@ impl Inventory {
         for stored in store.load_devices().await? {
             let mut facts = DeviceFacts::from(&stored.hello);
             facts.online = stored.online;
+            facts.installed_sha256 = stored.installed_sha256;
             devices.insert(facts.id.clone(), facts);
         }
         // Canary places go first to devices holding the target; after a restart that must
         // not wait for their next state report (it may not come until something changes).
+        // What devices last reported holding is stored with them; databases written before
+        // that was kept still know what each assignment served.
         for (device, sha256) in store.serving_digests().await? {
             if let Some(facts) = DeviceId::new(&device)
                 .ok()
@@ -198,7 +201,8 @@ impl Inventory {
         self.apply_states(&[report], now_ms).await
     }
 
-    /// [`Inventory::apply_state`] for many reports, written in one transaction.
+    /// [`Inventory::apply_state`] for many reports: their phases written in one transaction,
+    /// what each device holds in another.
     pub async fn apply_states(
         &self,
         reports: &[&StateReport],
@@ -227,6 +231,15 @@ impl Inventory {
             }
         }
         let any = self.store.record_model_states(&rows, now_ms).await? > 0;
+        let installed: Vec<(&DeviceId, BTreeSet<String>)> = reports
+            .iter()
+            .map(|report| (&report.device_id, installed_digests(report)))
+            .collect();
+        let writes: Vec<(&str, &BTreeSet<String>)> = installed
+            .iter()
+            .map(|(device, digests)| (device.as_str(), digests))
+            .collect();
+        self.store.record_installed(&writes).await?;
         for report in reports {
             self.downloads.apply(report);
         }
@@ -244,21 +257,9 @@ impl Inventory {
                 );
             }
         }
-        for report in reports {
-            // Artifacts on the device do not count against its free disk for re-planning.
-            let installed = report
-                .models
-                .iter()
-                .filter(|m| m.phase == ModelPhase::Ready)
-                .map(|m| m.sha256.clone())
-                .chain(
-                    report
-                        .models
-                        .iter()
-                        .filter_map(|m| m.serving_sha256.clone()),
-                );
-            if let Some(facts) = devices.get_mut(&report.device_id) {
-                facts.installed_sha256 = installed.collect();
+        for (device, digests) in installed {
+            if let Some(facts) = devices.get_mut(device) {
+                facts.installed_sha256 = digests;
             }
         }
         Ok(if any {
@@ -318,4 +319,20 @@ impl Inventory {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// What a state report says the device holds: artifacts of its Ready models and those it
+/// serves. They do not count against its free disk for re-planning, and they give canary
+/// places to devices that already hold the target.
+fn installed_digests(report: &StateReport) -> BTreeSet<String> {
+    let ready = report
+        .models
+        .iter()
+        .filter(|m| m.phase == ModelPhase::Ready)
+        .map(|m| m.sha256.clone());
+    let serving = report
+        .models
+        .iter()
+        .filter_map(|m| m.serving_sha256.clone());
+    ready.chain(serving).collect()
 }

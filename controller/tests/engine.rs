@@ -457,6 +457,42 @@ async fn a_restarted_controller_knows_which_devices_already_hold_the_target() {
     }
 }
 
+/// A canary whose new assignment it has not reported on yet (its row forgot what it served
+/// when the version changed) keeps its place across a restart: the new controller knows from
+/// the device's last report that it holds the target's bytes, so no canary moves.
+#[tokio::test]
+async fn a_restarted_controller_keeps_the_canaries_before_they_report_again() {
+    let mut fleet = fleet_of_ten().await;
+    let steps = "[{percent: 20}, {percent: 60}]";
+    fleet.reconcile(&spec("1", steps), 0).await;
+    fleet.devices_become_ready(10).await;
+    // version 2's artifacts are version 1's bytes (same digests): every device holds them
+    fleet.reconcile(&spec("2", steps), 1_000).await;
+    let before = fleet.desired();
+    let canaries = before
+        .values()
+        .filter(|d| d.assignments[0].role == Role::Canary)
+        .count();
+    assert_eq!(canaries, 2, "{before:?}");
+    let published = fleet.sent.0.lock().expect("lock").len();
+
+    // A new process over the same database; no device has reported since version 2.
+    let state = fleet_state_over(
+        fleet.reconciler.fleet().store.clone(),
+        Metrics::new(),
+        Arc::new(Telemetry::new(1000, 3_600_000)),
+    )
+    .await;
+    fleet.reconciler = Reconciler::new(state, fleet.sent.clone());
+    fleet.reconcile(&spec("2", steps), 2_000).await;
+    let moved: Vec<_> = fleet.sent.0.lock().expect("lock")[published..]
+        .iter()
+        .map(|d| d.device_id.to_string())
+        .collect();
+    assert!(moved.is_empty(), "the restart moved canaries: {moved:?}");
+    assert_eq!(fleet.desired(), before);
+}
+
 /// Issue 17: a cohort demoted during the canary must keep serving once the others promote.
 #[tokio::test]
 async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {

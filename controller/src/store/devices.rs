@@ -1,6 +1,8 @@
 //! Device presence (hello and online/offline) written a batch at a time: a fleet coming online
 //! at once is a few multi-row statements per few hundred devices, not one statement each.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use edgefleet_protocol::wire::{DeviceId, Hello};
 
 use super::batch::{CHUNK, placeholders, value_rows};
@@ -21,7 +23,7 @@ pub struct DeviceWrite<'a> {
 impl Store {
     pub async fn load_devices(&self) -> Result<Vec<StoredDevice>> {
         let rows =
-            sqlx::query("SELECT hello_json, online, last_seen_ms FROM devices ORDER BY device_id")
+            sqlx::query("SELECT hello_json, online, last_seen_ms, installed_sha256 FROM devices ORDER BY device_id")
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter()
@@ -33,6 +35,11 @@ impl Store {
                     hello,
                     online: row.try_get::<i64, _>(1)? != 0,
                     last_seen_ms: row.try_get(2)?,
+                    installed_sha256: row
+                        .try_get::<String, _>(3)?
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect(),
                 })
             })
             .collect()
@@ -50,6 +57,51 @@ impl Store {
         rows.into_iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
+    }
+
+    /// Records the artifacts each device's last state report says it holds (space-separated
+    /// digests), so that a restarted controller knows them before devices report again: an
+    /// assignment row forgets what its device served when the assignment changes, the device
+    /// does not.
+    pub async fn record_installed(&self, devices: &[(&str, &BTreeSet<String>)]) -> Result<()> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        // id order, as in `record_presence`: replicas lock rows in the same order
+        let mut latest: BTreeMap<&str, &BTreeSet<String>> = BTreeMap::new();
+        for (device, installed) in devices {
+            latest.insert(device, installed);
+        }
+        let latest: Vec<(&str, String)> = latest
+            .into_iter()
+            .map(|(device, installed)| {
+                (
+                    device,
+                    installed
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            })
+            .collect();
+        const COLUMNS: usize = 2;
+        let mut tx = self.pool.begin().await?;
+        for chunk in latest.chunks(CHUNK) {
+            let values = value_rows(1, chunk.len(), COLUMNS);
+            // VALUES columns are column1, column2 in both SQLite and PostgreSQL.
+            let sql = self.placeholders.sql(format!(
+                "UPDATE devices SET installed_sha256 = v.column2
+                 FROM (VALUES {values}) AS v WHERE devices.device_id = v.column1"
+            ));
+            let mut query = sqlx::query(&sql);
+            for (device, installed) in chunk {
+                query = query.bind(*device).bind(installed.as_str());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Applies one batch of presence in one transaction: hellos are upserted (a new device

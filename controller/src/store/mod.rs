@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "artifact pins",
         include_str!("../../../migrations/20261207000001_artifact_pins.sql"),
     ),
+    (
+        20261207000002,
+        "device installed",
+        include_str!("../../../migrations/20261207000002_device_installed.sql"),
+    ),
 ];
 
 /// What `sqlx::migrate!` would build from [`MIGRATIONS`]: same versions, descriptions and
@@ -94,6 +99,8 @@ pub struct StoredDevice {
     pub hello: Hello,
     pub online: bool,
     pub last_seen_ms: i64,
+    /// Digests the device's last state report said it holds.
+    pub installed_sha256: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
