@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use edgefleet_mqtt::{Backoff, BrokerUrl};
 use edgefleet_protocol::presence::{encode_presence, presence_topic};
 use edgefleet_protocol::wire::{
-    self, Channel, Desired, DeviceStatus, Hello, StateReport, Telemetry, WireError, WireMessage,
+    self, Channel, DeviceStatus, Hello, StateReport, Telemetry, WireError, WireMessage,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
@@ -29,6 +29,7 @@ use self::probe::{LoopbackProbe, ProbeAction};
 use crate::http::LinkHealthHandle;
 use crate::metrics::Metrics;
 use crate::reconcile::{PublishError, Publisher};
+use edgefleet_core::desired::EncodedDesired;
 use futures::future::BoxFuture;
 
 /// A decoded message from a device.
@@ -91,10 +92,13 @@ impl MqttLink {
     }
 
     /// Publishes a device's full desired document, retained, QoS 1.
-    pub async fn publish_desired(&self, desired: &Desired) -> Result<(), rumqttc::v5::ClientError> {
-        let topic = wire::topic(&desired.device_id, Channel::Desired);
+    pub async fn publish_desired(
+        &self,
+        document: &EncodedDesired,
+    ) -> Result<(), rumqttc::v5::ClientError> {
+        let topic = wire::topic(&document.desired.device_id, Channel::Desired);
         self.client
-            .publish(topic, QoS::AtLeastOnce, true, wire::encode(desired))
+            .publish(topic, QoS::AtLeastOnce, true, document.payload.clone())
             .await?;
         self.metrics
             .mqtt_published
@@ -119,9 +123,12 @@ impl MqttLink {
 }
 
 impl Publisher for MqttLink {
-    fn publish<'a>(&'a self, desired: &'a Desired) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn publish<'a>(
+        &'a self,
+        document: &'a EncodedDesired,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(async move {
-            self.publish_desired(desired)
+            self.publish_desired(document)
                 .await
                 .map_err(|e| PublishError(e.to_string()))
         })

@@ -200,6 +200,30 @@ async fn exercise(store: Store) {
         .expect("drop d1");
     assert_eq!(store.device_assignments("d1").await.expect("d1").len(), 0);
     assert_eq!(store.device_assignments("d2").await.expect("d2")[0].1, "md");
+    // a device's rows of other deployments, for rebuilding its document after one changed
+    store
+        .replace_assignments("ns", "other", &[assignment("d2", "int8", 1)], 8)
+        .await
+        .expect("second deployment");
+    let all = store
+        .assignments_of_devices(&["d1", "d2"])
+        .await
+        .expect("all rows");
+    assert_eq!(all["d2"].len(), 2);
+    let others = store
+        .assignments_of_devices_except(&["d1", "d2"], "ns", "md")
+        .await
+        .expect("other rows");
+    let names: Vec<&str> = others["d2"]
+        .iter()
+        .map(|(_, name, _)| name.as_str())
+        .collect();
+    assert_eq!(names, ["other"]);
+    assert!(!others.contains_key("d1"));
+    store
+        .replace_assignments("ns", "other", &[], 8)
+        .await
+        .expect("second deployment gone");
 
     // desired documents
     assert_eq!(store.desired("d2").await.expect("none"), None);

@@ -201,6 +201,15 @@ pub fn encode<M: WireMessage>(message: &M) -> Vec<u8> {
     serde_json::to_vec(&envelope).unwrap_or_default()
 }
 
+/// [`encode`] as a `String`, for payloads that are also stored as text.
+pub fn encode_to_string<M: WireMessage>(message: &M) -> String {
+    let envelope = Envelope {
+        v: PROTOCOL_VERSION,
+        body: message,
+    };
+    serde_json::to_string(&envelope).unwrap_or_default()
+}
+
 /// Refuses a payload over [`MAX_PAYLOAD_BYTES`] before anything parses it.
 pub fn check_size(bytes: &[u8]) -> Result<(), WireError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {

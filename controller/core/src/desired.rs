@@ -1,37 +1,61 @@
 //! A device's desired document: every assignment it holds across deployments, as one retained
-//! message. Rebuilt after each change; republished only when its content changed.
+//! message. Rebuilt after each change; republished only when its content changed. A document
+//! is encoded once: the same bytes are compared with what was sent, stored and published.
 
-use edgefleet_protocol::wire::{Assignment, Desired, DeviceId};
+use edgefleet_protocol::wire::{self, Assignment, Desired, DeviceId};
 
-/// The document last sent to a device: its generation and, if it could be read, its
-/// assignments.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SentDocument {
+/// The document last sent to a device: its generation and its payload as sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SentDocument<'a> {
     pub generation: i64,
-    pub assignments: Option<Vec<Assignment>>,
+    pub payload: &'a str,
+}
+
+/// A desired document with its wire payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedDesired {
+    pub desired: Desired,
+    pub payload: String,
+}
+
+impl EncodedDesired {
+    pub fn new(desired: Desired) -> Self {
+        let payload = wire::encode_to_string(&desired);
+        Self { desired, payload }
+    }
 }
 
 /// The document for `device` holding `assignments`, or `None` when nothing changed since
-/// `previous`. The generation only grows.
+/// `previous`. The generation only grows. "Changed" compares payloads, so a previous payload
+/// that cannot be read (or an older encoding of the same content) is replaced once, with a
+/// higher generation, rather than parsed.
 pub fn next_desired(
     device: &DeviceId,
     mut assignments: Vec<Assignment>,
     previous: Option<&SentDocument>,
-) -> Option<Desired> {
+) -> Option<EncodedDesired> {
     assignments.sort_by(|a, b| a.deployment.cmp(&b.deployment));
-    if previous.and_then(|p| p.assignments.as_ref()) == Some(&assignments) {
+    let Some(previous) = previous else {
+        // never had anything, still has nothing
+        return (!assignments.is_empty()).then(|| {
+            EncodedDesired::new(Desired {
+                device_id: device.clone(),
+                generation: 1,
+                assignments,
+            })
+        });
+    };
+    let previous_generation = u64::try_from(previous.generation).unwrap_or(0);
+    let mut desired = Desired {
+        device_id: device.clone(),
+        generation: previous_generation,
+        assignments,
+    };
+    if wire::encode_to_string(&desired) == previous.payload {
         return None;
     }
-    if previous.is_none() && assignments.is_empty() {
-        return None; // never had anything, still has nothing
-    }
-    let previous_generation = previous.map_or(0, |p| p.generation);
-    let generation = u64::try_from(previous_generation).unwrap_or(0) + 1;
-    Some(Desired {
-        device_id: device.clone(),
-        generation,
-        assignments,
-    })
+    desired.generation = previous_generation + 1;
+    Some(EncodedDesired::new(desired))
 }
 
 #[cfg(test)]
@@ -48,10 +72,10 @@ mod tests {
         record.assignment
     }
 
-    fn sent(doc: &Desired) -> SentDocument {
+    fn sent(doc: &EncodedDesired) -> SentDocument<'_> {
         SentDocument {
-            generation: doc.generation as i64,
-            assignments: Some(doc.assignments.clone()),
+            generation: doc.desired.generation as i64,
+            payload: &doc.payload,
         }
     }
 
@@ -60,20 +84,26 @@ mod tests {
         let device = DeviceId::new("d1").expect("id");
         let both = vec![assignment("ns/b", "int8"), assignment("ns/a", "fp32")];
         let first = next_desired(&device, both.clone(), None).expect("new document");
-        assert_eq!(first.generation, 1);
+        assert_eq!(first.desired.generation, 1);
         assert_eq!(
-            first.assignments[0].deployment, "ns/a",
+            first.desired.assignments[0].deployment, "ns/a",
             "sorted by deployment"
         );
-        assert_eq!(next_desired(&device, both, Some(&sent(&first))), None);
+        assert_eq!(
+            wire::decode::<Desired>(first.payload.as_bytes()).expect("payload"),
+            first.desired,
+            "the payload is the document"
+        );
+        let reordered = vec![both[1].clone(), both[0].clone()];
+        assert_eq!(next_desired(&device, reordered, Some(&sent(&first))), None);
 
         let changed = vec![assignment("ns/a", "int8")];
         let second = next_desired(&device, changed, Some(&sent(&first))).expect("changed");
-        assert_eq!(second.generation, 2);
+        assert_eq!(second.desired.generation, 2);
 
         // removing everything is a change too: the device must drop its models
         let emptied = next_desired(&device, vec![], Some(&sent(&first))).expect("emptied");
-        assert!(emptied.assignments.is_empty());
+        assert!(emptied.desired.assignments.is_empty());
         assert_eq!(next_desired(&device, vec![], None), None);
     }
 
@@ -82,9 +112,9 @@ mod tests {
         let device = DeviceId::new("d1").expect("id");
         let unreadable = SentDocument {
             generation: 7,
-            assignments: None,
+            payload: "{not json",
         };
         let doc = next_desired(&device, vec![], Some(&unreadable)).expect("replaced");
-        assert_eq!(doc.generation, 8);
+        assert_eq!(doc.desired.generation, 8);
     }
 }

@@ -9,6 +9,7 @@ use edgefleet_core::pacing;
 use edgefleet_core::plan::RolloutPlan;
 use edgefleet_core::site::SiteCaches;
 
+use super::publish::Written;
 use super::{DeploymentInput, ReconcileError, Reconciler, Records};
 
 impl Reconciler {
@@ -52,7 +53,16 @@ impl Reconciler {
                 .await?
         };
         self.fleet.attribution.assign(&key, &new);
-        self.publish_devices(&changed, now_ms).await?;
+        let written = Written {
+            namespace: input.namespace,
+            name: input.name,
+            assignments: new
+                .iter()
+                .map(|r| (r.device_id.as_str(), &r.assignment))
+                .collect(),
+        };
+        self.publish_devices(&changed, Some(&written), now_ms)
+            .await?;
         Ok(stored)
     }
 }

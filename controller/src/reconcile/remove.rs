@@ -21,7 +21,7 @@ impl Reconciler {
             .replace_assignments(namespace, name, &[], now_ms)
             .await?;
         let devices: Vec<String> = old.into_iter().map(|row| row.device_id).collect();
-        self.publish_devices(&devices, now_ms).await?;
+        self.publish_devices(&devices, None, now_ms).await?;
         fleet.store.purge_deployment(namespace, name).await?;
         let key = format!("{namespace}/{name}");
         fleet.attribution.assign(&key, &[]);

@@ -2,7 +2,8 @@
 //! state has lost the retained documents, so devices that connect afresh would get nothing
 //! until their assignment changes; the fleet store still has them all.
 
-use edgefleet_protocol::wire::Desired;
+use edgefleet_core::desired::EncodedDesired;
+use edgefleet_protocol::wire::{self, Desired};
 
 use super::{ReconcileError, Reconciler};
 
@@ -14,9 +15,13 @@ impl Reconciler {
         let documents = self.fleet.store.all_desired().await?;
         let mut published = 0;
         for (device, json) in documents {
-            match serde_json::from_str::<Desired>(&json) {
-                Ok(doc) => {
-                    self.publisher.publish(&doc).await?;
+            match wire::decode::<Desired>(json.as_bytes()) {
+                Ok(desired) => {
+                    let document = EncodedDesired {
+                        desired,
+                        payload: json,
+                    };
+                    self.publisher.publish(&document).await?;
                     published += 1;
                 }
                 Err(err) => {

@@ -63,6 +63,9 @@ impl Placeholders {
     }
 }
 
+/// Assignments keyed by device: `(namespace, name, row)` per deployment.
+pub type DeviceAssignments = HashMap<String, Vec<(String, String, AssignmentRecord)>>;
+
 /// One desired document to store.
 pub struct DesiredWrite<'a> {
     pub device: &'a str,
@@ -149,23 +152,48 @@ pub(super) async fn upsert_assignments(
 impl Store {
     /// Every assignment of each of `devices` across deployments, keyed by device:
     /// `(namespace, name, row)` in the order of [`Store::device_assignments`].
-    pub async fn assignments_of_devices(
+    pub async fn assignments_of_devices(&self, devices: &[&str]) -> Result<DeviceAssignments> {
+        self.assignments_of_devices_where(devices, None).await
+    }
+
+    /// [`Store::assignments_of_devices`] without deployment `namespace/name`'s rows.
+    pub async fn assignments_of_devices_except(
         &self,
         devices: &[&str],
-    ) -> Result<HashMap<String, Vec<(String, String, AssignmentRecord)>>> {
-        let mut by_device: HashMap<String, Vec<(String, String, AssignmentRecord)>> =
-            HashMap::new();
+        namespace: &str,
+        name: &str,
+    ) -> Result<DeviceAssignments> {
+        self.assignments_of_devices_where(devices, Some((namespace, name)))
+            .await
+    }
+
+    async fn assignments_of_devices_where(
+        &self,
+        devices: &[&str],
+        except: Option<(&str, &str)>,
+    ) -> Result<DeviceAssignments> {
+        let mut by_device = DeviceAssignments::new();
         for chunk in devices.chunks(CHUNK) {
+            // parameters in order of appearance (SQLite binds `?` positionally)
+            let n = chunk.len();
+            let excluded = match except {
+                Some(_) => format!("AND NOT (namespace = ${} AND name = ${})", n + 1, n + 2),
+                None => String::new(),
+            };
             let sql = format!(
                 "SELECT device_id, version, variant, role, reason, generation, phase, phase_reason, serving_sha256,
                         assignment_json, namespace, name
-                 FROM assignments WHERE device_id IN ({}) ORDER BY device_id, namespace, name",
-                placeholders(1, chunk.len())
+                 FROM assignments WHERE device_id IN ({}) {excluded}
+                 ORDER BY device_id, namespace, name",
+                placeholders(1, n)
             );
             let sql = self.placeholders.sql(sql);
             let mut query = sqlx::query(&sql);
             for device in chunk {
                 query = query.bind(*device);
+            }
+            if let Some((namespace, name)) = except {
+                query = query.bind(namespace).bind(name);
             }
             for r in query.fetch_all(&self.reader).await? {
                 let row = assignment_from_row(&r)?;

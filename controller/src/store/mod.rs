@@ -20,7 +20,7 @@ mod desired;
 mod devices;
 mod pins;
 mod rollouts;
-pub use batch::DesiredWrite;
+pub use batch::{DesiredWrite, DeviceAssignments};
 pub use devices::DeviceWrite;
 pub use rollouts::{rollout_row, rollout_state};
 

@@ -15,6 +15,7 @@ pub mod fleet {
     use edgefleet_controller::reconcile::{FleetState, PublishError, Publisher, Reconciler};
     use edgefleet_controller::store::Store;
     use edgefleet_controller::telemetry::Telemetry;
+    use edgefleet_core::desired::EncodedDesired;
     use edgefleet_protocol::wire::Desired;
     use futures::future::BoxFuture;
 
@@ -23,11 +24,14 @@ pub mod fleet {
     pub struct RecordingPublisher(pub Mutex<Vec<Desired>>);
 
     impl Publisher for RecordingPublisher {
-        fn publish<'a>(&'a self, desired: &'a Desired) -> BoxFuture<'a, Result<(), PublishError>> {
+        fn publish<'a>(
+            &'a self,
+            document: &'a EncodedDesired,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
             self.0
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(desired.clone());
+                .push(document.desired.clone());
             Box::pin(std::future::ready(Ok(())))
         }
     }
