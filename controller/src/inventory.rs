@@ -2,7 +2,7 @@
 //! SQL is the truth (it survives restarts); an in-memory copy serves the planners.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use edgefleet_core::{DeviceFacts, device_class};
 use edgefleet_protocol::wire::{DeviceId, DeviceStatus, Hello, ModelPhase, StateReport};
@@ -28,7 +28,9 @@ pub enum Change {
 }
 
 pub struct Inventory {
-    devices: RwLock<BTreeMap<DeviceId, DeviceFacts>>,
+    /// Shared with the snapshots reconcile plans over: a snapshot costs a pointer per device,
+    /// and a device changed meanwhile is copied once, on write.
+    devices: RwLock<BTreeMap<DeviceId, Arc<DeviceFacts>>>,
     store: Store,
     metrics: Metrics,
     /// Bumped on every fleet change; reconcilers watch it.
@@ -54,7 +56,7 @@ impl Inventory {
             let mut facts = DeviceFacts::from(&stored.hello);
             facts.online = stored.online;
             facts.installed_sha256 = stored.installed_sha256;
-            devices.insert(facts.id.clone(), facts);
+            devices.insert(facts.id.clone(), Arc::new(facts));
         }
         // Canary places go first to devices holding the target; after a restart that must
         // not wait for their next state report (it may not come until something changes).
@@ -65,7 +67,7 @@ impl Inventory {
                 .ok()
                 .and_then(|id| devices.get_mut(&id))
             {
-                facts.installed_sha256.insert(sha256);
+                Arc::make_mut(facts).installed_sha256.insert(sha256);
             }
         }
         let (changes, _) = watch::channel(0);
@@ -94,16 +96,16 @@ impl Inventory {
         self.downloads.of(device)
     }
 
-    pub fn snapshot(&self) -> Vec<DeviceFacts> {
+    pub fn snapshot(&self) -> Vec<Arc<DeviceFacts>> {
         self.read().values().cloned().collect()
     }
 
     pub fn device(&self, id: &DeviceId) -> Option<DeviceFacts> {
-        self.read().get(id).cloned()
+        self.read().get(id).map(|facts| DeviceFacts::clone(facts))
     }
 
     pub fn device_class_of(&self, id: &DeviceId) -> Option<String> {
-        self.read().get(id).map(device_class)
+        self.read().get(id).map(|facts| device_class(facts))
     }
 
     pub fn len(&self) -> usize {
@@ -166,18 +168,22 @@ impl Inventory {
                 (Some(mut facts), Some(previous)) => {
                     facts.online = online;
                     facts.installed_sha256 = previous.installed_sha256.clone();
-                    let differs = *previous != facts;
-                    *previous = facts;
+                    let differs = **previous != facts;
+                    if differs {
+                        *previous = Arc::new(facts);
+                    }
                     differs
                 }
                 (Some(mut facts), None) => {
                     facts.online = online;
-                    devices.insert(facts.id.clone(), facts);
+                    devices.insert(facts.id.clone(), Arc::new(facts));
                     true
                 }
                 (None, Some(previous)) => {
                     let differs = previous.online != online;
-                    previous.online = online;
+                    if differs {
+                        Arc::make_mut(previous).online = online;
+                    }
                     differs
                 }
                 (None, None) => false, // the fold drops these
@@ -258,8 +264,11 @@ impl Inventory {
             }
         }
         for (device, digests) in installed {
-            if let Some(facts) = devices.get_mut(device) {
-                facts.installed_sha256 = digests;
+            if let Some(facts) = devices
+                .get_mut(device)
+                .filter(|f| f.installed_sha256 != digests)
+            {
+                Arc::make_mut(facts).installed_sha256 = digests;
             }
         }
         Ok(if any {
@@ -306,7 +315,7 @@ impl Inventory {
             .set(load(&self.offline));
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<DeviceId, DeviceFacts>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<DeviceId, Arc<DeviceFacts>>> {
         // A poisoned lock means a panic elsewhere already; the map itself is still consistent
         // because every write is a single insert or field update.
         self.devices
@@ -314,7 +323,7 @@ impl Inventory {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<DeviceId, DeviceFacts>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<DeviceId, Arc<DeviceFacts>>> {
         self.devices
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

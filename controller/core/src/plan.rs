@@ -17,6 +17,7 @@
 //!
 //! Devices the selector in force does not select are not in the plan at all.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use edgefleet_crds::{
@@ -205,7 +206,7 @@ pub fn plan_rollout(
     spec: &ModelDeploymentSpec,
     previous: Option<&ModelDeploymentSpec>,
     stage: Stage,
-    devices: &[DeviceFacts],
+    devices: &[impl Borrow<DeviceFacts>],
     demotions: &BTreeSet<CohortKey>,
 ) -> RolloutPlan {
     let stage = match stage {
@@ -218,6 +219,7 @@ pub fn plan_rollout(
     };
     let mut selected: Vec<&DeviceFacts> = devices
         .iter()
+        .map(Borrow::borrow)
         .filter(|d| d.is_selected_by(selector))
         .collect();
     selected.sort_by(|a, b| a.id.cmp(&b.id));

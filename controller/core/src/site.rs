@@ -4,6 +4,7 @@
 //! origin on their own when the cache fails, and the controller stops naming a cache that
 //! went offline.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::device::DeviceFacts;
@@ -14,9 +15,10 @@ pub type SiteCaches = HashMap<String, String>;
 /// For every device with a value of `site_label`, the cache of its site: an online device of
 /// the same site that announced a cache URL (the lowest id, so the choice is stable when a
 /// site has two). A cache downloads from the origin itself, so it gets none.
-pub fn site_caches(devices: &[DeviceFacts], site_label: &str) -> SiteCaches {
+pub fn site_caches(devices: &[impl Borrow<DeviceFacts>], site_label: &str) -> SiteCaches {
+    let devices = || devices.iter().map(Borrow::borrow);
     let mut cache_of_site: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
-    for device in devices.iter().filter(|d| d.online) {
+    for device in devices().filter(|d: &&DeviceFacts| d.online) {
         if let (Some(site), Some(url)) = (device.labels.get(site_label), &device.site_cache_url) {
             let id = device.id.as_str();
             let entry = cache_of_site.entry(site).or_insert((id, url));
@@ -25,9 +27,8 @@ pub fn site_caches(devices: &[DeviceFacts], site_label: &str) -> SiteCaches {
             }
         }
     }
-    devices
-        .iter()
-        .filter_map(|device| {
+    devices()
+        .filter_map(|device: &DeviceFacts| {
             let site = device.labels.get(site_label)?;
             let (cache_id, url) = cache_of_site.get(site.as_str())?;
             (*cache_id != device.id.as_str()).then(|| (device.id.to_string(), url.to_string()))

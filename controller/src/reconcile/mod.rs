@@ -215,7 +215,7 @@ impl Reconciler {
     }
 }
 
-fn plan(uid: &str, state: &RolloutState, devices: &[DeviceFacts]) -> RolloutPlan {
+fn plan(uid: &str, state: &RolloutState, devices: &[Arc<DeviceFacts>]) -> RolloutPlan {
     plan_rollout(
         uid,
         &state.target,

@@ -52,7 +52,7 @@ pub async fn gather(
         .into_iter()
         .map(|facts| DeviceInput {
             downloads: inventory.downloads_of(&facts.id),
-            facts,
+            facts: std::sync::Arc::unwrap_or_clone(facts),
         })
         .collect();
     Ok(view::build(
