@@ -99,6 +99,17 @@ impl Fleet {
         output.status
     }
 
+    /// A restarted controller: a new engine, inventory and telemetry over the same database.
+    async fn restart(&mut self) {
+        let state = fleet_state_over(
+            self.reconciler.fleet().store.clone(),
+            Metrics::new(),
+            Arc::new(Telemetry::new(1000, 3_600_000)),
+        )
+        .await;
+        self.reconciler = Reconciler::new(state, self.sent.clone());
+    }
+
     /// The last desired document each device received.
     fn desired(&self) -> BTreeMap<String, Desired> {
         let sent = self.sent.0.lock().expect("lock");
@@ -477,13 +488,7 @@ async fn a_restarted_controller_keeps_the_canaries_before_they_report_again() {
     let published = fleet.sent.0.lock().expect("lock").len();
 
     // A new process over the same database; no device has reported since version 2.
-    let state = fleet_state_over(
-        fleet.reconciler.fleet().store.clone(),
-        Metrics::new(),
-        Arc::new(Telemetry::new(1000, 3_600_000)),
-    )
-    .await;
-    fleet.reconciler = Reconciler::new(state, fleet.sent.clone());
+    fleet.restart().await;
     fleet.reconcile(&spec("2", steps), 2_000).await;
     let moved: Vec<_> = fleet.sent.0.lock().expect("lock")[published..]
         .iter()
@@ -593,13 +598,7 @@ async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {
     // A restarted controller (new engine over the same database) keeps it that way and does
     // not republish anything.
     let published = fleet.sent.0.lock().expect("lock").len();
-    let state = fleet_state_over(
-        fleet.reconciler.fleet().store.clone(),
-        Metrics::new(),
-        Arc::new(Telemetry::new(1000, 3_600_000)),
-    )
-    .await;
-    fleet.reconciler = Reconciler::new(state, fleet.sent.clone());
+    fleet.restart().await;
     fleet.report_latency(now + 59_000, |_, _| 0.010);
     let status = fleet.reconcile(&demote("2"), now + 60_000).await;
     check(&status, &fleet.desired());

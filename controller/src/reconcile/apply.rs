@@ -48,15 +48,18 @@ impl Reconciler {
         let stored = if unchanged {
             old
         } else {
-            store
-                .replace_assignments_over(input.namespace, input.name, &old, &new, now_ms)
-                .await?
+            let stored = store
+                .replace_assignments_over(input.namespace, input.name, &old, new, now_ms)
+                .await?;
+            drop(old); // the deployment's rows are held once, not twice, while documents go out
+            stored
         };
-        self.fleet.attribution.assign(&key, &new);
+        // as written: the same assignments as planned, with the devices' kept reports
+        self.fleet.attribution.assign(&key, &stored);
         let written = Written {
             namespace: input.namespace,
             name: input.name,
-            assignments: new
+            assignments: stored
                 .iter()
                 .map(|r| (r.device_id.as_str(), &r.assignment))
                 .collect(),

@@ -28,18 +28,19 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<AssignmentRecord>> {
         let current = self.assignments(namespace, name).await?;
-        self.replace_assignments_over(namespace, name, &current, rows, now_ms)
+        self.replace_assignments_over(namespace, name, &current, rows.to_vec(), now_ms)
             .await
     }
 
     /// [`Store::replace_assignments`] when the caller has just read the `current` rows.
-    /// Returns the rows as stored: a row for the same model keeps the device's last report.
+    /// Returns `rows` as stored (moved, not copied: a rollout's rows are the largest thing
+    /// reconcile holds): a row for the same model keeps the device's last report.
     pub async fn replace_assignments_over(
         &self,
         namespace: &str,
         name: &str,
         current: &[AssignmentRecord],
-        rows: &[AssignmentRecord],
+        mut rows: Vec<AssignmentRecord>,
         now_ms: i64,
     ) -> Result<Vec<AssignmentRecord>> {
         let current: HashMap<&str, &AssignmentRecord> =
@@ -50,41 +51,48 @@ impl Store {
             .copied()
             .filter(|device| !wanted.contains(device))
             .collect();
-        let mut stored = Vec::with_capacity(rows.len());
-        let mut writes = Vec::new();
-        for row in rows {
-            let old = current.get(row.device_id.as_str()).copied();
-            let unchanged = old.is_some_and(|old| {
-                old.version == row.version
-                    && old.variant == row.variant
-                    && old.role == row.role
-                    && old.reason == row.reason
-                    && old.assignment == row.assignment
-                    && old.generation == row.generation
-            });
-            // the device's reports stay with the row while it is the same model
-            let kept_report =
-                old.filter(|old| old.version == row.version && old.variant == row.variant);
-            stored.push(AssignmentRecord {
-                phase: kept_report.and_then(|o| o.phase),
-                phase_reason: kept_report.and_then(|o| o.phase_reason.clone()),
-                serving_sha256: kept_report.and_then(|o| o.serving_sha256.clone()),
-                ..row.clone()
-            });
-            if !unchanged {
-                writes.push(batch::AssignmentWrite { row, kept_report });
-            }
-        }
+        // the device's reports stay with the row while it is the same model
+        let kept_report = |row: &AssignmentRecord| {
+            current
+                .get(row.device_id.as_str())
+                .copied()
+                .filter(|old| old.version == row.version && old.variant == row.variant)
+        };
+        let writes: Vec<batch::AssignmentWrite> = rows
+            .iter()
+            .filter(|row| {
+                let old = current.get(row.device_id.as_str());
+                !old.is_some_and(|old| {
+                    old.version == row.version
+                        && old.variant == row.variant
+                        && old.role == row.role
+                        && old.reason == row.reason
+                        && old.assignment == row.assignment
+                        && old.generation == row.generation
+                })
+            })
+            .map(|row| batch::AssignmentWrite {
+                row,
+                kept_report: kept_report(row),
+            })
+            .collect();
         let mut tx = self.pool.begin().await?;
         batch::delete_assignments(&mut tx, self.placeholders, namespace, name, &gone).await?;
         batch::upsert_assignments(&mut tx, self.placeholders, namespace, name, &writes, now_ms)
             .await?;
         tx.commit().await?;
-        // the order of a read: callers compare against one
-        if !stored.is_sorted_by(|a, b| a.device_id <= b.device_id) {
-            stored.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        drop(writes);
+        for row in &mut rows {
+            let kept = kept_report(row);
+            row.phase = kept.and_then(|o| o.phase);
+            row.phase_reason = kept.and_then(|o| o.phase_reason.clone());
+            row.serving_sha256 = kept.and_then(|o| o.serving_sha256.clone());
         }
-        Ok(stored)
+        // the order of a read: callers compare against one
+        if !rows.is_sorted_by(|a, b| a.device_id <= b.device_id) {
+            rows.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        }
+        Ok(rows)
     }
 
     /// Every assignment of one device across deployments: `(namespace, name, row)`.
