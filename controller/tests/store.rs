@@ -27,7 +27,7 @@ fn hello(id: &str) -> Hello {
 fn assignment(device: &str, variant: &str, generation: i64) -> AssignmentRecord {
     let mut record = edgefleet_core::testutil::record(device, "1", Role::Stable, None);
     record.variant = variant.into();
-    record.assignment.variant = variant.into();
+    std::sync::Arc::make_mut(&mut record.assignment).variant = variant.into();
     record.reason = "fits".into();
     record.generation = generation;
     record
@@ -200,6 +200,26 @@ async fn exercise(store: Store) {
         .expect("drop d1");
     assert_eq!(store.device_assignments("d1").await.expect("d1").len(), 0);
     assert_eq!(store.device_assignments("d2").await.expect("d2")[0].1, "md");
+    // identical entries read back are parsed once and shared
+    store
+        .replace_assignments(
+            "ns",
+            "shared",
+            &[assignment("d3", "int8", 1), assignment("d4", "int8", 1)],
+            8,
+        )
+        .await
+        .expect("two devices, one entry");
+    let rows = store.assignments("ns", "shared").await.expect("rows");
+    assert_eq!(rows[0].assignment, rows[1].assignment);
+    assert!(std::sync::Arc::ptr_eq(
+        &rows[0].assignment,
+        &rows[1].assignment
+    ));
+    store
+        .replace_assignments("ns", "shared", &[], 8)
+        .await
+        .expect("gone");
     // a device's rows of other deployments, for rebuilding its document after one changed
     store
         .replace_assignments("ns", "other", &[assignment("d2", "int8", 1)], 8)

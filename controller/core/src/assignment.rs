@@ -1,6 +1,8 @@
 //! A device's assignment for one deployment as the fleet store holds it, typed: what the
 //! controller told the device (the wire [`Assignment`]) and what the device last said about it.
 
+use std::sync::Arc;
+
 use edgefleet_protocol::wire::{Assignment, ModelPhase, Role};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -11,8 +13,9 @@ pub struct AssignmentRecord {
     pub role: Role,
     /// Why the device runs this: selection, canary membership and variant choice.
     pub reason: String,
-    /// The document entry sent to the device.
-    pub assignment: Assignment,
+    /// The document entry sent to the device; shared by the records of devices whose entries
+    /// are identical (a rollout has a handful of distinct entries for any number of devices).
+    pub assignment: Arc<Assignment>,
     /// The deployment generation the assignment was planned from.
     pub generation: i64,
     /// The device's last report for this assignment; `None` until it reports.

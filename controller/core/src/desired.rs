@@ -66,10 +66,11 @@ mod tests {
     use crate::testutil::record;
 
     fn assignment(deployment: &str, variant: &str) -> Assignment {
-        let mut record = record("d1", "1", Role::Stable, None);
-        record.assignment.deployment = deployment.into();
-        record.assignment.variant = variant.into();
-        record.assignment
+        let record = record("d1", "1", Role::Stable, None);
+        let mut assignment = Assignment::clone(&record.assignment);
+        assignment.deployment = deployment.into();
+        assignment.variant = variant.into();
+        assignment
     }
 
     fn sent(doc: &EncodedDesired) -> SentDocument<'_> {

@@ -92,7 +92,7 @@ pub fn record(
         variant: variant.name.clone(),
         role,
         reason: String::new(),
-        assignment: Assignment {
+        assignment: std::sync::Arc::new(Assignment {
             deployment: "ns/md".into(),
             model: ModelRef {
                 name: "m".into(),
@@ -107,7 +107,7 @@ pub fn record(
             offload: None,
             llm: None,
             site_cache: None,
-        },
+        }),
         generation: 0,
         phase,
         phase_reason: None,

@@ -3,11 +3,13 @@
 //! assignment names the device's site cache, if its site has one online.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use edgefleet_core::AssignmentRecord;
 use edgefleet_core::pacing;
-use edgefleet_core::plan::RolloutPlan;
+use edgefleet_core::plan::{RolloutPlan, Source};
 use edgefleet_core::site::SiteCaches;
+use edgefleet_protocol::wire::{Assignment, Role};
 
 use super::publish::Written;
 use super::{DeploymentInput, ReconcileError, Reconciler, Records};
@@ -61,7 +63,7 @@ impl Reconciler {
             name: input.name,
             assignments: stored
                 .iter()
-                .map(|r| (r.device_id.as_str(), &r.assignment))
+                .map(|r| (r.device_id.as_str(), &*r.assignment))
                 .collect(),
         };
         self.publish_devices(&changed, Some(&written), now_ms)
@@ -71,18 +73,35 @@ impl Reconciler {
 }
 
 /// A record per device the plan assigns something to; reports are filled in by the store.
+/// Devices with the same entry (same spec, variant, role and site cache) share it.
 fn planned_records(
     input: &DeploymentInput<'_>,
     key: &str,
     plan: &RolloutPlan,
     caches: &SiteCaches,
 ) -> Records {
+    type EntryKey<'a> = (Source, &'a str, Role, Option<&'a String>);
+    let mut shared: HashMap<EntryKey<'_>, Arc<Assignment>> = HashMap::new();
     plan.devices
         .iter()
         .filter_map(|device| {
             let assignment = device.assignment.as_ref()?;
-            let mut wire = assignment.to_wire(key);
-            wire.site_cache = caches.get(device.device.as_str()).cloned();
+            let site_cache = caches.get(device.device.as_str());
+            // within one plan, the source spec, variant and role decide everything else
+            let entry_key = (
+                assignment.source,
+                assignment.variant.name.as_str(),
+                assignment.role,
+                site_cache,
+            );
+            let wire = shared
+                .entry(entry_key)
+                .or_insert_with(|| {
+                    let mut wire = assignment.to_wire(key);
+                    wire.site_cache = site_cache.cloned();
+                    Arc::new(wire)
+                })
+                .clone();
             Some(AssignmentRecord {
                 device_id: device.device.to_string(),
                 version: assignment.model.version.clone(),
@@ -101,10 +120,10 @@ fn planned_records(
 
 /// Devices whose assignment differs between `old` and `new`, sorted.
 fn changed_devices(old: &[AssignmentRecord], new: &[AssignmentRecord]) -> Vec<String> {
-    fn index(records: &[AssignmentRecord]) -> HashMap<&str, &edgefleet_protocol::wire::Assignment> {
+    fn index(records: &[AssignmentRecord]) -> HashMap<&str, &Assignment> {
         records
             .iter()
-            .map(|r| (r.device_id.as_str(), &r.assignment))
+            .map(|r| (r.device_id.as_str(), &*r.assignment))
             .collect()
     }
     let (old_index, new_index) = (index(old), index(new));

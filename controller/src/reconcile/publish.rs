@@ -94,7 +94,7 @@ impl Reconciler {
                 .remove(*name)
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(_, _, record)| record.assignment)
+                .map(|(_, _, record)| std::sync::Arc::unwrap_or_clone(record.assignment))
                 .collect();
             if let Some(mine) = written.and_then(|w| w.assignments.get(name)) {
                 assignments.push((*mine).clone());

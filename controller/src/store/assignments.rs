@@ -14,7 +14,10 @@ impl Store {
         .bind(name)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(assignment_from_row).collect()
+        let mut shared = SharedAssignments::default();
+        rows.iter()
+            .map(|row| assignment_from_row(row, &mut shared))
+            .collect()
     }
 
     /// Makes the deployment's assignments exactly `rows` (device reports of unchanged
@@ -108,8 +111,12 @@ impl Store {
         .bind(device)
         .fetch_all(&self.pool)
         .await?;
+        let mut shared = SharedAssignments::default();
         rows.iter()
-            .map(|r| Ok((r.try_get(10)?, r.try_get(11)?, assignment_from_row(r)?)))
+            .map(|r| {
+                let row = assignment_from_row(r, &mut shared)?;
+                Ok((r.try_get(10)?, r.try_get(11)?, row))
+            })
             .collect()
     }
 }

@@ -2,13 +2,15 @@
 //! devices instead of one per device, and one transaction per chunk of writes. A rollout to
 //! 100,000 devices is then a few hundred statements instead of several hundred thousand.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use sqlx::Row;
 
 use edgefleet_protocol::wire::ModelPhase;
 
-use super::{AssignmentRecord, ModelReport, Result, Store, assignment_from_row};
+use super::{AssignmentRecord, ModelReport, Result, SharedAssignments, Store, assignment_from_row};
 
 /// Devices per `IN (...)` list and rows per multi-row `INSERT`: well under SQLite's 32,766
 /// and PostgreSQL's 65,535 bind parameters.
@@ -110,6 +112,9 @@ pub(super) async fn upsert_assignments(
 ) -> Result<()> {
     const COLUMNS: usize = 13;
     // 13 parameters a row: stay well under the bind limits
+    // rows share their entries: serialise each distinct one once (keyed by address: every
+    // entry stays alive, borrowed by `writes`, for the whole call)
+    let mut json_of: HashMap<usize, String> = HashMap::new();
     for chunk in writes.chunks(CHUNK / 2) {
         let values = value_rows(1, chunk.len(), COLUMNS);
         let sql = format!(
@@ -128,7 +133,10 @@ pub(super) async fn upsert_assignments(
         for write in chunk {
             let row = write.row;
             let kept = write.kept_report;
-            let assignment_json = super::assignment_json(row)?;
+            let assignment_json = match json_of.entry(Arc::as_ptr(&row.assignment).addr()) {
+                Entry::Occupied(json) => json.get().clone(),
+                Entry::Vacant(slot) => slot.insert(super::assignment_json(row)?).clone(),
+            };
             query = query
                 .bind(namespace)
                 .bind(name)
@@ -173,6 +181,7 @@ impl Store {
         except: Option<(&str, &str)>,
     ) -> Result<DeviceAssignments> {
         let mut by_device = DeviceAssignments::new();
+        let mut shared = SharedAssignments::default();
         for chunk in devices.chunks(CHUNK) {
             // parameters in order of appearance (SQLite binds `?` positionally)
             let n = chunk.len();
@@ -196,7 +205,7 @@ impl Store {
                 query = query.bind(namespace).bind(name);
             }
             for r in query.fetch_all(&self.reader).await? {
-                let row = assignment_from_row(&r)?;
+                let row = assignment_from_row(&r, &mut shared)?;
                 let entry = (r.try_get(10)?, r.try_get(11)?, row);
                 by_device
                     .entry(entry.2.device_id.clone())

@@ -5,10 +5,10 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 pub use edgefleet_core::AssignmentRecord;
-use edgefleet_protocol::wire::{Hello, ModelPhase, Role};
+use edgefleet_protocol::wire::{Assignment, Hello, ModelPhase, Role};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
@@ -222,7 +222,26 @@ fn deployment_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDeployment> {
 
 /// A typed record from the columns `device_id, version, variant, role, reason, generation,
 /// phase, phase_reason, serving_sha256, assignment_json`; unreadable values are corruption.
-fn assignment_from_row(r: &sqlx::any::AnyRow) -> Result<AssignmentRecord> {
+/// Wire assignments read back from SQL, parsed once per distinct JSON: a deployment's rows
+/// hold a handful of distinct entries, shared by every device that has one.
+#[derive(Default)]
+pub(crate) struct SharedAssignments(HashMap<String, Arc<Assignment>>);
+
+impl SharedAssignments {
+    fn parse(&mut self, json: String) -> std::result::Result<Arc<Assignment>, serde_json::Error> {
+        if let Some(shared) = self.0.get(&json) {
+            return Ok(shared.clone());
+        }
+        let parsed = Arc::new(serde_json::from_str(&json)?);
+        self.0.insert(json, Arc::clone(&parsed));
+        Ok(parsed)
+    }
+}
+
+fn assignment_from_row(
+    r: &sqlx::any::AnyRow,
+    shared: &mut SharedAssignments,
+) -> Result<AssignmentRecord> {
     let device_id: String = r.try_get(0)?;
     let role: String = r.try_get(3)?;
     let phase: Option<String> = r.try_get(6)?;
@@ -246,7 +265,8 @@ fn assignment_from_row(r: &sqlx::any::AnyRow) -> Result<AssignmentRecord> {
         },
         phase_reason: r.try_get(7)?,
         serving_sha256: r.try_get(8)?,
-        assignment: serde_json::from_str(&json)
+        assignment: shared
+            .parse(json)
             .map_err(|e| corrupt("assignment_json", e.to_string()))?,
         device_id,
     })
