@@ -75,14 +75,16 @@ def main():
         result["withoutToken"] = {"loginShown": True, "rows": page.locator("tr[data-device]").count()}
         page.fill("#token-input", "not-the-token")
         page.click("#token-form button")
-        page.wait_for_function("document.getElementById('banner').textContent.includes('refused')", timeout=10_000)
+        # Locator waits run in Playwright's own world; a string predicate would be eval'd in
+        # the page, which its Content-Security-Policy (no 'unsafe-eval') refuses.
+        page.locator("#banner", has_text="refused").wait_for(timeout=10_000)
         result["wrongTokenBanner"] = page.inner_text("#banner")
         page.context.close()
 
         context = browser.new_context(viewport={"width": 1400, "height": 1100})
         page = context.new_page()
         page.goto(args.url)
-        page.wait_for_function("document.body.dataset.loaded === 'true'", timeout=20_000)
+        page.locator("body[data-loaded='true']").wait_for(timeout=20_000)
         result["tokenLeftTheUrl"] = "token=" not in page.url
         deadline = time.monotonic() + args.timeout
         canary_shot = False
