@@ -108,11 +108,14 @@ pub fn md_status(standin: &StandIn) -> serde_json::Value {
 }
 
 pub async fn drive_load(agents: &[AgentProc], rounds: usize) {
-    for _ in 0..rounds {
-        for agent in agents {
+    // Every device at once: one slow canary must not starve the stable devices it is
+    // compared with (a stable cohort short of samples is not compared at all).
+    futures_util::future::join_all(agents.iter().map(|agent| async move {
+        for _ in 0..rounds {
             let _ = agent.infer(MODEL, "x", &[1, 3, 224, 224], 0.25).await;
         }
-    }
+    }))
+    .await;
 }
 
 /// Waits until `version` has succeeded with `ready` devices ready.
