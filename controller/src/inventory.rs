@@ -237,10 +237,24 @@ impl Inventory {
             }
         }
         let any = self.store.record_model_states(&rows, now_ms).await? > 0;
-        let installed: Vec<(&DeviceId, BTreeSet<String>)> = reports
-            .iter()
-            .map(|report| (&report.device_id, installed_digests(report)))
-            .collect();
+        // Most reports (download progress, a phase change) leave what a device holds as it
+        // was: only changes are written.
+        let installed: Vec<(&DeviceId, BTreeSet<String>)> = {
+            // the last report of a device in the batch is what it holds now
+            let last: BTreeMap<&DeviceId, &StateReport> = reports
+                .iter()
+                .map(|report| (&report.device_id, *report))
+                .collect();
+            let devices = self.read();
+            last.into_iter()
+                .map(|(device, report)| (device, installed_digests(report)))
+                .filter(|(device, digests)| {
+                    devices
+                        .get(*device)
+                        .is_some_and(|facts| facts.installed_sha256 != *digests)
+                })
+                .collect()
+        };
         let writes: Vec<(&str, &BTreeSet<String>)> = installed
             .iter()
             .map(|(device, digests)| (device.as_str(), digests))
@@ -264,10 +278,7 @@ impl Inventory {
             }
         }
         for (device, digests) in installed {
-            if let Some(facts) = devices
-                .get_mut(device)
-                .filter(|f| f.installed_sha256 != digests)
-            {
+            if let Some(facts) = devices.get_mut(device) {
                 Arc::make_mut(facts).installed_sha256 = digests;
             }
         }
