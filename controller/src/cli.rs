@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::ingest_worker::IngestArgs;
 use crate::run::RunArgs;
 #[cfg(feature = "standalone")]
 use crate::standalone::args::{ApplyArgs, DeleteArgs, DemoArgs, DescribeArgs, GetArgs, UpArgs};
@@ -30,6 +31,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller against a Kubernetes cluster (ModelDeployment CRs).
     Run(Box<RunArgs>),
+    /// Count a share of device telemetry into the fleet store and reconcile nothing: scales
+    /// ingest apart from the reconciling leader (needs --telemetry-share-group and the
+    /// leader's database).
+    Ingest(Box<IngestArgs>),
     /// Print the ModelDeployment CRD generated from the Rust types.
     Crds,
     #[cfg(feature = "standalone")]

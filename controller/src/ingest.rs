@@ -9,7 +9,9 @@ use crate::clock::now_ms;
 use crate::inventory::{Change, Presence};
 use crate::mqtt::DeviceMessage;
 use crate::reconcile::FleetState;
-use crate::telemetry::CohortLabels;
+use crate::store::{RollupCohort, RollupWrite};
+use crate::telemetry::{CohortLabels, Deltas};
+use edgefleet_core::replay::Refusal;
 
 /// Messages taken from the channel per round. Their hellos and statuses, and their state
 /// reports, are each written in one transaction, so a busy fleet costs a few statements' worth of waiting
@@ -24,7 +26,13 @@ pub async fn run(
     kick: watch::Sender<u64>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut next_prune_ms = 0;
     while messages.recv_many(&mut batch, BATCH).await > 0 {
+        let now = now_ms();
+        if now >= next_prune_ms {
+            next_prune_ms = now + PRUNE_EVERY_MS;
+            prune_rollups(&fleet, now).await;
+        }
         let mut presence = Vec::new();
         let mut states = Vec::new();
         let mut windows = Vec::new();
@@ -48,6 +56,18 @@ pub async fn run(
             kick.send_modify(|n| *n = n.wrapping_add(1));
         }
         batch.clear();
+    }
+}
+
+/// How often roll-ups older than the telemetry retention are deleted (by every replica: the
+/// statement is idempotent and cheap).
+const PRUNE_EVERY_MS: i64 = 60_000;
+
+async fn prune_rollups(fleet: &FleetState, now_ms: i64) {
+    let before = now_ms - fleet.telemetry.retention_ms();
+    if let Err(err) = fleet.store.prune_rollups(before).await {
+        fleet.metrics.store_errors.inc();
+        tracing::warn!(%err, "old telemetry roll-ups not pruned");
     }
 }
 
@@ -95,8 +115,10 @@ pub async fn handle(
     }
 }
 
-/// Counts each window once: a replay (store-and-forward) or a QoS 1 duplicate carries a
-/// sequence number already claimed.
+/// Counts each window once across every replica: the window's number is claimed in the fleet
+/// store in the same transaction that writes this replica's roll-ups, so a replay
+/// (store-and-forward), a QoS 1 duplicate, or a copy another replica already counted is refused.
+/// When the store is unreachable the batch is not counted anywhere (`not_stored`).
 async fn record_telemetry(
     fleet: &FleetState,
     windows: &[&TelemetryWindow],
@@ -106,49 +128,86 @@ async fn record_telemetry(
         .filter_map(|window| {
             let class = fleet.inventory.device_class_of(&window.device_id);
             if class.is_none() {
-                fleet
-                    .metrics
-                    .telemetry_windows
-                    .with_label_values(&["unknown_device"])
-                    .inc();
+                count(fleet, "unknown_device", 1);
             }
             Some((*window, class?))
         })
         .collect();
-    for (window, device_class) in &known {
-        if fleet
-            .telemetry
-            .claim_seq(window.device_id.as_str(), window.seq)
-        {
-            count_window(fleet, window, device_class);
-        } else {
+    if known.is_empty() {
+        return Ok(());
+    }
+    let claims: Vec<(&str, u64)> = known
+        .iter()
+        .map(|(window, _)| (window.device_id.as_str(), window.seq))
+        .collect();
+    let mut deltas = Deltas::default();
+    let outcome = fleet
+        .store
+        .count_windows(&claims, fleet.telemetry.writer(), |outcomes| {
+            for ((window, device_class), outcome) in known.iter().zip(outcomes) {
+                if outcome.is_ok() {
+                    stage_window(fleet, &mut deltas, window, device_class);
+                }
+            }
             fleet
-                .metrics
-                .telemetry_windows
-                .with_label_values(&["duplicate"])
-                .inc();
+                .telemetry
+                .rows_with(&deltas)
+                .into_iter()
+                .map(|(labels, interval_start_ms, window)| RollupWrite {
+                    cohort: RollupCohort {
+                        variant: labels.variant,
+                        device_class: labels.device_class,
+                        role: labels.role,
+                    },
+                    namespace: labels.namespace,
+                    name: labels.deployment,
+                    interval_start_ms,
+                    window,
+                })
+                .collect()
+        })
+        .await;
+    let outcomes = match outcome {
+        Ok(outcomes) => outcomes,
+        Err(err) => {
+            count(fleet, "not_stored", known.len() as u64);
+            return Err(err);
         }
+    };
+    fleet.telemetry.apply(deltas);
+    for outcome in outcomes {
+        let result = match outcome {
+            Ok(()) => "counted",
+            Err(Refusal::Duplicate) => "duplicate",
+            Err(Refusal::Stale) => "stale",
+        };
+        count(fleet, result, 1);
     }
     Ok(())
 }
 
-fn count_window(fleet: &FleetState, window: &TelemetryWindow, device_class: &str) {
+fn count(fleet: &FleetState, result: &str, windows: u64) {
     fleet
         .metrics
         .telemetry_windows
-        .with_label_values(&["counted"])
-        .inc();
+        .with_label_values(&[result])
+        .inc_by(windows);
+}
+
+/// Adds a counted window's models to the batch's deltas, under the cohort each counts for.
+fn stage_window(
+    fleet: &FleetState,
+    deltas: &mut Deltas,
+    window: &TelemetryWindow,
+    device_class: &str,
+) {
     for model in &window.models {
         let known = fleet
             .attribution
             .is_known(&model.deployment, &model.variant);
         let Some((namespace, deployment)) = model.deployment.split_once('/').filter(|_| known)
         else {
-            fleet
-                .metrics
-                .telemetry_windows
-                .with_label_values(&["unknown_model"])
-                .inc();
+            count(fleet, "unknown_model", 1);
             continue;
         };
         let role = fleet
@@ -161,8 +220,7 @@ fn count_window(fleet: &FleetState, window: &TelemetryWindow, device_class: &str
             device_class: device_class.to_string(),
             role: role.as_str().to_string(),
         };
-        fleet
-            .telemetry
-            .record(labels, window.window_start_ms, model);
+        let slice = fleet.telemetry.slice_start(window.window_start_ms);
+        deltas.add(slice, labels, model);
     }
 }

@@ -124,11 +124,28 @@ pub async fn reconcile(
     context: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     if !*context.leader.borrow() {
+        if let Ok(md) = &object.0 {
+            mirror(md, &context).await;
+        }
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     match &object.0 {
         Ok(md) => reconcile_readable(Arc::new(md.clone()), context).await,
         Err(bad) => reconcile_unreadable(bad, object.object_ref(&()), &context).await,
+    }
+}
+
+/// A standby's pass: the leader's attribution, read from the store, for the telemetry this
+/// replica counts. A failure costs a log line; the next pass tries again.
+async fn mirror(md: &ModelDeployment, context: &Context) {
+    let namespace = md.namespace().unwrap_or_else(|| "default".into());
+    let uid = md.uid().unwrap_or_default();
+    let mirrored = context
+        .reconciler
+        .mirror(&namespace, &md.name_any(), Some(&uid))
+        .await;
+    if let Err(err) = mirrored {
+        tracing::warn!(%err, "standby could not mirror the leader's assignments");
     }
 }
 

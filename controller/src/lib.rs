@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod http;
 pub mod ingest;
+pub mod ingest_worker;
 pub mod inventory;
 pub mod k8s;
 pub mod metrics;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         // rumqttd logs every closed client connection (and the readiness probe) as an error
         #[cfg(feature = "standalone")]
         Command::Up(_) => "info,rumqttd=warn,rumqttd::server::broker=off",
-        Command::Run(_) => "info",
+        Command::Run(_) | Command::Ingest(_) => "info",
         _ => "warn",
     };
     init_tracing(cli.log_format, default_filter);
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => edgefleet_controller::run::kubernetes(*args).await,
+            Command::Ingest(args) => edgefleet_controller::ingest_worker::run(*args).await,
             Command::Crds => {
                 print!("{}", edgefleet_crds::crd_yaml()?);
                 Ok(())

@@ -106,7 +106,7 @@ impl Metrics {
             ),
             telemetry_windows: counter_vec(
                 "edgefleet_telemetry_windows_total",
-                "Telemetry windows received, by result (counted, duplicate, unknown_device)",
+                "Telemetry windows received, by result (counted, duplicate, stale, unknown_device, not_stored)",
                 &["result"],
             ),
             leader: IntGauge::new(
@@ -163,7 +163,14 @@ impl Metrics {
             metrics.mqtt_received.with_label_values(&[channel]);
         }
         metrics.mqtt_published.with_label_values(&["desired"]);
-        for result in ["counted", "duplicate", "unknown_device", "unknown_model"] {
+        for result in [
+            "counted",
+            "duplicate",
+            "stale",
+            "unknown_device",
+            "unknown_model",
+            "not_stored",
+        ] {
             metrics.telemetry_windows.with_label_values(&[result]);
         }
         metrics

@@ -138,9 +138,12 @@ impl Publisher for MqttLink {
 /// Connects and returns the link plus the stream of decoded device messages.
 /// `client_id` should be stable per replica: with a persistent session the broker keeps
 /// QoS 1 telemetry for the controller while it restarts.
+/// `telemetry_share_group`: replicas that name the same group split telemetry between them
+/// (an MQTT 5 shared subscription); without one this replica receives every window.
 pub fn connect(
     broker: &BrokerConnection,
     client_id: &str,
+    telemetry_share_group: Option<&str>,
     metrics: Metrics,
     health: LinkHealthHandle,
     channel_capacity: usize,
@@ -154,9 +157,18 @@ pub fn connect(
         options.set_credentials(username, password);
     }
     options.set_keep_alive(Duration::from_secs(15));
-    // A persistent session in MQTT 5 needs both: no clean start and an expiry interval.
-    options.set_clean_start(false);
-    options.set_session_expiry_interval(Some(SESSION_EXPIRY_SECONDS));
+    if telemetry_share_group.is_some() {
+        // The session ends with the connection. Mosquitto 2.0 keeps handing a shared
+        // subscription's messages, in turn, to a member whose persistent session outlives it
+        // (a SIGKILLed replica's queue took every other window); the group's live members
+        // must get them all.
+        options.set_clean_start(true);
+        options.set_session_expiry_interval(None);
+    } else {
+        // A persistent session in MQTT 5 needs both: no clean start and an expiry interval.
+        options.set_clean_start(false);
+        options.set_session_expiry_interval(Some(SESSION_EXPIRY_SECONDS));
+    }
     let presence = presence_topic(client_id);
     options.set_last_will(LastWill::new(
         presence.clone(),
@@ -176,10 +188,47 @@ pub fn connect(
         fresh_sessions,
         presence_topic: presence.clone(),
     };
+    let topics = Topics {
+        subscriptions: subscriptions(telemetry_share_group, &presence),
+        presence,
+    };
     let task = tokio::spawn(run_event_loop(
-        client, eventloop, tx, fresh_tx, metrics, health, presence,
+        client, eventloop, tx, fresh_tx, metrics, health, topics,
     ));
     (link, rx, task)
+}
+
+/// This replica's presence topic and the filters it subscribes to.
+struct Topics {
+    presence: String,
+    subscriptions: Vec<String>,
+}
+
+/// The filters the controller subscribes to: every device's hello, status and state (each
+/// replica keeps its own inventory), telemetry (shared by a group's members when it has one),
+/// and its own loopback probe.
+fn subscriptions(telemetry_share_group: Option<&str>, presence_topic: &str) -> Vec<String> {
+    let telemetry = wire::subscription(Channel::Telemetry);
+    let telemetry = match telemetry_share_group {
+        Some(group) => format!("$share/{group}/{telemetry}"),
+        None => telemetry,
+    };
+    [Channel::Hello, Channel::Status, Channel::State]
+        .map(wire::subscription)
+        .into_iter()
+        .chain([telemetry, format!("{presence_topic}/probe")])
+        .collect()
+}
+
+/// Why a share group name cannot be used, if it cannot (MQTT 5: no `/`, `+` or `#`).
+pub fn invalid_share_group(group: &str) -> Option<&'static str> {
+    if group.is_empty() {
+        Some("it is empty")
+    } else if group.contains(['/', '+', '#']) {
+        Some("it contains '/', '+' or '#', which a share name may not")
+    } else {
+        None
+    }
 }
 
 /// How long the broker keeps the controller's session (and queues its QoS 1 telemetry) while
@@ -212,8 +261,12 @@ async fn run_event_loop(
     fresh_sessions: watch::Sender<u64>,
     metrics: Metrics,
     health: LinkHealthHandle,
-    presence_topic: String,
+    topics: Topics,
 ) {
+    let Topics {
+        presence: presence_topic,
+        subscriptions,
+    } = topics;
     let mut backoff = reconnect_backoff();
     let probe_topic = format!("{presence_topic}/probe");
     let mut probe = LoopbackProbe::new(PROBE_TIMEOUT);
@@ -273,16 +326,7 @@ async fn run_event_loop(
                 if !ack.session_present {
                     fresh_sessions.send_modify(|n| *n = n.wrapping_add(1));
                 }
-                let filters = [
-                    Channel::Hello,
-                    Channel::Status,
-                    Channel::State,
-                    Channel::Telemetry,
-                ]
-                .map(wire::subscription)
-                .into_iter()
-                .chain([probe_topic.clone()]);
-                for filter in filters {
+                for filter in &subscriptions {
                     if let Err(err) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
                         tracing::warn!(%err, filter, "subscribe failed");
                     }

@@ -48,7 +48,9 @@ pub async fn start_with(
     })?;
     let inventory = Arc::new(Inventory::load(store.clone(), metrics.clone()).await?);
     let slice_ms = i64::from(args.timing.telemetry_slice_seconds) * 1000;
-    let telemetry = Arc::new(Telemetry::new(slice_ms, 60 * 60 * 1000));
+    // Unique per run: this process's roll-up rows are its own (see `Telemetry::writer`).
+    let writer = format!("{}@{}", args.mqtt_client_id, crate::clock::now_ms());
+    let telemetry = Arc::new(Telemetry::new(slice_ms, 60 * 60 * 1000, writer));
     metrics
         .registry
         .register(Box::new(TelemetryHandle(telemetry.clone())))
@@ -57,9 +59,17 @@ pub async fn start_with(
     let link_health = LinkHealthHandle::new(std::time::Duration::from_secs(
         args.timing.mqtt_unready_after_seconds,
     ));
+    if let Some(why) = args
+        .telemetry_share_group
+        .as_deref()
+        .and_then(mqtt::invalid_share_group)
+    {
+        anyhow::bail!("--telemetry-share-group / EDGEFLEET_TELEMETRY_SHARE_GROUP: {why}");
+    }
     let (link, messages, _mqtt_task) = mqtt::connect(
         &broker,
         &args.mqtt_client_id,
+        args.telemetry_share_group.as_deref(),
         metrics.clone(),
         link_health.clone(),
         10_000,
@@ -326,6 +336,12 @@ pub struct ControlArgs {
         default_value = "edgefleet-controller"
     )]
     pub mqtt_client_id: String,
+    /// MQTT 5 shared subscription group for telemetry: replicas naming the same group split
+    /// the windows between them (each counted once, through the fleet store). Unset: this
+    /// replica receives every window. With a group, this replica's MQTT session ends with
+    /// its connection, so a dead replica's share goes to the live ones.
+    #[arg(long, env = "EDGEFLEET_TELEMETRY_SHARE_GROUP")]
+    pub telemetry_share_group: Option<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,

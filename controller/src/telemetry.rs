@@ -1,7 +1,8 @@
 //! Telemetry aggregation: agents' latency windows (and, for language models, their LLM
 //! windows) merged per cohort (deployment × variant × device class × role), exported to
-//! Prometheus with bounded labels (`export.rs`) and kept in short per-interval slices for
-//! canary analysis. Device ids never become labels.
+//! Prometheus with bounded labels (`export.rs`) and kept in short per-interval slices, which
+//! this replica writes to the fleet store's `cohort_rollups`; canary analysis reads every
+//! replica's slices from there. Device ids never become labels.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -29,100 +30,120 @@ pub struct CohortLabels {
 struct State {
     /// Since controller start, for Prometheus counters.
     totals: BTreeMap<CohortLabels, CohortWindow>,
-    /// Per interval start (ms), for analysis; pruned to `retention_ms`.
+    /// This replica's sums per interval start (ms), pruned to `retention_ms`: the values of its
+    /// rows in `cohort_rollups`, which canary analysis reads together with other replicas'.
     recent: BTreeMap<CohortLabels, BTreeMap<i64, CohortWindow>>,
+}
+
+/// Windows of one ingest batch, summed per cohort and interval, not yet counted.
+#[derive(Default)]
+pub struct Deltas(BTreeMap<(CohortLabels, i64), CohortWindow>);
+
+impl Deltas {
+    /// Adds one model window of one device; a late window lands in the interval it measured.
+    pub fn add(&mut self, slice_start_ms: i64, labels: CohortLabels, window: &ModelWindow) {
+        let sum = self.0.entry((labels, slice_start_ms)).or_default();
+        sum.add(window.requests, window.errors, &window.latency);
+        if let Some(offload) = &window.offload {
+            sum.add_offload(offload);
+        }
+        if let Some(llm) = &window.llm {
+            sum.add_llm(llm);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 pub struct Telemetry {
     state: Mutex<State>,
-    /// Highest window seq counted per device. In memory, like the aggregates it guards: each
-    /// replica counts each window once, and a restarted one starts both afresh.
-    last_seq: Mutex<std::collections::HashMap<String, u64>>,
+    /// This replica's run, as its `cohort_rollups` rows are keyed: a restarted replica writes
+    /// new rows rather than overwrite the sums it no longer holds in memory.
+    writer: String,
     interval_ms: i64,
     retention_ms: i64,
     descs: Vec<Desc>,
 }
 
 impl Telemetry {
-    /// `interval_ms`: slice width for analysis; `retention_ms`: how long slices are kept.
-    pub fn new(interval_ms: i64, retention_ms: i64) -> Self {
+    /// `interval_ms`: slice width for analysis; `retention_ms`: how long slices are kept;
+    /// `writer`: unique to this process (replica identity and start time).
+    pub fn new(interval_ms: i64, retention_ms: i64, writer: String) -> Self {
         Self {
             state: Mutex::default(),
-            last_seq: Mutex::default(),
+            writer,
             interval_ms: interval_ms.max(1),
             retention_ms,
             descs: export::descs(),
         }
     }
 
-    /// Claims window `seq` of `device`; false when it was already counted (a store-and-forward
-    /// replay or a QoS 1 duplicate: agents number windows in order and replay them in order).
-    pub fn claim_seq(&self, device: &str, seq: u64) -> bool {
-        let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
-        match last.get_mut(device) {
-            Some(highest) if *highest >= seq => false,
-            Some(highest) => {
-                *highest = seq;
-                true
-            }
-            None => {
-                last.insert(device.to_string(), seq);
-                true
-            }
-        }
+    pub fn writer(&self) -> &str {
+        &self.writer
     }
 
-    /// Adds one model window of one device. A late window lands in the interval it measured.
-    pub fn record(&self, labels: CohortLabels, window_start_ms: i64, window: &ModelWindow) {
-        let slice = window_start_ms - window_start_ms.rem_euclid(self.interval_ms);
-        let mut one = CohortWindow::default();
-        one.add(window.requests, window.errors, &window.latency);
-        if let Some(offload) = &window.offload {
-            one.add_offload(offload);
-        }
-        if let Some(llm) = &window.llm {
-            one.add_llm(llm);
-        }
+    pub fn retention_ms(&self) -> i64 {
+        self.retention_ms
+    }
+
+    /// Start of the analysis slice holding `ms`.
+    pub fn slice_start(&self, ms: i64) -> i64 {
+        ms - ms.rem_euclid(self.interval_ms)
+    }
+
+    /// This replica's roll-up rows once `deltas` are counted: its slices with them added.
+    pub fn rows_with(&self, deltas: &Deltas) -> Vec<(CohortLabels, i64, CohortWindow)> {
+        let state = self.lock();
+        deltas
+            .0
+            .iter()
+            .map(|((labels, start), delta)| {
+                let mut sum = state
+                    .recent
+                    .get(labels)
+                    .and_then(|slices| slices.get(start))
+                    .cloned()
+                    .unwrap_or_default();
+                sum.merge(delta);
+                (labels.clone(), *start, sum)
+            })
+            .collect()
+    }
+
+    /// Counts `deltas` (after the store took their claims and rows).
+    pub fn apply(&self, deltas: Deltas) {
         let mut state = self.lock();
-        state.totals.entry(labels.clone()).or_default().merge(&one);
-        let slices = state.recent.entry(labels).or_default();
-        slices.entry(slice).or_default().merge(&one);
-        if let Some(newest) = slices.keys().next_back().copied() {
-            slices.retain(|start, _| *start > newest - self.retention_ms);
+        for ((labels, start), delta) in deltas.0 {
+            state
+                .totals
+                .entry(labels.clone())
+                .or_default()
+                .merge(&delta);
+            let slices = state.recent.entry(labels).or_default();
+            slices.entry(start).or_default().merge(&delta);
+            if let Some(newest) = slices.keys().next_back().copied() {
+                slices.retain(|start, _| *start > newest - self.retention_ms);
+            }
         }
     }
 
-    /// Merged observations of one cohort from windows that started at or after `since_ms`.
+    /// Counts one model window of one device at once (tests, and callers without a store).
+    pub fn record(&self, labels: CohortLabels, window_start_ms: i64, window: &ModelWindow) {
+        let mut deltas = Deltas::default();
+        deltas.add(self.slice_start(window_start_ms), labels, window);
+        self.apply(deltas);
+    }
+
+    /// This replica's sums of one cohort from windows that started at or after `since_ms`.
     pub fn since(&self, labels: &CohortLabels, since_ms: i64) -> CohortWindow {
         let state = self.lock();
         let mut merged = CohortWindow::default();
         if let Some(slices) = state.recent.get(labels) {
-            let first_slice = since_ms - since_ms.rem_euclid(self.interval_ms);
-            for totals in slices.range(first_slice..).map(|(_, t)| t) {
+            for totals in slices.range(self.slice_start(since_ms)..).map(|(_, t)| t) {
                 merged.merge(totals);
             }
-        }
-        merged
-    }
-
-    /// Merged observations of every cohort of a deployment matching `filter`, since `since_ms`.
-    pub fn since_where(
-        &self,
-        namespace: &str,
-        deployment: &str,
-        since_ms: i64,
-        filter: impl Fn(&CohortLabels) -> bool,
-    ) -> CohortWindow {
-        let keys: Vec<CohortLabels> = self
-            .lock()
-            .recent
-            .keys()
-            .filter(|l| l.namespace == namespace && l.deployment == deployment && filter(l))
-            .cloned()
-            .collect();
-        let mut merged = CohortWindow::default();
-        for key in keys {
-            merged.merge(&self.since(&key, since_ms));
         }
         merged
     }

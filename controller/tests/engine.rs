@@ -7,20 +7,25 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::fleet::{RecordingPublisher, fleet_state, fleet_state_over};
+use edgefleet_controller::ingest;
 use edgefleet_controller::inventory::Inventory;
 use edgefleet_controller::metrics::Metrics;
+use edgefleet_controller::mqtt::DeviceMessage;
 use edgefleet_controller::reconcile::{DeploymentInput, Reconciler};
-use edgefleet_controller::telemetry::{CohortLabels, Telemetry};
+use edgefleet_controller::telemetry::Telemetry;
 use edgefleet_crds::{ModelDeploymentSpec, ModelDeploymentStatus, Phase, Runtime};
 use edgefleet_protocol::LatencyHistogram;
 use edgefleet_protocol::wire::{
     Desired, DeviceId, Hello, ModelPhase, ModelState, ModelWindow, Role, StateReport,
+    Telemetry as TelemetryWindow,
 };
 
 struct Fleet {
     reconciler: Reconciler,
     sent: Arc<RecordingPublisher>,
     status: Option<ModelDeploymentStatus>,
+    /// Telemetry window numbers: increasing for every device, as agents number theirs.
+    next_seq: std::sync::atomic::AtomicU64,
 }
 
 fn hello(id: &str, arch: &str, memory_mib: u64) -> Hello {
@@ -74,6 +79,7 @@ impl Fleet {
             reconciler: Reconciler::new(fleet, sent.clone()),
             sent,
             status: None,
+            next_seq: Default::default(),
         }
     }
 
@@ -104,7 +110,7 @@ impl Fleet {
         let state = fleet_state_over(
             self.reconciler.fleet().store.clone(),
             Metrics::new(),
-            Arc::new(Telemetry::new(1000, 3_600_000)),
+            Arc::new(Telemetry::new(1000, 3_600_000, "restarted".into())),
         )
         .await;
         self.reconciler = Reconciler::new(state, self.sent.clone());
@@ -157,20 +163,16 @@ impl Fleet {
         }
     }
 
-    /// Devices report latency windows, attributed the way the ingest path does it.
-    fn report_latency(&self, now_ms: i64, latency_for: impl Fn(&str, Role) -> f64) {
-        self.report_latency_of(now_ms, |_, variant, role| latency_for(variant, role));
+    /// Devices report latency windows through the ingest path (claimed and rolled up in SQL).
+    async fn report_latency(&self, now_ms: i64, latency_for: impl Fn(&str, Role) -> f64) {
+        self.report_latency_of(now_ms, |_, variant, role| latency_for(variant, role))
+            .await;
     }
 
     /// As `report_latency`, with the latency chosen per device, variant and role.
-    fn report_latency_of(&self, now_ms: i64, latency_for: impl Fn(&str, &str, Role) -> f64) {
+    async fn report_latency_of(&self, now_ms: i64, latency_for: impl Fn(&str, &str, Role) -> f64) {
         for (device, doc) in self.desired() {
-            let class = self
-                .reconciler
-                .fleet()
-                .inventory
-                .device_class_of(&DeviceId::new(&device).expect("id"))
-                .expect("known");
+            let mut models = Vec::new();
             for a in &doc.assignments {
                 let role = self
                     .reconciler
@@ -181,7 +183,7 @@ impl Fleet {
                 for _ in 0..30 {
                     latency.observe(latency_for(&device, &a.variant, role));
                 }
-                let window = ModelWindow {
+                models.push(ModelWindow {
                     deployment: a.deployment.clone(),
                     variant: a.variant.clone(),
                     requests: 30,
@@ -189,19 +191,21 @@ impl Fleet {
                     latency,
                     offload: None,
                     llm: None,
-                };
-                let labels = CohortLabels {
-                    namespace: "default".into(),
-                    deployment: "vad".into(),
-                    variant: a.variant.clone(),
-                    device_class: class.clone(),
-                    role: role.as_str().into(),
-                };
-                self.reconciler
-                    .fleet()
-                    .telemetry
-                    .record(labels, now_ms, &window);
+                });
             }
+            let seq = self
+                .next_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let window = DeviceMessage::Telemetry(TelemetryWindow {
+                device_id: DeviceId::new(&device).expect("id"),
+                seq,
+                window_start_ms: now_ms,
+                window_seconds: 1,
+                models,
+            });
+            ingest::handle(self.reconciler.fleet(), &window)
+                .await
+                .expect("telemetry recorded");
         }
     }
 }
@@ -283,7 +287,7 @@ async fn a_good_version_is_promoted_step_by_step() {
 
     for _ in 0..20 {
         fleet.devices_become_ready(now).await;
-        fleet.report_latency(now, |_, _| 0.010);
+        fleet.report_latency(now, |_, _| 0.010).await;
         now += 1_500;
         let status = fleet.reconcile(&spec("2", steps), now).await;
         if status.phase == Phase::Succeeded {
@@ -329,10 +333,12 @@ async fn a_slow_version_is_rolled_back_before_it_leaves_the_canaries() {
     for _ in 0..20 {
         fleet.devices_become_ready(now).await;
         // the new version is 20x slower than the 50 ms limit
-        fleet.report_latency(
-            now,
-            |_, role| if role == Role::Canary { 1.0 } else { 0.010 },
-        );
+        fleet
+            .report_latency(
+                now,
+                |_, role| if role == Role::Canary { 1.0 } else { 0.010 },
+            )
+            .await;
         now += 1_500;
         let status = fleet.reconcile(&spec("2", steps), now).await;
         assert!(
@@ -530,13 +536,15 @@ async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {
     for _ in 0..40 {
         fleet.devices_become_ready(now).await;
         // version 2's int8 is 20x over the 50 ms limit on the aarch64 class only
-        fleet.report_latency_of(now, |device, variant, role| {
-            if role == Role::Canary && variant == "int8" && device.starts_with("pi") {
-                1.0
-            } else {
-                0.010
-            }
-        });
+        fleet
+            .report_latency_of(now, |device, variant, role| {
+                if role == Role::Canary && variant == "int8" && device.starts_with("pi") {
+                    1.0
+                } else {
+                    0.010
+                }
+            })
+            .await;
         now += 1_500;
         status = fleet.reconcile(&demote("2"), now).await;
         if status.phase == Phase::Succeeded {
@@ -591,7 +599,7 @@ async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {
         assert!(p95 < 50.0, "int8 p95 {p95} ms blends the demoted cohort in");
     };
     fleet.devices_become_ready(now).await;
-    fleet.report_latency(now, |_, _| 0.010);
+    fleet.report_latency(now, |_, _| 0.010).await;
     let status = fleet.reconcile(&demote("2"), now + 1_000).await;
     check(&status, &fleet.desired());
 
@@ -599,7 +607,7 @@ async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {
     // not republish anything.
     let published = fleet.sent.0.lock().expect("lock").len();
     fleet.restart().await;
-    fleet.report_latency(now + 59_000, |_, _| 0.010);
+    fleet.report_latency(now + 59_000, |_, _| 0.010).await;
     let status = fleet.reconcile(&demote("2"), now + 60_000).await;
     check(&status, &fleet.desired());
     assert_eq!(fleet.sent.0.lock().expect("lock").len(), published);

@@ -4,7 +4,7 @@ use edgefleet_controller::store::MIGRATOR;
 
 mod common;
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "devices",
     "deployments",
     "device_desired",
@@ -12,6 +12,7 @@ const TABLES: [&str; 7] = [
     "rollouts",
     "rollout_history",
     "cohort_rollups",
+    "telemetry_seqs",
 ];
 
 /// Both databases are driven through sqlx's Any driver, as the controller does.

@@ -85,9 +85,11 @@ async fn devices_are_served_through_a_kubernetes_api_outage_and_status_catches_u
     );
 }
 
-/// Two replicas on one PostgreSQL database: only the Lease holder publishes desired
-/// documents and it counts every telemetry window; SIGKILL the leader and the
-/// standby takes over and finishes the next rollout without re-assigning any device.
+/// Two replicas on one PostgreSQL database and one Mosquitto: only the Lease holder
+/// publishes desired documents; telemetry is split between the replicas (an MQTT 5 shared
+/// subscription) and every window is counted once, in the roll-ups both write. SIGKILL the
+/// leader while devices are sending: no window is counted twice, and the standby takes over
+/// and finishes the next rollout without re-assigning any device.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_over() {
     let logs = tempfile::tempdir().unwrap();
@@ -95,10 +97,18 @@ async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_ov
     let broker = Broker::start();
     let standin = StandIn::start_with_crd();
     let artifacts = ArtifactServer::start().await;
-    let mut replicas = vec![
-        ControllerProc::start(&standin, &db.url, &broker.url(), "one", logs.path()),
-        ControllerProc::start(&standin, &db.url, &broker.url(), "two", logs.path()),
-    ];
+    let shared = [("EDGEFLEET_TELEMETRY_SHARE_GROUP", "e2e-controllers")];
+    let start = |identity: &str| {
+        ControllerProc::start_with_env(
+            &standin,
+            &db.url,
+            &broker.url(),
+            identity,
+            logs.path(),
+            &shared,
+        )
+    };
+    let mut replicas = vec![start("one"), start("two")];
     let agents: Vec<AgentProc> = ["gw-x86-1", "pi-arm-1", "pi-arm-2"]
         .into_iter()
         .map(|id| AgentProc::start(&device(id), &broker.url(), logs.path()))
@@ -135,37 +145,40 @@ async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_ov
         "the standby published: {published:?}"
     );
 
-    // The leader counts every window the devices sent (the standby only counts windows of
-    // deployments it has reconciled, i.e. after it takes over).
-    let mut served = 0.0;
-    for agent in &agents {
-        served += metric_sum(
-            &agent.metrics().await,
-            "edgefleet_agent_inference_requests_total",
-        );
+    // Every inference served is in the roll-ups once, and both replicas counted windows.
+    let served = served_by(&agents).await;
+    eventually(
+        Duration::from_secs(30),
+        "the roll-ups hold every inference",
+        || async {
+            let (rolled_up, writers) = db.rolled_up_requests().await;
+            if rolled_up == served && writers == 2 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "served {served}, rolled up {rolled_up} by {writers} writers"
+                ))
+            }
+        },
+    )
+    .await;
+    let mut counted = Vec::new();
+    for replica in &replicas {
+        counted.push(windows_counted(&replica.metrics().await));
     }
-    for replica in &replicas[leader..=leader] {
-        eventually(
-            Duration::from_secs(30),
-            "the leader counted every inference",
-            || async {
-                let counted = metric_sum(
-                    &replica.metrics().await,
-                    "edgefleet_inference_requests_total",
-                );
-                if counted == served {
-                    Ok(())
-                } else {
-                    Err(format!("served {served}, counted {counted}"))
-                }
-            },
-        )
-        .await;
-    }
+    assert!(
+        counted.iter().all(|c| *c > 0.0),
+        "windows split: {counted:?}"
+    );
 
+    // SIGKILL the leader (the Lease is not released) while devices keep sending.
     let before = db.desired_documents().await;
-    replicas[leader].proc.kill(); // SIGKILL: the Lease is not released
-    let killed = Instant::now();
+    let killed = tokio::join!(drive_load(&agents, 20), async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        replicas[leader].proc.kill();
+        Instant::now()
+    })
+    .1;
     let survivor = replicas.remove(standby);
     eventually(Duration::from_secs(60), "the standby leading", || async {
         if gauge(&survivor.metrics().await, "edgefleet_leader") == 1.0 {
@@ -176,6 +189,33 @@ async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_ov
     })
     .await;
     let takeover_s = killed.elapsed().as_secs_f64();
+    // Agents send a window a second; once two reads 3 s apart agree, every window is in.
+    let served = served_by(&agents).await;
+    let rolled_up = settled_requests(&db).await;
+    assert!(
+        rolled_up <= served,
+        "counted twice: served {served}, rolled up {rolled_up}"
+    );
+    // What the survivor receives after the kill, it counts in full.
+    drive_load(&agents, 5).await;
+    let served_after = served_by(&agents).await;
+    eventually(
+        Duration::from_secs(30),
+        "the survivor counts what came after the kill",
+        || async {
+            let (now, _) = db.rolled_up_requests().await;
+            if now - rolled_up == served_after - served {
+                Ok(())
+            } else {
+                Err(format!(
+                    "served {} since, rolled up {}",
+                    served_after - served,
+                    now - rolled_up
+                ))
+            }
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         before,
@@ -193,11 +233,45 @@ async fn with_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_ov
     promote(&standin, &agents, "2.0.0", 3, Duration::from_secs(120)).await;
     println!(
         "RELIABILITY replicas: standby_desired_published=0 leader_desired_published={} \
-         takeover_after_sigkill_s={takeover_s:.1} (lease 15 s) devices_reassigned=0",
-        published[leader]
+         windows_counted_per_replica={counted:?} requests_lost_to_sigkill_mid_stream={} \
+         counted_twice=0 takeover_after_sigkill_s={takeover_s:.1} (lease 15 s) devices_reassigned=0",
+        published[leader],
+        served - rolled_up,
     );
     drop(survivor);
     db.drop().await;
+}
+
+/// Requests in the roll-ups once they stop changing.
+async fn settled_requests(db: &TempPostgres) -> u64 {
+    let mut last = db.rolled_up_requests().await.0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = db.rolled_up_requests().await.0;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+async fn served_by(agents: &[AgentProc]) -> u64 {
+    let mut served = 0.0;
+    for agent in agents {
+        served += metric_sum(
+            &agent.metrics().await,
+            "edgefleet_agent_inference_requests_total",
+        );
+    }
+    served as u64
+}
+
+fn windows_counted(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("edgefleet_telemetry_windows_total{result=\"counted\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn md_json(standin: &StandIn, name: &str) -> serde_json::Value {

@@ -175,6 +175,20 @@ def test_controller_certificate_user_has_full_access_on_tls(broker):
     assert broker.sub_one("edgefleet-controller", f"{D}/+/state") == "state-b"
 
 
+def test_controllers_share_device_telemetry_under_the_acl(broker):
+    """The controller's telemetry subscription with a share group (EDGEFLEET_TELEMETRY_SHARE_GROUP,
+    MQTT 5 `$share/<group>/<filter>`) passes the ACL on the plain and the TLS listener."""
+    for who in (None, "edgefleet-controller"):
+        topic = f"$share/edgefleet-controllers/{D}/+/telemetry"
+        sub = subprocess.Popen([_binary("mosquitto_sub"), *broker.args(who), "-V", "mqttv5", "-q", "1",
+                                "-t", topic, "-C", "1", "-W", "10"], stdout=subprocess.PIPE, text=True)
+        # shared subscriptions get no retained messages: publish until the subscriber has one
+        while sub.poll() is None:
+            broker.pub("dev-a", f"{D}/dev-a/telemetry", f"window-{who}", retain=False)
+            time.sleep(0.2)
+        assert sub.stdout.read().strip() == f"window-{who}", f"{who}: exit {sub.returncode}"
+
+
 def test_tls_listener_requires_a_client_certificate(broker):
     res = run([_binary("mosquitto_pub"), *broker.args("nocert"), "-t", f"{D}/x/hello", "-m", "x"])
     assert res.returncode != 0

@@ -211,6 +211,7 @@ def test_controller_env_defaults(helm):
         "EDGEFLEET_IDENTITY": {"fieldRef": {"fieldPath": "metadata.name"}},
         "EDGEFLEET_WATCH_NAMESPACE": "",
         "EDGEFLEET_SITE_LABEL": "site",
+        "EDGEFLEET_TELEMETRY_SHARE_GROUP": "edgefleet-controllers",
             "EDGEFLEET_LOG_FORMAT": "json",
         "RUST_LOG": "info",
     }
@@ -230,6 +231,7 @@ def test_controller_env_postgres_ha_external_broker(helm):
     assert env["EDGEFLEET_DATABASE_URL"] == {"secretKeyRef": {"name": "pg", "key": "dsn"}}
     assert env["EDGEFLEET_BROKER"] == "mqtt://broker.example:1883"
     assert env["EDGEFLEET_WATCH_NAMESPACE"] == "team-a"
+    assert env["EDGEFLEET_TELEMETRY_SHARE_GROUP"] == "edgefleet-controllers"
     assert not find(objs, "PersistentVolumeClaim")
     assert not find(objs, "Deployment", "-mosquitto") and not find(objs, "ConfigMap", "-mosquitto")
     assert one(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1

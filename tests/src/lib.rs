@@ -166,6 +166,25 @@ impl TempPostgres {
             .collect()
     }
 
+    /// Inference requests in the telemetry roll-ups every replica wrote, and the number of
+    /// writers (replica runs) that wrote them.
+    pub async fn rolled_up_requests(&self) -> (u64, usize) {
+        use sqlx::{Connection, Row};
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        let rows = sqlx::query("SELECT writer, window_json FROM cohort_rollups")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let mut writers = std::collections::BTreeSet::new();
+        let mut requests = 0;
+        for row in rows {
+            writers.insert(row.get::<String, _>(0));
+            let window: serde_json::Value = serde_json::from_str(&row.get::<String, _>(1)).unwrap();
+            requests += window["requests"].as_u64().unwrap_or(0);
+        }
+        (requests, writers.len())
+    }
+
     pub async fn drop(self) {
         use sqlx::Connection;
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {

@@ -36,8 +36,10 @@ pub const ERROR_REGRESSION_FACTOR: f64 = 2.0;
 /// ...and be this much (absolute, 0.01 = one percentage point) above it.
 pub const ERROR_REGRESSION_SLACK: f64 = 0.01;
 
-/// What a cohort's devices reported over the analysis interval, merged.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What a cohort's devices reported over the analysis interval, merged. Serialised as one
+/// replica's roll-up of a cohort and interval in the fleet store.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct CohortWindow {
     pub latency: LatencyHistogram,
     pub requests: u64,

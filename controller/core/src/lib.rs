@@ -17,7 +17,8 @@
 //! - [`progress`]: one canary turn: analyse, decide, move the state;
 //! - [`status`]: the `ModelDeployment` status from all of the above;
 //! - [`artifacts`]: `oci://` artifacts replaced by what their tags resolved to;
-//! - [`site`]: which site cache each device downloads through.
+//! - [`site`]: which site cache each device downloads through;
+//! - [`replay`]: which telemetry windows count, once each, across replicas.
 //!
 //! Assignments as stored ([`assignment::AssignmentRecord`]) carry typed roles and phases.
 
@@ -32,6 +33,7 @@ pub mod pacing;
 pub mod plan;
 pub mod progress;
 pub mod progression;
+pub mod replay;
 pub mod rollout;
 pub mod site;
 pub mod status;

@@ -6,6 +6,7 @@
 
 mod apply;
 mod load;
+mod mirror;
 mod progress;
 mod publish;
 mod remove;
@@ -171,12 +172,14 @@ impl Reconciler {
 
         let plan = plan(input.uid, &pinned, &devices);
         let mut records = self.apply(input, &plan, &caches, now_ms).await?;
+        let rollups = progress::load_rollups(&self.fleet, input, &loaded.state, now_ms).await?;
         let turn = progress::turn(
             &self.fleet,
             input,
             &mut loaded.state,
             &plan,
             &records,
+            &rollups,
             now_ms,
         );
         let plan = match turn.event {
@@ -203,7 +206,10 @@ impl Reconciler {
             &loaded.state,
             &plan,
             &records,
-            &turn.verdicts,
+            status::Observed {
+                verdicts: &turn.verdicts,
+                rollups: &rollups,
+            },
             now_ms,
         );
         let requeue_after = requeue_after(&loaded.state, status.phase);

@@ -9,9 +9,10 @@ use edgefleet_core::status::{StatusInput, build_status};
 use edgefleet_core::{AssignmentRecord, CohortKey, CohortVerdict};
 use edgefleet_crds::{ModelDeploymentStatus, Phase};
 
+use super::progress::{STATUS_LOOKBACK_MS, merged_since};
 use super::{DeploymentInput, FleetState};
 use crate::clock::rfc3339;
-use crate::telemetry::CohortLabels;
+use crate::store::{DeploymentRollups, RollupCohort};
 
 /// The `state` label values of `edgefleet_deployment_devices`.
 pub(super) const DEVICE_STATES: [&str; 9] = [
@@ -26,16 +27,24 @@ pub(super) const DEVICE_STATES: [&str; 9] = [
     "kept_previous",
 ];
 
+/// What the devices reported, as status shows it: this pass's verdicts and every replica's
+/// telemetry roll-ups.
+pub(super) struct Observed<'a> {
+    pub verdicts: &'a BTreeMap<CohortKey, CohortVerdict>,
+    pub rollups: &'a DeploymentRollups,
+}
+
 pub(super) fn build(
     fleet: &FleetState,
     input: &DeploymentInput<'_>,
     state: &RolloutState,
     plan: &RolloutPlan,
     records: &[AssignmentRecord],
-    verdicts: &BTreeMap<CohortKey, CohortVerdict>,
+    observed: Observed<'_>,
     now_ms: i64,
 ) -> ModelDeploymentStatus {
-    let variant_p95_ms = variant_p95(fleet, input, state, now_ms);
+    let verdicts = observed.verdicts;
+    let variant_p95_ms = variant_p95(fleet, observed.rollups, state, now_ms);
     let status = build_status(&StatusInput {
         generation: input.generation,
         state,
@@ -54,12 +63,12 @@ pub(super) fn build(
 /// data is why they were demoted and says nothing of the classes that run it now.
 fn variant_p95(
     fleet: &FleetState,
-    input: &DeploymentInput<'_>,
+    rollups: &DeploymentRollups,
     state: &RolloutState,
     now_ms: i64,
 ) -> BTreeMap<String, f64> {
-    let since = now_ms - 5 * 60 * 1000;
-    let demoted = |labels: &CohortLabels| {
+    let since = fleet.telemetry.slice_start(now_ms - STATUS_LOOKBACK_MS);
+    let demoted = |labels: &RollupCohort| {
         state
             .demotions
             .iter()
@@ -70,11 +79,7 @@ fn variant_p95(
         .variants
         .iter()
         .filter_map(|v| {
-            let window = fleet
-                .telemetry
-                .since_where(input.namespace, input.name, since, |l| {
-                    l.variant == v.name && !demoted(l)
-                });
+            let window = merged_since(rollups, since, |c| c.variant == v.name && !demoted(c));
             Some((v.name.clone(), window.p95_ms()?))
         })
         .collect()

@@ -28,6 +28,10 @@ pub struct UpArgs {
     /// Directory served at /artifacts/ (Range requests supported); default <data-dir>/artifacts.
     #[arg(long, env = "EDGEFLEET_ARTIFACTS_DIR")]
     pub artifacts_dir: Option<std::path::PathBuf>,
+    /// Share telemetry with `edgefleet ingest` workers on the same database: the MQTT 5
+    /// shared subscription group they name too. Unset: this process counts every window.
+    #[arg(long, env = "EDGEFLEET_TELEMETRY_SHARE_GROUP")]
+    pub telemetry_share_group: Option<String>,
     #[command(flatten)]
     pub timing: crate::run::LoopTiming,
     #[command(flatten)]

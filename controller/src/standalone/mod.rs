@@ -74,6 +74,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Standalone> {
         database_url,
         broker: broker.controller_url.clone(),
         mqtt_client_id: "edgefleet-standalone".into(),
+        telemetry_share_group: args.telemetry_share_group.clone(),
         mqtt_ca_file: None,
         mqtt_cert_file: None,
         mqtt_key_file: None,

@@ -20,9 +20,11 @@ mod desired;
 mod devices;
 mod pins;
 mod rollouts;
+mod rollups;
 pub use batch::{DesiredWrite, DeviceAssignments};
 pub use devices::DeviceWrite;
 pub use rollouts::{rollout_row, rollout_state};
+pub use rollups::{DeploymentRollups, RollupCohort, RollupWrite};
 
 /// Every file of `migrations/` as (version, description, SQL), embedded in the binary; a test
 /// checks the list against the directory. Listed by hand rather than with `sqlx::migrate!`:
@@ -43,6 +45,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         20261207000002,
         "device installed",
         include_str!("../../../migrations/20261207000002_device_installed.sql"),
+    ),
+    (
+        20261207000003,
+        "shared ingest",
+        include_str!("../../../migrations/20261207000003_shared_ingest.sql"),
     ),
 ];
 

@@ -13,6 +13,16 @@ use sqlx::Row;
 use super::*;
 
 impl Store {
+    /// `(namespace, name)` of every deployment with a rollout.
+    pub async fn rollout_keys(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT namespace, name FROM rollouts ORDER BY namespace, name")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     pub async fn rollout(&self, namespace: &str, name: &str) -> Result<Option<RolloutRow>> {
         let row = sqlx::query(
             "SELECT uid, target_version, stable_version, stable_spec_json, step, phase, step_started_ms,

@@ -42,7 +42,7 @@ pub mod fleet {
         fleet_state_over(
             store,
             metrics,
-            Arc::new(Telemetry::new(slice_ms, retention_ms)),
+            Arc::new(Telemetry::new(slice_ms, retention_ms, "first".into())),
         )
         .await
     }

@@ -71,6 +71,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         mqtt_listen: args.mqtt_listen.clone(),
         broker_impl: args.broker_impl,
         artifacts_dir: None,
+        telemetry_share_group: None, // one process counts every window
         timing: crate::run::LoopTiming {
             telemetry_slice_seconds: 1,
             mqtt_unready_after_seconds: 30,
