@@ -6,18 +6,17 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::fleet::{RecordingPublisher, fleet_state, fleet_state_over};
+use common::fleet::{RecordingPublisher, fleet_state, fleet_state_over, hello, ready_report};
 use edgefleet_controller::ingest;
 use edgefleet_controller::inventory::Inventory;
 use edgefleet_controller::metrics::Metrics;
 use edgefleet_controller::mqtt::DeviceMessage;
 use edgefleet_controller::reconcile::{DeploymentInput, Reconciler};
 use edgefleet_controller::telemetry::Telemetry;
-use edgefleet_crds::{ModelDeploymentSpec, ModelDeploymentStatus, Phase, Runtime};
+use edgefleet_crds::{ModelDeploymentSpec, ModelDeploymentStatus, Phase};
 use edgefleet_protocol::LatencyHistogram;
 use edgefleet_protocol::wire::{
-    Desired, DeviceId, Hello, ModelPhase, ModelState, ModelWindow, Role, StateReport,
-    Telemetry as TelemetryWindow,
+    Desired, DeviceId, ModelWindow, Role, Telemetry as TelemetryWindow,
 };
 
 struct Fleet {
@@ -26,23 +25,6 @@ struct Fleet {
     status: Option<ModelDeploymentStatus>,
     /// Telemetry window numbers: increasing for every device, as agents number theirs.
     next_seq: std::sync::atomic::AtomicU64,
-}
-
-fn hello(id: &str, arch: &str, memory_mib: u64) -> Hello {
-    Hello {
-        device_id: DeviceId::new(id).expect("id"),
-        agent_version: "test".into(),
-        labels: BTreeMap::from([("site".into(), "lab".into())]),
-        arch: arch.into(),
-        cores: 4,
-        cpu_features: vec![],
-        memory_total_mib: memory_mib,
-        memory_available_mib: memory_mib / 2,
-        disk_free_mib: 10_000,
-        accelerators: vec![],
-        runtimes: vec![Runtime::Tract],
-        site_cache_url: None,
-    }
 }
 
 fn spec(version: &str, steps: &str) -> ModelDeploymentSpec {
@@ -118,35 +100,13 @@ impl Fleet {
 
     /// The last desired document each device received.
     fn desired(&self) -> BTreeMap<String, Desired> {
-        let sent = self.sent.0.lock().expect("lock");
-        sent.iter()
-            .map(|d| (d.device_id.to_string(), d.clone()))
-            .collect()
+        self.sent.last_documents()
     }
 
     /// Every device reports Ready for what it was last told to run.
     async fn devices_become_ready(&self, now_ms: i64) {
         for (device, doc) in self.desired() {
-            let report = StateReport {
-                device_id: DeviceId::new(device).expect("id"),
-                generation: doc.generation,
-                models: doc
-                    .assignments
-                    .iter()
-                    .map(|a| ModelState {
-                        deployment: a.deployment.clone(),
-                        variant: a.variant.clone(),
-                        version: a.model.version.clone(),
-                        sha256: a.artifact.sha256.clone(),
-                        phase: ModelPhase::Ready,
-                        bytes_done: None,
-                        bytes_total: None,
-                        reason: None,
-                        serving_sha256: Some(a.artifact.sha256.clone()),
-                        fetched: None,
-                    })
-                    .collect(),
-            };
+            let report = ready_report(&device, &doc);
             self.reconciler
                 .fleet()
                 .inventory

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::fleet::{RecordingPublisher, fleet_state_over};
+use common::fleet::{RecordingPublisher, fleet_state_over, hello, ready_report};
 use edgefleet_controller::ingest;
 use edgefleet_controller::metrics::Metrics;
 use edgefleet_controller::mqtt::DeviceMessage;
@@ -17,29 +17,11 @@ use edgefleet_controller::store::{RollupCohort, RollupWrite, Store};
 use edgefleet_controller::telemetry::Telemetry;
 use edgefleet_core::analysis::CohortWindow;
 use edgefleet_core::replay::Refusal;
-use edgefleet_crds::{FailureAction, ModelDeploymentSpec, Phase, Runtime};
+use edgefleet_crds::{FailureAction, ModelDeploymentSpec, Phase};
 use edgefleet_protocol::LatencyHistogram;
 use edgefleet_protocol::wire::{
-    Desired, DeviceId, Hello, ModelPhase, ModelState, ModelWindow, Role, StateReport,
-    Telemetry as TelemetryWindow,
+    Desired, DeviceId, ModelWindow, Role, Telemetry as TelemetryWindow,
 };
-
-fn hello(id: &str, arch: &str, memory_mib: u64) -> Hello {
-    Hello {
-        device_id: DeviceId::new(id).expect("id"),
-        agent_version: "test".into(),
-        labels: BTreeMap::from([("site".into(), "lab".into())]),
-        arch: arch.into(),
-        cores: 4,
-        cpu_features: vec![],
-        memory_total_mib: memory_mib,
-        memory_available_mib: memory_mib / 2,
-        disk_free_mib: 10_000,
-        accelerators: vec![],
-        runtimes: vec![Runtime::Tract],
-        site_cache_url: None,
-    }
-}
 
 /// int8 everywhere it fits, fp32 on the big x86 devices; a failing class is demoted.
 fn spec(version: &str) -> ModelDeploymentSpec {
@@ -149,15 +131,9 @@ async fn rollout(replicas: &[Reconciler], sent: &RecordingPublisher, redeliver: 
         if round > 2 && phase == Phase::Succeeded {
             break;
         }
-        let desired: BTreeMap<String, Desired> = sent
-            .0
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|d| (d.device_id.to_string(), d.clone()))
-            .collect();
+        let desired = sent.last_documents();
         for (device, doc) in &desired {
-            to_all(DeviceMessage::State(ready(device, doc))).await;
+            to_all(DeviceMessage::State(ready_report(device, doc))).await;
         }
         for (device, doc) in &desired {
             let window = window(leader, device, doc, seq, now);
@@ -175,29 +151,6 @@ async fn rollout(replicas: &[Reconciler], sent: &RecordingPublisher, redeliver: 
         }
     }
     history
-}
-
-fn ready(device: &str, doc: &Desired) -> StateReport {
-    StateReport {
-        device_id: DeviceId::new(device).expect("id"),
-        generation: doc.generation,
-        models: doc
-            .assignments
-            .iter()
-            .map(|a| ModelState {
-                deployment: a.deployment.clone(),
-                variant: a.variant.clone(),
-                version: a.model.version.clone(),
-                sha256: a.artifact.sha256.clone(),
-                phase: ModelPhase::Ready,
-                bytes_done: None,
-                bytes_total: None,
-                reason: None,
-                serving_sha256: Some(a.artifact.sha256.clone()),
-                fetched: None,
-            })
-            .collect(),
-    }
 }
 
 /// 30 requests of the device's model: 1 s on aarch64 canaries, 10 ms everywhere else.
@@ -287,6 +240,22 @@ async fn the_leaders_verdicts_over_split_and_redelivered_windows_equal_one_repli
         0,
         "the standby knew every model"
     );
+    // the roll-ups both wrote hold exactly what the one replica counted, cohort by cohort
+    let totals = async |replica: &Reconciler| -> BTreeMap<RollupCohort, (u64, u64)> {
+        let rollups = replica.fleet().store.rollups_of("default", "vad", 0).await;
+        rollups
+            .expect("roll-ups")
+            .into_iter()
+            .map(|(cohort, slices)| {
+                let requests = slices.values().map(|w| w.requests).sum();
+                let samples = slices.values().map(|w| w.latency.count()).sum();
+                (cohort, (requests, samples))
+            })
+            .collect()
+    };
+    let expected = totals(&alone[0]).await;
+    assert!(expected.keys().any(|c| c.role == "canary"), "{expected:?}");
+    assert_eq!(totals(leader).await, expected);
 }
 
 /// Two replicas claiming the same windows at the same time (PostgreSQL, row locks): each

@@ -16,7 +16,7 @@ pub mod fleet {
     use edgefleet_controller::store::Store;
     use edgefleet_controller::telemetry::Telemetry;
     use edgefleet_core::desired::EncodedDesired;
-    use edgefleet_protocol::wire::Desired;
+    use edgefleet_protocol::wire::{Desired, DeviceId, Hello, ModelPhase, ModelState, StateReport};
     use futures::future::BoxFuture;
 
     /// Keeps every document it is asked to publish.
@@ -67,5 +67,57 @@ pub mod fleet {
 
     pub fn reconciler(fleet: FleetState, publisher: Arc<RecordingPublisher>) -> Reconciler {
         Reconciler::new(fleet, publisher)
+    }
+
+    impl RecordingPublisher {
+        /// The last desired document each device received.
+        pub fn last_documents(&self) -> std::collections::BTreeMap<String, Desired> {
+            let sent = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            sent.iter()
+                .map(|d| (d.device_id.to_string(), d.clone()))
+                .collect()
+        }
+    }
+
+    /// A tract device of the `lab` site.
+    pub fn hello(id: &str, arch: &str, memory_mib: u64) -> Hello {
+        Hello {
+            device_id: DeviceId::new(id).expect("id"),
+            agent_version: "test".into(),
+            labels: std::collections::BTreeMap::from([("site".into(), "lab".into())]),
+            arch: arch.into(),
+            cores: 4,
+            cpu_features: vec![],
+            memory_total_mib: memory_mib,
+            memory_available_mib: memory_mib / 2,
+            disk_free_mib: 10_000,
+            accelerators: vec![],
+            runtimes: vec![edgefleet_crds::Runtime::Tract],
+            site_cache_url: None,
+        }
+    }
+
+    /// `device` serves, Ready, every model of its desired document `doc`.
+    pub fn ready_report(device: &str, doc: &Desired) -> StateReport {
+        StateReport {
+            device_id: DeviceId::new(device).expect("id"),
+            generation: doc.generation,
+            models: doc
+                .assignments
+                .iter()
+                .map(|a| ModelState {
+                    deployment: a.deployment.clone(),
+                    variant: a.variant.clone(),
+                    version: a.model.version.clone(),
+                    sha256: a.artifact.sha256.clone(),
+                    phase: ModelPhase::Ready,
+                    bytes_done: None,
+                    bytes_total: None,
+                    reason: None,
+                    serving_sha256: Some(a.artifact.sha256.clone()),
+                    fetched: None,
+                })
+                .collect(),
+        }
     }
 }
