@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::fleet::{self, FleetConfig, Observed};
 use crate::probe::{self, ProcSample};
+use crate::workers::Workers;
 use crate::{Args, Output, StopAfter, mix};
 
 #[derive(Serialize, Default, Debug)]
@@ -54,6 +55,9 @@ pub struct Report {
     pub cpu_seconds_plan_publish: f64,
     pub cpu_seconds_rollout: f64,
     pub cpu_seconds_flood: f64,
+    /// `--ingest-workers`, and their CPU in the flood (the controller's is `cpu_seconds_flood`).
+    pub ingest_workers: usize,
+    pub workers_cpu_seconds_flood: f64,
     pub broker_cpu_seconds: f64,
     pub sim_errors: u64,
     /// With `--llm`: model windows that carried an LLM window, and all of those merged.
@@ -65,6 +69,7 @@ pub struct Report {
 
 struct Controller {
     child: Child,
+    workers: Workers,
     api: String,
     token: String,
     broker_port: u16,
@@ -118,6 +123,9 @@ impl Controller {
         if let Some(url) = &args.database_url {
             command.args(["--database-url", url]);
         }
+        if args.ingest_workers > 0 {
+            command.args(["--telemetry-share-group", crate::workers::SHARE_GROUP]);
+        }
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -130,6 +138,7 @@ impl Controller {
             .unwrap_or(100.0);
         let mut controller = Controller {
             child,
+            workers: Workers::default(),
             api: format!("http://{api}"),
             token: String::new(),
             broker_port,
@@ -137,32 +146,18 @@ impl Controller {
             ticks,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = controller.child.try_wait() {
-                bail!(
-                    "the controller exited ({status}); see {}",
-                    controller.log.display()
-                );
-            }
-            let ready = controller
-                .http
-                .get(format!("{}/readyz", controller.api))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the controller was not ready within 30 s; see {}",
-                controller.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("the controller (see {})", controller.log.display());
+        crate::workers::wait_ready(&mut controller.child, &controller.api, &what).await?;
         controller.token = std::fs::read_to_string(dir.join("data/token"))
             .context("reading the controller's token")?;
+        if args.ingest_workers > 0 {
+            let database_url = args
+                .database_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", dir.join("data/fleet.db").display()));
+            controller.workers =
+                Workers::start(args.ingest_workers, &bin, &database_url, broker_port, dir).await?;
+        }
         Ok(controller)
     }
 
@@ -223,6 +218,7 @@ impl Controller {
     /// SIGTERM, so that it stops its Mosquitto child; SIGKILL after 60 s (a profiler may
     /// take that long to write its output).
     fn stop(&mut self) {
+        self.workers.stop();
         let children = probe::children(self.pid());
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
@@ -368,17 +364,28 @@ fn device_counts(deployment: &Value) -> (u64, u64, String) {
     )
 }
 
-const RECEIVED: [&str; 4] = ["counted", "duplicate", "unknown_device", "unknown_model"];
+const RECEIVED: [&str; 6] = [
+    "counted",
+    "duplicate",
+    "stale",
+    "unknown_device",
+    "unknown_model",
+    "not_stored",
+];
 
+/// Windows the controller and its ingest workers received, together.
 async fn windows_received(controller: &Controller) -> anyhow::Result<u64> {
-    let text = controller.metrics().await?;
-    Ok(RECEIVED
+    let mut texts = controller.workers.metrics().await?;
+    texts.push(controller.metrics().await?);
+    Ok(texts
         .iter()
-        .map(|r| {
-            probe::metric(
-                &text,
-                &format!("edgefleet_telemetry_windows_total{{result=\"{r}\"}}"),
-            ) as u64
+        .flat_map(|text| {
+            RECEIVED.iter().map(move |r| {
+                probe::metric(
+                    text,
+                    &format!("edgefleet_telemetry_windows_total{{result=\"{r}\"}}"),
+                ) as u64
+            })
         })
         .sum())
 }
@@ -395,6 +402,7 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
             _ => "sqlite".into(),
         },
         telemetry_seconds: args.telemetry_seconds,
+        ingest_workers: controller.workers.len(),
         ..Report::default()
     };
     let idle = controller.sample();
@@ -564,6 +572,7 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
         );
         let expected = args.flood_windows * fitting as u64;
         let before = controller.sample();
+        let workers_before = controller.workers.cpu_seconds(controller.ticks);
         let start = Instant::now();
         let origin_offset = start.duration_since(counter.origin).as_millis() as u64;
         flood_tx.send_replace(args.flood_windows);
@@ -585,6 +594,8 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
             );
         }
         report.cpu_seconds_flood = controller.sample().cpu_seconds - before.cpu_seconds;
+        report.workers_cpu_seconds_flood =
+            controller.workers.cpu_seconds(controller.ticks) - workers_before;
         report.flood_windows_published =
             observed.telemetry_published.load(Ordering::Relaxed) - pub0;
         report.flood_broker_received = counter.count() - sub0;
@@ -710,6 +721,12 @@ fn print_text(r: &Report) {
                 .quantile(0.5)
                 .unwrap_or(f64::NAN),
             llm.completion_tokens,
+        );
+    }
+    if r.ingest_workers > 0 {
+        println!(
+            "ingest: the controller and {} `edgefleet ingest` worker(s) sharing telemetry; flood CPU s controller {:.1}, workers {:.1}",
+            r.ingest_workers, r.cpu_seconds_flood, r.workers_cpu_seconds_flood
         );
     }
     if r.sim_errors > 0 {

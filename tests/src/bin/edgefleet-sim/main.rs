@@ -15,6 +15,7 @@ mod llm;
 mod mix;
 mod probe;
 mod rng;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +72,11 @@ pub struct Args {
     /// URL must name an empty database.
     #[arg(long, env = "EDGEFLEET_SIM_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// `edgefleet ingest` workers beside the controller, sharing telemetry with it (an MQTT 5
+    /// shared subscription) and counting windows into the same database; ingest figures add
+    /// up all of them.
+    #[arg(long, env = "EDGEFLEET_SIM_INGEST_WORKERS", default_value_t = 0)]
+    pub ingest_workers: usize,
     /// Give up on any phase after this long.
     #[arg(
         long,
