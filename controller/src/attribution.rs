@@ -8,12 +8,15 @@ use std::sync::RwLock;
 use edgefleet_core::AssignmentRecord;
 use edgefleet_protocol::wire::Role;
 
+/// deployment key → device → value: looked up per telemetry window with borrowed names.
+type PerDevice<T> = HashMap<String, HashMap<String, T>>;
+
 #[derive(Default)]
 pub struct Attribution {
     /// (deployment key, device) → (assigned sha256, role)
-    assigned: RwLock<HashMap<(String, String), (String, Role)>>,
+    assigned: RwLock<PerDevice<(String, Role)>>,
     /// (deployment key, device) → sha256 the device last said it serves
-    serving: RwLock<HashMap<(String, String), String>>,
+    serving: RwLock<PerDevice<String>>,
     /// deployment key → variant names of its target and previous specs: the only values the
     /// `variant` label may take, whatever a device sends.
     variants: RwLock<HashMap<String, BTreeSet<String>>>,
@@ -22,11 +25,15 @@ pub struct Attribution {
 impl Attribution {
     /// Replaces the assignments of one deployment (`namespace/name`).
     pub fn assign(&self, deployment: &str, records: &[AssignmentRecord]) {
+        let devices: HashMap<String, (String, Role)> = records
+            .iter()
+            .map(|r| (r.device_id.clone(), (r.sha256().to_string(), r.role)))
+            .collect();
         let mut assigned = self.assigned.write().unwrap_or_else(|p| p.into_inner());
-        assigned.retain(|(d, _), _| d != deployment);
-        for record in records {
-            let key = (deployment.to_string(), record.device_id.clone());
-            assigned.insert(key, (record.sha256().to_string(), record.role));
+        if devices.is_empty() {
+            assigned.remove(deployment);
+        } else {
+            assigned.insert(deployment.to_string(), devices);
         }
     }
 
@@ -49,24 +56,30 @@ impl Attribution {
 
     pub fn serving(&self, deployment: &str, device: &str, sha256: Option<&str>) {
         let mut serving = self.serving.write().unwrap_or_else(|p| p.into_inner());
-        let key = (deployment.to_string(), device.to_string());
         match sha256 {
             Some(sha) => {
-                serving.insert(key, sha.to_string());
+                let devices = serving.entry(deployment.to_string()).or_default();
+                if devices.get(device).map(String::as_str) != Some(sha) {
+                    devices.insert(device.to_string(), sha.to_string());
+                }
             }
             None => {
-                serving.remove(&key);
+                if let Some(devices) = serving.get_mut(deployment) {
+                    devices.remove(device);
+                    if devices.is_empty() {
+                        serving.remove(deployment);
+                    }
+                }
             }
         }
     }
 
     pub fn role_of(&self, deployment: &str, device: &str) -> Role {
-        let key = (deployment.to_string(), device.to_string());
         let assigned = self.assigned.read().unwrap_or_else(|p| p.into_inner());
-        match assigned.get(&key) {
+        match assigned.get(deployment).and_then(|d| d.get(device)) {
             Some((sha, Role::Canary)) => {
                 let serving = self.serving.read().unwrap_or_else(|p| p.into_inner());
-                if serving.get(&key) == Some(sha) {
+                if serving.get(deployment).and_then(|d| d.get(device)) == Some(sha) {
                     Role::Canary
                 } else {
                     Role::Stable

@@ -10,8 +10,11 @@ use crate::inventory::{Change, Presence};
 use crate::mqtt::DeviceMessage;
 use crate::reconcile::FleetState;
 use crate::store::{RollupCohort, RollupWrite};
-use crate::telemetry::{CohortLabels, Deltas};
+use crate::telemetry::{CohortLabels, Deltas, add_model_window};
+use edgefleet_core::analysis::CohortWindow;
 use edgefleet_core::replay::Refusal;
+use edgefleet_protocol::wire::Role;
+use std::collections::HashMap;
 
 /// Messages taken from the channel per round. Their hellos and statuses, and their state
 /// reports, are each written in one transaction, so a busy fleet costs a few statements' worth of waiting
@@ -141,14 +144,17 @@ async fn record_telemetry(
         .map(|(window, _)| (window.device_id.as_str(), window.seq))
         .collect();
     let mut deltas = Deltas::default();
+    let mut unknown_models = 0;
     let outcome = fleet
         .store
         .count_windows(&claims, fleet.telemetry.writer(), |outcomes| {
+            let mut sums = BatchSums::new();
             for ((window, device_class), outcome) in known.iter().zip(outcomes) {
                 if outcome.is_ok() {
-                    stage_window(fleet, &mut deltas, window, device_class);
+                    stage_window(fleet, &mut sums, &mut unknown_models, window, device_class);
                 }
             }
+            deltas = deltas_of(sums);
             fleet
                 .telemetry
                 .rows_with(&deltas)
@@ -175,13 +181,23 @@ async fn record_telemetry(
         }
     };
     fleet.telemetry.apply(deltas);
+    let (mut counted, mut duplicate, mut stale) = (0, 0, 0);
     for outcome in outcomes {
-        let result = match outcome {
-            Ok(()) => "counted",
-            Err(Refusal::Duplicate) => "duplicate",
-            Err(Refusal::Stale) => "stale",
-        };
-        count(fleet, result, 1);
+        match outcome {
+            Ok(()) => counted += 1,
+            Err(Refusal::Duplicate) => duplicate += 1,
+            Err(Refusal::Stale) => stale += 1,
+        }
+    }
+    for (result, windows) in [
+        ("counted", counted),
+        ("duplicate", duplicate),
+        ("stale", stale),
+        ("unknown_model", unknown_models),
+    ] {
+        if windows > 0 {
+            count(fleet, result, windows);
+        }
     }
     Ok(())
 }
@@ -194,33 +210,56 @@ fn count(fleet: &FleetState, result: &str, windows: u64) {
         .inc_by(windows);
 }
 
-/// Adds a counted window's models to the batch's deltas, under the cohort each counts for.
-fn stage_window(
+/// A batch's counted windows summed per cohort and slice, keyed by borrowed names: a flood
+/// of windows costs one allocation per cohort, not five per window.
+type BatchSums<'a> = HashMap<(&'a str, &'a str, &'a str, Role, i64), CohortWindow>;
+
+/// Adds a counted window's models to the batch's sums, under the cohort each counts for.
+fn stage_window<'a>(
     fleet: &FleetState,
-    deltas: &mut Deltas,
-    window: &TelemetryWindow,
-    device_class: &str,
+    sums: &mut BatchSums<'a>,
+    unknown_models: &mut u64,
+    window: &'a TelemetryWindow,
+    device_class: &'a str,
 ) {
+    let slice = fleet.telemetry.slice_start(window.window_start_ms);
     for model in &window.models {
         let known = fleet
             .attribution
             .is_known(&model.deployment, &model.variant);
-        let Some((namespace, deployment)) = model.deployment.split_once('/').filter(|_| known)
-        else {
-            count(fleet, "unknown_model", 1);
+        if !known || !model.deployment.contains('/') {
+            *unknown_models += 1;
             continue;
-        };
+        }
         let role = fleet
             .attribution
             .role_of(&model.deployment, window.device_id.as_str());
+        let key = (
+            model.deployment.as_str(),
+            model.variant.as_str(),
+            device_class,
+            role,
+            slice,
+        );
+        add_model_window(sums.entry(key).or_default(), model);
+    }
+}
+
+/// The batch's sums as deltas with owned cohort labels.
+fn deltas_of(sums: BatchSums<'_>) -> Deltas {
+    let mut deltas = Deltas::default();
+    for ((deployment, variant, device_class, role, slice), sum) in sums {
+        let Some((namespace, name)) = deployment.split_once('/') else {
+            continue; // refused by stage_window
+        };
         let labels = CohortLabels {
             namespace: namespace.to_string(),
-            deployment: deployment.to_string(),
-            variant: model.variant.clone(),
+            deployment: name.to_string(),
+            variant: variant.to_string(),
             device_class: device_class.to_string(),
             role: role.as_str().to_string(),
         };
-        let slice = fleet.telemetry.slice_start(window.window_start_ms);
-        deltas.add(slice, labels, model);
+        deltas.merge(slice, labels, &sum);
     }
+    deltas
 }

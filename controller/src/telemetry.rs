@@ -35,6 +35,17 @@ struct State {
     recent: BTreeMap<CohortLabels, BTreeMap<i64, CohortWindow>>,
 }
 
+/// Adds one device's model window to a cohort's sum.
+pub fn add_model_window(sum: &mut CohortWindow, window: &ModelWindow) {
+    sum.add(window.requests, window.errors, &window.latency);
+    if let Some(offload) = &window.offload {
+        sum.add_offload(offload);
+    }
+    if let Some(llm) = &window.llm {
+        sum.add_llm(llm);
+    }
+}
+
 /// Windows of one ingest batch, summed per cohort and interval, not yet counted.
 #[derive(Default)]
 pub struct Deltas(BTreeMap<(CohortLabels, i64), CohortWindow>);
@@ -42,14 +53,15 @@ pub struct Deltas(BTreeMap<(CohortLabels, i64), CohortWindow>);
 impl Deltas {
     /// Adds one model window of one device; a late window lands in the interval it measured.
     pub fn add(&mut self, slice_start_ms: i64, labels: CohortLabels, window: &ModelWindow) {
-        let sum = self.0.entry((labels, slice_start_ms)).or_default();
-        sum.add(window.requests, window.errors, &window.latency);
-        if let Some(offload) = &window.offload {
-            sum.add_offload(offload);
-        }
-        if let Some(llm) = &window.llm {
-            sum.add_llm(llm);
-        }
+        add_model_window(self.0.entry((labels, slice_start_ms)).or_default(), window);
+    }
+
+    /// Adds windows already summed for one cohort and slice.
+    pub fn merge(&mut self, slice_start_ms: i64, labels: CohortLabels, sum: &CohortWindow) {
+        self.0
+            .entry((labels, slice_start_ms))
+            .or_default()
+            .merge(sum);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -48,24 +48,24 @@ impl Store {
         devices.dedup();
         let mut tx = self.pool.begin().await?;
         let mut state: BTreeMap<&str, ReplayWindow> = BTreeMap::new();
+        let postgres = self.placeholders == batch::Placeholders::Numbered;
         for chunk in devices.chunks(CHUNK) {
-            // Rows exist before they are locked, so two replicas seeing a device's first
-            // windows at once queue on one row instead of both inserting.
-            let sql = self.placeholders.sql(format!(
-                "INSERT INTO telemetry_seqs (device_id, highest_seq, seen_below) VALUES {}
-                 ON CONFLICT (device_id) DO NOTHING",
-                value_rows(1, chunk.len(), 3)
-            ));
-            let mut query = sqlx::query(&sql);
-            for device in chunk {
-                query = query.bind(*device).bind(-1i64).bind(0i64);
+            if postgres {
+                // Rows exist before they are locked, so two replicas seeing a device's first
+                // windows at once queue on one row instead of both inserting. (SQLite has one
+                // writer: its transaction holds the whole file.)
+                let sql = self.placeholders.sql(format!(
+                    "INSERT INTO telemetry_seqs (device_id, highest_seq, seen_below) VALUES {}
+                     ON CONFLICT (device_id) DO NOTHING",
+                    value_rows(1, chunk.len(), 3)
+                ));
+                let mut query = sqlx::query(&sql);
+                for device in chunk {
+                    query = query.bind(*device).bind(-1i64).bind(0i64);
+                }
+                query.execute(&mut *tx).await?;
             }
-            query.execute(&mut *tx).await?;
-            let lock = match self.placeholders {
-                batch::Placeholders::Numbered => " FOR UPDATE",
-                // SQLite has one writer: its transaction holds the whole file
-                batch::Placeholders::Positional => "",
-            };
+            let lock = if postgres { " FOR UPDATE" } else { "" };
             let sql = self.placeholders.sql(format!(
                 "SELECT device_id, highest_seq, seen_below FROM telemetry_seqs
                  WHERE device_id IN ({}) ORDER BY device_id{lock}",
@@ -79,11 +79,11 @@ impl Store {
                 let device: String = row.try_get(0)?;
                 let highest: i64 = row.try_get(1)?;
                 let below: i64 = row.try_get(2)?;
-                let Some(key) = chunk.iter().find(|d| **d == device) else {
+                let Ok(index) = devices.binary_search(&device.as_str()) else {
                     continue;
                 };
                 state.insert(
-                    *key,
+                    devices[index],
                     ReplayWindow {
                         highest: u64::try_from(highest).ok(),
                         below: below as u64, // a bit mask stored in a signed column
