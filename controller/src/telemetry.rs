@@ -52,6 +52,7 @@ pub struct Deltas(BTreeMap<(CohortLabels, i64), CohortWindow>);
 
 impl Deltas {
     /// Adds one model window of one device; a late window lands in the interval it measured.
+    #[cfg(test)]
     pub fn add(&mut self, slice_start_ms: i64, labels: CohortLabels, window: &ModelWindow) {
         add_model_window(self.0.entry((labels, slice_start_ms)).or_default(), window);
     }
@@ -141,7 +142,8 @@ impl Telemetry {
         }
     }
 
-    /// Counts one model window of one device at once (tests, and callers without a store).
+    /// Counts one model window of one device at once (unit tests).
+    #[cfg(test)]
     pub fn record(&self, labels: CohortLabels, window_start_ms: i64, window: &ModelWindow) {
         let mut deltas = Deltas::default();
         deltas.add(self.slice_start(window_start_ms), labels, window);
@@ -149,6 +151,7 @@ impl Telemetry {
     }
 
     /// This replica's sums of one cohort from windows that started at or after `since_ms`.
+    #[cfg(test)]
     pub fn since(&self, labels: &CohortLabels, since_ms: i64) -> CohortWindow {
         let state = self.lock();
         let mut merged = CohortWindow::default();

@@ -91,6 +91,7 @@ impl Store {
                 );
             }
         }
+        let read = state.clone();
         let outcomes: Vec<Result<(), Refusal>> = claims
             .iter()
             .map(|(device, seq)| {
@@ -101,9 +102,10 @@ impl Store {
                 window.claim(*seq).map(|next| *window = next)
             })
             .collect();
+        // only devices with a window counted now: a round of duplicates writes no claim row
         let changed: Vec<(&str, ReplayWindow)> = state
             .into_iter()
-            .filter(|(_, window)| window.highest.is_some())
+            .filter(|(device, window)| read.get(device) != Some(window))
             .collect();
         for chunk in changed.chunks(CHUNK) {
             let sql = self.placeholders.sql(format!(
