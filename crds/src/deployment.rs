@@ -285,7 +285,9 @@ pub struct Analysis {
     #[serde(default = "default_interval")]
     #[schemars(range(min = 1, max = 3600))]
     pub interval_seconds: u32,
-    /// Inferences a cohort must report before its verdict counts.
+    /// Inferences a cohort must report before its verdict counts. A canary cohort also waits
+    /// (Pending, up to the step timeout) until the online stable devices of its class have
+    /// reported as many, so that it is compared with them and not passed on thresholds alone.
     #[serde(default = "default_min_samples")]
     #[schemars(range(min = 1))]
     pub min_samples: u64,

@@ -8,7 +8,7 @@
 //! 2. p95 above `maxP95LatencyMs` (falling back to the SLO's `p95LatencyMs`): `Fail`;
 //! 3. error rate above `maxErrorRate` (falling back to the SLO's): `Fail`;
 //!    share of requests offloaded to the cloud above `maxOffloadRatio`: `Fail`;
-//! 4. a regression against the stable cohort of the same class, when that cohort has
+//! 4. a regression against the stable cohort of the same class, once that cohort has
 //!    `minSamples` itself: p95 more than [`REGRESSION_FACTOR`] times the stable p95 *and* more
 //!    than [`REGRESSION_SLACK_MS`] above it (so 1 ms vs 2 ms is noise, not a regression), or
 //!    an error rate more than [`ERROR_REGRESSION_FACTOR`] times the stable one *and* more than
@@ -16,7 +16,12 @@
 //!    are configured. For language models the latency compared is the time to first token
 //!    (a whole answer's time depends on how long the answer is), and a decode speed below
 //!    the stable median divided by [`REGRESSION_FACTOR`] is a regression too;
-//! 5. otherwise `Pass`.
+//! 5. a canary that passed its own checks while the stable cohort of its class still lacks
+//!    `minSamples` with devices online: `Pending`. A canary is never passed uncompared while
+//!    a baseline can still arrive; the step timeout bounds the wait. Only when the class has
+//!    no stable device, or none online, is it passed on its own checks, and the message says
+//!    it was not compared;
+//! 6. otherwise `Pass`.
 //!
 //! Every failed check is named in the message, not just the first.
 
@@ -110,6 +115,14 @@ pub struct Liveness {
     pub total: u32,
 }
 
+/// The stable devices of the canary cohort's class: what they reported over the interval and
+/// how many are online (a baseline short of samples is worth waiting for only then).
+#[derive(Clone, Copy, Debug)]
+pub struct Baseline<'a> {
+    pub window: &'a CohortWindow,
+    pub devices: Liveness,
+}
+
 /// The limits a cohort is held to: the analysis' own, else the SLO's.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Thresholds {
@@ -145,10 +158,10 @@ pub struct CohortVerdict {
     pub message: String,
 }
 
-/// Judges a canary cohort's interval, optionally against the stable cohort of its class.
+/// Judges a canary cohort's interval against the stable cohort of its class, if it has one.
 pub fn analyze_cohort(
     canary: &CohortWindow,
-    stable: Option<&CohortWindow>,
+    stable: Option<Baseline<'_>>,
     analysis: &Analysis,
     slo: Option<&Slo>,
     devices: Liveness,
@@ -228,15 +241,40 @@ pub fn analyze_cohort(
     if let Some(waiting) = llm_gates(canary, analysis, &mut failures, &mut checks) {
         return verdict(Verdict::Pending, waiting);
     }
-    if let Some(stable) = stable.filter(|s| s.samples() >= analysis.min_samples) {
-        regressions(canary, stable, &mut failures, &mut checks);
+    let mut uncompared = None;
+    match stable {
+        Some(stable) if stable.window.samples() >= analysis.min_samples => {
+            regressions(canary, stable.window, &mut failures, &mut checks);
+        }
+        Some(stable) if stable.devices.online > 0 => {
+            if failures.is_empty() {
+                let have = stable.window.samples();
+                let min = analysis.min_samples;
+                return verdict(
+                    Verdict::Pending,
+                    format!(
+                        "waiting to compare with the stable cohort ({have} of {min} samples \
+                         from {} of {} devices online)",
+                        stable.devices.online, stable.devices.total
+                    ),
+                );
+            }
+        }
+        Some(stable) => {
+            uncompared = Some(format!(
+                "not compared: all {} stable devices offline",
+                stable.devices.total
+            ));
+        }
+        None => uncompared = Some("no stable cohort to compare with".to_string()),
     }
 
     if failures.is_empty() {
-        let checked = if checks.is_empty() {
-            "no thresholds and no stable cohort to compare with".to_string()
-        } else {
-            checks.join(", ")
+        let checked = match (checks.is_empty(), uncompared) {
+            (true, Some(why)) => format!("no thresholds and {why}"),
+            (true, None) => "no checks".to_string(),
+            (false, Some(why)) => format!("{}; {why}", checks.join(", ")),
+            (false, None) => checks.join(", "),
         };
         verdict(Verdict::Pass, format!("{checked} over {samples} samples"))
     } else {

@@ -43,7 +43,7 @@ pub mod variant;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 
-pub use analysis::{CohortVerdict, CohortWindow, Liveness, Thresholds, analyze_cohort};
+pub use analysis::{Baseline, CohortVerdict, CohortWindow, Liveness, Thresholds, analyze_cohort};
 pub use assignment::AssignmentRecord;
 pub use canary::{Tier, canary_count, canary_members, canary_members_by_tier, membership_hash};
 pub use cohort::{Cohort, CohortKey, group_by_cohort};

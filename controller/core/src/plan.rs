@@ -27,6 +27,7 @@ use edgefleet_protocol::llm::LlmRun;
 use edgefleet_protocol::wire::{Assignment, DeviceId, Role};
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::Liveness;
 use crate::canary::{Tier, canary_members_by_tier};
 use crate::cohort::{Cohort, CohortKey, group_by_cohort};
 use crate::device::{DeviceFacts, device_class};
@@ -165,13 +166,20 @@ impl RolloutPlan {
             .collect()
     }
 
-    /// Stable devices of `device_class`, whatever their variant: the baseline a canary cohort
-    /// of that class is compared with.
-    pub fn stable_devices_of_class(&self, device_class: &str) -> Vec<DeviceId> {
-        self.role_cohorts(Role::Stable)
+    /// How many stable devices of `device_class` (whatever their variant) there are and how
+    /// many are online: the baseline a canary cohort of that class is compared with.
+    pub fn stable_liveness(&self, device_class: &str) -> Liveness {
+        let mut liveness = Liveness::default();
+        for (_, devices) in self
+            .role_cohorts(Role::Stable)
             .filter(|(key, _)| key.device_class == device_class)
-            .flat_map(|(_, devices)| devices.iter().cloned())
-            .collect()
+        {
+            for id in devices {
+                liveness.total += 1;
+                liveness.online += u32::from(self.device(id).is_some_and(|d| d.online));
+            }
+        }
+        liveness
     }
 
     fn role_cohorts(&self, role: Role) -> impl Iterator<Item = (&CohortKey, &Vec<DeviceId>)> {

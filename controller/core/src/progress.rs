@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use edgefleet_protocol::wire::Role;
 
-use crate::analysis::{CohortVerdict, CohortWindow, Liveness, analyze_cohort};
+use crate::analysis::{Baseline, CohortVerdict, CohortWindow, Liveness, analyze_cohort};
 use crate::assignment::AssignmentRecord;
 use crate::cohort::CohortKey;
 use crate::plan::{RolloutPlan, Stage};
@@ -78,7 +78,11 @@ pub fn step(
         for (key, cohort) in cohorts.iter_mut() {
             let canary = evidence.canary(key, since);
             let stable = evidence.stable(&key.device_class, since);
-            let baseline = (stable.samples() > 0).then_some(&stable);
+            let stable_devices = plan.stable_liveness(&key.device_class);
+            let baseline = (stable_devices.total > 0).then_some(Baseline {
+                window: &stable,
+                devices: stable_devices,
+            });
             let liveness = Liveness {
                 online: cohort.readiness.online,
                 total: cohort.readiness.canaries,

@@ -32,8 +32,14 @@ const ALL_ONLINE: Liveness = Liveness {
     total: 4,
 };
 
+/// Judges `canary` against `stable` (a class with four stable devices, all online), or with no
+/// stable device in the class at all.
 fn judge(canary: &CohortWindow, stable: Option<&CohortWindow>, a: &Analysis) -> CohortVerdict {
-    analyze_cohort(canary, stable, a, None, ALL_ONLINE)
+    let baseline = stable.map(|window| Baseline {
+        window,
+        devices: ALL_ONLINE,
+    });
+    analyze_cohort(canary, baseline, a, None, ALL_ONLINE)
 }
 
 #[test]
@@ -111,7 +117,8 @@ fn within_thresholds_passes_and_says_so() {
     assert_eq!(v.error_rate, Some(0.001));
     assert_eq!(
         v.message,
-        "p95 14.75 ms within 20 ms, error rate 0.1% within 1% over 1000 samples"
+        "p95 14.75 ms within 20 ms, error rate 0.1% within 1%; no stable cohort to compare with \
+         over 1000 samples"
     );
 }
 
@@ -224,11 +231,57 @@ fn an_error_regression_against_stable_fails() {
 }
 
 #[test]
-fn a_stable_cohort_without_enough_samples_is_not_compared() {
+fn a_canary_waits_for_a_stable_cohort_short_of_samples_while_it_has_devices_online() {
     let stable = window(1.0, 2.0, 10, 0);
     let canary = window(100.0, 150.0, 500, 0);
     let v = judge(&canary, Some(&stable), &analysis(None, None));
+    assert_eq!(v.verdict, Verdict::Pending);
+    assert_eq!(
+        v.message,
+        "waiting to compare with the stable cohort (10 of 50 samples from 4 of 4 devices online)"
+    );
+    // Once the baseline has its samples, the regression shows.
+    let stable = window(1.0, 2.0, 50, 0);
+    let v = judge(&canary, Some(&stable), &analysis(None, None));
+    assert_eq!(v.verdict, Verdict::Fail);
+}
+
+#[test]
+fn a_canary_that_fails_its_own_checks_does_not_wait_for_the_baseline() {
+    let stable = window(1.0, 2.0, 10, 0);
+    let canary = window(100.0, 150.0, 500, 0);
+    let v = judge(&canary, Some(&stable), &analysis(Some(50.0), None));
+    assert_eq!(v.verdict, Verdict::Fail);
+    assert_eq!(
+        v.message,
+        "p95 147.5 ms above the 50 ms limit over 500 samples"
+    );
+}
+
+#[test]
+fn with_every_stable_device_offline_the_canary_is_judged_alone_and_says_so() {
+    let stable = window(1.0, 2.0, 10, 0);
+    let canary = window(100.0, 150.0, 500, 0);
+    let offline = Baseline {
+        window: &stable,
+        devices: Liveness {
+            online: 0,
+            total: 3,
+        },
+    };
+    let v = analyze_cohort(
+        &canary,
+        Some(offline),
+        &analysis(Some(200.0), None),
+        None,
+        ALL_ONLINE,
+    );
     assert_eq!(v.verdict, Verdict::Pass);
+    assert_eq!(
+        v.message,
+        "p95 147.5 ms within 200 ms; not compared: all 3 stable devices offline over 500 samples"
+    );
+    let v = judge(&canary, None, &analysis(None, None));
     assert_eq!(
         v.message,
         "no thresholds and no stable cohort to compare with over 500 samples"

@@ -143,8 +143,38 @@ fn a_canary_step_puts_a_share_of_each_cohort_on_the_target() {
             }
         }
     }
-    assert_eq!(plan.stable_devices_of_class(SMALL).len(), 18);
+    assert_eq!(
+        plan.stable_liveness(SMALL),
+        Liveness {
+            online: 18,
+            total: 18
+        }
+    );
     assert_eq!(plan.target_variants.values().sum::<u32>(), 4);
+}
+
+#[test]
+fn stable_liveness_counts_the_offline_stable_devices_of_the_class_only() {
+    let (target, previous) = specs();
+    let mut devices = fleet();
+    // Two small devices offline (canaries are picked among online devices first).
+    devices[0].online = false;
+    devices[2].online = false;
+    let plan = plan_rollout(
+        UID,
+        &target,
+        Some(&previous),
+        Stage::Canary { step: 0 },
+        &devices,
+        &no_demotions(),
+    );
+    let small = plan.stable_liveness(SMALL);
+    assert_eq!((small.online, small.total), (16, 18));
+    assert_eq!(plan.stable_liveness(LARGE).online, 18);
+    assert_eq!(
+        plan.stable_liveness("x86_64-none-mem1g"),
+        Liveness::default()
+    );
 }
 
 #[test]
