@@ -2,21 +2,46 @@
 //! once the device serves the canary artifact; until its swap completes it still serves the
 //! previous model, and those windows belong to the stable baseline.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::RwLock;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use edgefleet_core::AssignmentRecord;
-use edgefleet_protocol::wire::Role;
+use edgefleet_protocol::wire::{Assignment, Role};
 
 /// deployment key → device → value: looked up per telemetry window with borrowed names.
 type PerDevice<T> = HashMap<String, HashMap<String, T>>;
 
+/// Distinct served digests kept shared.
+const SHARED_DIGESTS: usize = 4096;
+
+#[derive(Default)]
+struct Serving {
+    devices: PerDevice<Arc<str>>,
+    digests: HashSet<Arc<str>>,
+}
+
+impl Serving {
+    fn digest(&mut self, sha256: &str) -> Arc<str> {
+        if let Some(kept) = self.digests.get(sha256) {
+            return kept.clone();
+        }
+        let kept: Arc<str> = sha256.into();
+        // devices choose what they report: past the bound a digest is simply not shared
+        if self.digests.len() < SHARED_DIGESTS {
+            self.digests.insert(kept.clone());
+        }
+        kept
+    }
+}
+
 #[derive(Default)]
 pub struct Attribution {
-    /// (deployment key, device) → (assigned sha256, role)
-    assigned: RwLock<PerDevice<(String, Role)>>,
-    /// (deployment key, device) → sha256 the device last said it serves
-    serving: RwLock<PerDevice<String>>,
+    /// (deployment key, device) → its assignment (the records' shared entry: the artifact's
+    /// sha256 and the role)
+    assigned: RwLock<PerDevice<Arc<Assignment>>>,
+    /// (deployment key, device) → sha256 the device last said it serves; a fleet serves a
+    /// handful of distinct digests, each kept once in `digests`
+    serving: RwLock<Serving>,
     /// deployment key → variant names of its target and previous specs: the only values the
     /// `variant` label may take, whatever a device sends.
     variants: RwLock<HashMap<String, BTreeSet<String>>>,
@@ -25,9 +50,9 @@ pub struct Attribution {
 impl Attribution {
     /// Replaces the assignments of one deployment (`namespace/name`).
     pub fn assign(&self, deployment: &str, records: &[AssignmentRecord]) {
-        let devices: HashMap<String, (String, Role)> = records
+        let devices: HashMap<String, Arc<Assignment>> = records
             .iter()
-            .map(|r| (r.device_id.clone(), (r.sha256().to_string(), r.role)))
+            .map(|r| (r.device_id.clone(), r.assignment.clone()))
             .collect();
         let mut assigned = self.assigned.write().unwrap_or_else(|p| p.into_inner());
         if devices.is_empty() {
@@ -58,16 +83,22 @@ impl Attribution {
         let mut serving = self.serving.write().unwrap_or_else(|p| p.into_inner());
         match sha256 {
             Some(sha) => {
-                let devices = serving.entry(deployment.to_string()).or_default();
-                if devices.get(device).map(String::as_str) != Some(sha) {
-                    devices.insert(device.to_string(), sha.to_string());
+                let known = serving
+                    .devices
+                    .get(deployment)
+                    .and_then(|d| d.get(device))
+                    .is_some_and(|kept| &**kept == sha);
+                if !known {
+                    let digest = serving.digest(sha);
+                    let devices = serving.devices.entry(deployment.to_string()).or_default();
+                    devices.insert(device.to_string(), digest);
                 }
             }
             None => {
-                if let Some(devices) = serving.get_mut(deployment) {
+                if let Some(devices) = serving.devices.get_mut(deployment) {
                     devices.remove(device);
                     if devices.is_empty() {
-                        serving.remove(deployment);
+                        serving.devices.remove(deployment);
                     }
                 }
             }
@@ -77,9 +108,11 @@ impl Attribution {
     pub fn role_of(&self, deployment: &str, device: &str) -> Role {
         let assigned = self.assigned.read().unwrap_or_else(|p| p.into_inner());
         match assigned.get(deployment).and_then(|d| d.get(device)) {
-            Some((sha, Role::Canary)) => {
+            Some(assignment) if assignment.role == Role::Canary => {
                 let serving = self.serving.read().unwrap_or_else(|p| p.into_inner());
-                if serving.get(deployment).and_then(|d| d.get(device)) == Some(sha) {
+                let sha = assignment.artifact.sha256.as_str();
+                let served = serving.devices.get(deployment).and_then(|d| d.get(device));
+                if served.is_some_and(|served| &**served == sha) {
                     Role::Canary
                 } else {
                     Role::Stable

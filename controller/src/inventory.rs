@@ -2,8 +2,9 @@
 //! SQL is the truth (it survives restarts); an in-memory copy serves the planners.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use edgefleet_core::device::SharedFacts;
 use edgefleet_core::{DeviceFacts, device_class};
 use edgefleet_protocol::wire::{DeviceId, DeviceStatus, Hello, ModelPhase, StateReport};
 use tokio::sync::watch;
@@ -31,6 +32,8 @@ pub struct Inventory {
     /// Shared with the snapshots reconcile plans over: a snapshot costs a pointer per device,
     /// and a device changed meanwhile is copied once, on write.
     devices: RwLock<BTreeMap<DeviceId, Arc<DeviceFacts>>>,
+    /// The label maps and capability sets devices hold, one copy of each.
+    shared: Mutex<SharedFacts>,
     store: Store,
     metrics: Metrics,
     /// Bumped on every fleet change; reconcilers watch it.
@@ -51,12 +54,12 @@ impl Inventory {
     }
 
     pub async fn load(store: Store, metrics: Metrics) -> Result<Self, StoreError> {
-        let mut devices = BTreeMap::new();
+        let mut loaded = BTreeMap::new();
         for stored in store.load_devices().await? {
             let mut facts = DeviceFacts::from(&stored.hello);
             facts.online = stored.online;
-            facts.installed_sha256 = stored.installed_sha256;
-            devices.insert(facts.id.clone(), Arc::new(facts));
+            facts.installed_sha256 = Arc::new(stored.installed_sha256);
+            loaded.insert(facts.id.clone(), facts);
         }
         // Canary places go first to devices holding the target; after a restart that must
         // not wait for their next state report (it may not come until something changes).
@@ -65,17 +68,23 @@ impl Inventory {
         for (device, sha256) in store.serving_digests().await? {
             if let Some(facts) = DeviceId::new(&device)
                 .ok()
-                .and_then(|id| devices.get_mut(&id))
+                .and_then(|id| loaded.get_mut(&id))
             {
-                Arc::make_mut(facts).installed_sha256.insert(sha256);
+                Arc::make_mut(&mut facts.installed_sha256).insert(sha256);
             }
         }
+        let mut shared = SharedFacts::default();
+        let devices: BTreeMap<DeviceId, Arc<DeviceFacts>> = loaded
+            .into_iter()
+            .map(|(id, facts)| (id, Arc::new(shared.share(facts))))
+            .collect();
         let (changes, _) = watch::channel(0);
         let online = devices.values().filter(|d| d.online).count() as i64;
         let inventory = Self {
             online: online.into(),
             offline: (devices.len() as i64 - online).into(),
             devices: RwLock::new(devices),
+            shared: Mutex::new(shared),
             store,
             metrics,
             changes,
@@ -141,10 +150,13 @@ impl Inventory {
             let devices = self.read();
             presence::fold(messages, |id| devices.contains_key(id))
         };
-        let facts: Vec<Option<DeviceFacts>> = outcomes
-            .iter()
-            .map(|outcome| outcome.hello.map(DeviceFacts::from))
-            .collect();
+        let facts: Vec<Option<DeviceFacts>> = {
+            let mut shared = self.shared();
+            outcomes
+                .iter()
+                .map(|outcome| outcome.hello.map(|h| shared.share(DeviceFacts::from(h))))
+                .collect()
+        };
         let classes: Vec<Option<String>> = facts
             .iter()
             .map(|facts| facts.as_ref().map(device_class))
@@ -251,7 +263,7 @@ impl Inventory {
                 .filter(|(device, digests)| {
                     devices
                         .get(*device)
-                        .is_some_and(|facts| facts.installed_sha256 != *digests)
+                        .is_some_and(|facts| *facts.installed_sha256 != *digests)
                 })
                 .collect()
         };
@@ -263,6 +275,13 @@ impl Inventory {
         for report in reports {
             self.downloads.apply(report);
         }
+        let installed: Vec<(&DeviceId, Arc<BTreeSet<String>>)> = {
+            let mut shared = self.shared();
+            installed
+                .into_iter()
+                .map(|(device, digests)| (device, shared.set(digests)))
+                .collect()
+        };
         let mut devices = self.write();
         {
             let site_label = self.site_label.read().unwrap_or_else(|p| p.into_inner());
@@ -324,6 +343,12 @@ impl Inventory {
             .devices
             .with_label_values(&["offline"])
             .set(load(&self.offline));
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, SharedFacts> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<DeviceId, Arc<DeviceFacts>>> {

@@ -11,8 +11,9 @@ pub struct AssignmentRecord {
     pub version: String,
     pub variant: String,
     pub role: Role,
-    /// Why the device runs this: selection, canary membership and variant choice.
-    pub reason: String,
+    /// Why the device runs this: selection, canary membership and variant choice. Shared by
+    /// the records with the same sentence.
+    pub reason: Arc<str>,
     /// The document entry sent to the device; shared by the records of devices whose entries
     /// are identical (a rollout has a handful of distinct entries for any number of devices).
     pub assignment: Arc<Assignment>,

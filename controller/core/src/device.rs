@@ -1,33 +1,35 @@
 //! What the controller knows about a device, which deployments select it, and the bounded
 //! device class that cohorts, canary analysis and Prometheus labels are keyed by.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use edgefleet_crds::{DeviceSelector, Runtime, SelectorOperator};
 use edgefleet_protocol::KNOWN_ARCHES;
 use edgefleet_protocol::wire::{DeviceId, Hello};
 
-/// A device's capabilities and liveness: the inventory every decision is made from.
+/// A device's capabilities and liveness: the inventory every decision is made from. Its maps
+/// and sets are shared by devices that announce the same ones ([`SharedFacts`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceFacts {
     pub id: DeviceId,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     /// As Rust's `std::env::consts::ARCH` names it.
     pub arch: String,
     pub cores: u32,
     /// Lower-cased, so that `AVX2` from one agent and `avx2` in a spec agree.
-    pub cpu_features: BTreeSet<String>,
+    pub cpu_features: Arc<BTreeSet<String>>,
     pub memory_total_mib: u64,
     pub memory_available_mib: u64,
     pub disk_free_mib: u64,
     /// Lower-cased, like `cpu_features`.
-    pub accelerators: BTreeSet<String>,
+    pub accelerators: Arc<BTreeSet<String>>,
     pub runtimes: BTreeSet<Runtime>,
     pub online: bool,
     /// SHA-256 digests of artifacts already on the device (from its state reports). Their size
     /// is not demanded from free disk again; otherwise a device whose download filled its disk
     /// would stop fitting the very variant it runs, and the plan would flap on every reconcile.
-    pub installed_sha256: BTreeSet<String>,
+    pub installed_sha256: Arc<BTreeSet<String>>,
     /// Set when the device serves its site's artifacts (the `site` module picks caches).
     pub site_cache_url: Option<String>,
 }
@@ -38,17 +40,17 @@ impl From<&Hello> for DeviceFacts {
     fn from(hello: &Hello) -> Self {
         Self {
             id: hello.device_id.clone(),
-            labels: hello.labels.clone(),
+            labels: Arc::new(hello.labels.clone()),
             arch: hello.arch.clone(),
             cores: hello.cores,
-            cpu_features: lower_set(&hello.cpu_features),
+            cpu_features: Arc::new(lower_set(&hello.cpu_features)),
             memory_total_mib: hello.memory_total_mib,
             memory_available_mib: hello.memory_available_mib,
             disk_free_mib: hello.disk_free_mib,
-            accelerators: lower_set(&hello.accelerators),
+            accelerators: Arc::new(lower_set(&hello.accelerators)),
             runtimes: hello.runtimes.iter().copied().collect(),
             online: true,
-            installed_sha256: BTreeSet::new(),
+            installed_sha256: Default::default(),
             site_cache_url: hello.site_cache_url.clone(),
         }
     }
@@ -56,6 +58,61 @@ impl From<&Hello> for DeviceFacts {
 
 fn lower_set(items: &[String]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
+/// Label maps and capability sets that devices announce alike, kept once: a fleet of 100,000
+/// devices has a few hundred distinct ones. Entries no device holds any more are dropped when
+/// the pool has doubled since the last sweep, so the pool stays bounded by what devices hold.
+#[derive(Debug, Default)]
+pub struct SharedFacts {
+    labels: Pool<BTreeMap<String, String>>,
+    sets: Pool<BTreeSet<String>>,
+}
+
+impl SharedFacts {
+    /// `facts` with its maps and sets replaced by the shared copies.
+    pub fn share(&mut self, mut facts: DeviceFacts) -> DeviceFacts {
+        facts.labels = self.labels.share(facts.labels);
+        facts.cpu_features = self.sets.share(facts.cpu_features);
+        facts.accelerators = self.sets.share(facts.accelerators);
+        facts.installed_sha256 = self.sets.share(facts.installed_sha256);
+        facts
+    }
+
+    /// The shared copy of a set (a device's installed digests after a state report).
+    pub fn set(&mut self, set: BTreeSet<String>) -> Arc<BTreeSet<String>> {
+        self.sets.share(Arc::new(set))
+    }
+}
+
+#[derive(Debug)]
+struct Pool<T> {
+    kept: HashSet<Arc<T>>,
+    sweep_at: usize,
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Self {
+            kept: HashSet::new(),
+            sweep_at: 1024,
+        }
+    }
+}
+
+impl<T: Eq + std::hash::Hash> Pool<T> {
+    fn share(&mut self, value: Arc<T>) -> Arc<T> {
+        if let Some(kept) = self.kept.get(&value) {
+            return kept.clone();
+        }
+        if self.kept.len() >= self.sweep_at {
+            // only the pool holds these
+            self.kept.retain(|kept| Arc::strong_count(kept) > 1);
+            self.sweep_at = (self.kept.len() * 2).max(1024);
+        }
+        self.kept.insert(value.clone());
+        value
+    }
 }
 
 impl DeviceFacts {

@@ -21,13 +21,13 @@ pub fn budget(max_unavailable_percent: u32, matched: u32) -> usize {
 pub fn pace(
     current: &[AssignmentRecord],
     planned: Vec<AssignmentRecord>,
-    online: &BTreeSet<String>,
+    online: &BTreeSet<&str>,
     budget: usize,
 ) -> Vec<AssignmentRecord> {
     let current: BTreeMap<&str, &AssignmentRecord> =
         current.iter().map(|r| (r.device_id.as_str(), r)).collect();
     let switching = |row: &AssignmentRecord| {
-        online.contains(&row.device_id) && !(row.is_ready() || row.is_failed())
+        online.contains(row.device_id.as_str()) && !(row.is_ready() || row.is_failed())
     };
     let planned_assignments: BTreeMap<&str, _> = planned
         .iter()
@@ -40,27 +40,29 @@ pub fn pace(
         .count();
 
     let mut order: Vec<usize> = (0..planned.len()).collect();
-    order.sort_by_key(|&i| {
+    let order_key = |i: usize| {
         (
             planned[i].role != Role::Canary,
-            planned[i].device_id.clone(),
+            planned[i].device_id.as_str(),
         )
-    });
+    };
+    order.sort_by(|&a, &b| order_key(a).cmp(&order_key(b)));
     let mut keep_current = BTreeSet::new();
     for i in order {
         let row = &planned[i];
         let Some(old) = current.get(row.device_id.as_str()) else {
             continue; // first install: nothing is taken away from the device
         };
-        if old.assignment == row.assignment || !online.contains(&row.device_id) {
+        if old.assignment == row.assignment || !online.contains(row.device_id.as_str()) {
             continue;
         }
         if in_flight < budget {
             in_flight += 1;
         } else {
-            keep_current.insert(row.device_id.clone());
+            keep_current.insert(row.device_id.as_str());
         }
     }
+    let keep_current: BTreeSet<String> = keep_current.into_iter().map(str::to_string).collect();
     planned
         .into_iter()
         .map(|row| match current.get(row.device_id.as_str()) {
@@ -88,8 +90,8 @@ mod tests {
             .collect()
     }
 
-    fn online(ids: &[&str]) -> BTreeSet<String> {
-        ids.iter().map(|s| s.to_string()).collect()
+    fn online<'a>(ids: &[&'a str]) -> BTreeSet<&'a str> {
+        ids.iter().copied().collect()
     }
 
     #[test]

@@ -17,8 +17,11 @@
 //!
 //! Devices the selector in force does not select are not in the plan at all.
 
+mod shared;
+
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use edgefleet_crds::{
     ModelDeploymentSpec, ModelFormat, ModelRef, OffloadPolicy, SelfTest, Variant,
@@ -33,6 +36,7 @@ use crate::cohort::{Cohort, CohortKey, group_by_cohort};
 use crate::device::{DeviceFacts, device_class};
 use crate::progression::step_percent;
 use crate::variant::{Choice, choose_variant, next_best};
+use shared::{Pick, Shared};
 
 /// Where the rollout of the target spec stands. `status.currentStep` is `step + 1` during the
 /// canary and `steps.len() + 1` once promoted.
@@ -68,7 +72,7 @@ pub struct PlannedAssignment {
     /// Language models: the context and slots the spec declares.
     pub llm: Option<LlmRun>,
     /// Why this variant (the variant choice's explanation).
-    pub variant_reason: String,
+    pub variant_reason: Arc<str>,
 }
 
 /// The context and slots a GGUF variant runs with: the spec's, or its defaults.
@@ -104,17 +108,18 @@ impl PlannedAssignment {
 #[derive(Clone, Debug, PartialEq)]
 pub struct DevicePlan {
     pub device: DeviceId,
-    pub device_class: String,
+    pub device_class: Arc<str>,
     pub online: bool,
     /// The target spec's variant choice for this device, after demotions.
     pub target: Choice,
     /// The target variant this device would run had its class's cohort not been demoted;
     /// `None` when demotions did not change its choice.
     pub demoted_from: Option<String>,
-    /// `None`: the device should run nothing of this deployment.
-    pub assignment: Option<PlannedAssignment>,
+    /// `None`: the device should run nothing of this deployment. Shared by every device of
+    /// the plan with the same assignment.
+    pub assignment: Option<Arc<PlannedAssignment>>,
     /// Why this role and version (or why nothing), in one line.
-    pub reason: String,
+    pub reason: Arc<str>,
 }
 
 impl DevicePlan {
@@ -122,7 +127,7 @@ impl DevicePlan {
     pub fn cohort(&self) -> Option<Cohort> {
         self.assignment.as_ref().map(|a| Cohort {
             role: a.role,
-            key: CohortKey::new(&self.device_class, &a.variant.name),
+            key: CohortKey::new(&*self.device_class, &a.variant.name),
         })
     }
 }
@@ -233,20 +238,26 @@ pub fn plan_rollout(
     selected.sort_by(|a, b| a.id.cmp(&b.id));
     selected.dedup_by(|a, b| a.id == b.id);
 
+    let mut shared = Shared::default();
     let classified: Vec<Classified> = selected
         .into_iter()
         .map(|device| {
-            let class = device_class(device);
+            let class = shared.text(&device_class(device));
             let excluded: Vec<&str> = demotions
                 .iter()
-                .filter(|k| k.device_class == class)
+                .filter(|k| *k.device_class == *class)
                 .map(|k| k.variant.as_str())
                 .collect();
-            let target = next_best(device, spec, &excluded);
+            let target = shared.choose((Source::Target, true), device, &class, || {
+                next_best(device, spec, &excluded)
+            });
             let demoted_from = if excluded.is_empty() {
                 None
             } else {
-                next_best(device, spec, &[])
+                shared
+                    .choose((Source::Target, false), device, &class, || {
+                        next_best(device, spec, &[])
+                    })
                     .variant_name()
                     .filter(|first| Some(*first) != target.variant_name())
                     .map(str::to_string)
@@ -264,7 +275,7 @@ pub fn plan_rollout(
         (Stage::Canary { step }, Some(_)) => {
             let population = group_by_cohort(classified.iter().filter_map(|c| {
                 let variant = c.target.variant_name()?;
-                Some((CohortKey::new(&c.class, variant), c.device.id.clone()))
+                Some((CohortKey::new(&*c.class, variant), c.device.id.clone()))
             }));
             let tiers: BTreeMap<&DeviceId, Tier> = classified
                 .iter()
@@ -277,29 +288,28 @@ pub fn plan_rollout(
         _ => BTreeSet::new(),
     };
 
+    // The CR as it is now decides what may leave a device, whichever spec's model the
+    // device runs: withdrawn consent applies at once, not after a rollout.
+    let offload = consented_offload(spec);
     let plans: Vec<DevicePlan> = classified
         .into_iter()
         .map(|classified| {
-            let (mut assignment, reason) = assign(spec, previous, stage, &classified, &canaries);
+            let (pick, reason) =
+                assign((spec, previous), stage, &classified, &canaries, &mut shared);
             let Classified {
                 device,
                 class,
                 target,
                 demoted_from,
             } = classified;
-            // The CR as it is now decides what may leave a device, whichever spec's model
-            // the device runs: withdrawn consent applies at once, not after a rollout.
-            if let Some(a) = assignment.as_mut() {
-                a.offload = consented_offload(spec);
-            }
             DevicePlan {
                 device: device.id.clone(),
                 device_class: class,
                 online: device.online,
                 target,
                 demoted_from,
-                assignment,
-                reason,
+                assignment: pick.map(|pick| shared.assignment(pick, &offload)),
+                reason: shared.text(&reason),
             }
         })
         .collect();
@@ -326,7 +336,7 @@ fn canary_tier(spec: &ModelDeploymentSpec, device: &DeviceFacts, target: &Choice
 /// A selected device with its class and its target choice after demotions.
 struct Classified<'a> {
     device: &'a DeviceFacts,
-    class: String,
+    class: Arc<str>,
     target: Choice,
     demoted_from: Option<String>,
 }
@@ -349,15 +359,16 @@ impl Classified<'_> {
     }
 }
 
-type Assigned = (Option<PlannedAssignment>, String);
+/// What a device runs, if anything, and why.
+type Assigned<'a> = (Option<Pick<'a>>, String);
 
-fn assign(
-    spec: &ModelDeploymentSpec,
-    previous: Option<&ModelDeploymentSpec>,
+fn assign<'a, 'd>(
+    (spec, previous): (&'a ModelDeploymentSpec, Option<&'a ModelDeploymentSpec>),
     stage: Stage,
-    classified: &Classified<'_>,
+    classified: &Classified<'d>,
     canaries: &BTreeSet<DeviceId>,
-) -> Assigned {
+    shared: &mut Shared<'a, 'd>,
+) -> Assigned<'a> {
     let (device, target) = (classified.device, &classified.target);
     let version = &spec.model.version;
     let Some(previous) = previous else {
@@ -375,16 +386,17 @@ fn assign(
         // Demote moves only the failing cohort: promotion must not leave it with nothing.
         Stage::Promoted if classified.only_demoted_fit() => with_previous(
             previous,
-            device,
+            classified,
             format!(
                 "promoted to {version}, but {}",
                 classified.no_target_reason(version)
             ),
+            shared,
         ),
         Stage::Promoted => {
             with_target(spec, target, Role::Stable, format!("promoted to {version}"))
         }
-        Stage::RolledBack => with_previous(previous, device, "rolled back".into()),
+        Stage::RolledBack => with_previous(previous, classified, "rolled back".into(), shared),
         Stage::Canary { step } if canaries.contains(&device.id) => with_target(
             spec,
             target,
@@ -401,23 +413,25 @@ fn assign(
             } else {
                 classified.no_target_reason(version)
             };
-            with_previous(previous, device, why)
+            with_previous(previous, classified, why, shared)
         }
     }
 }
 
-fn with_target(spec: &ModelDeploymentSpec, choice: &Choice, role: Role, why: String) -> Assigned {
+fn with_target<'a>(
+    spec: &'a ModelDeploymentSpec,
+    choice: &Choice,
+    role: Role,
+    why: String,
+) -> Assigned<'a> {
     match choice {
         Choice::Fits { index, reason, .. } => match spec.variants.get(*index) {
             Some(variant) => (
-                Some(PlannedAssignment {
+                Some(Pick {
                     source: Source::Target,
-                    model: spec.model.clone(),
-                    variant: variant.clone(),
+                    spec,
+                    variant,
                     role,
-                    self_test: spec.self_test.clone(),
-                    offload: None, // set by the caller from the spec in force
-                    llm: llm_run(spec, variant),
                     variant_reason: reason.clone(),
                 }),
                 why,
@@ -436,22 +450,28 @@ fn consented_offload(spec: &ModelDeploymentSpec) -> Option<OffloadPolicy> {
         .filter(|offload| offload.inputs_may_leave_device)
 }
 
-fn with_previous(previous: &ModelDeploymentSpec, device: &DeviceFacts, why: String) -> Assigned {
+fn with_previous<'a, 'd>(
+    previous: &'a ModelDeploymentSpec,
+    classified: &Classified<'d>,
+    why: String,
+    shared: &mut Shared<'a, 'd>,
+) -> Assigned<'a> {
+    let (device, class) = (classified.device, &classified.class);
     let version = &previous.model.version;
     if !device.is_selected_by(&previous.selector) {
         return (None, format!("{why}; {version} did not select it"));
     }
-    match choose_variant(device, previous) {
+    let choice = shared.choose((Source::Previous, false), device, class, || {
+        choose_variant(device, previous)
+    });
+    match choice {
         Choice::Fits { index, reason, .. } => match previous.variants.get(index) {
             Some(variant) => (
-                Some(PlannedAssignment {
+                Some(Pick {
                     source: Source::Previous,
-                    model: previous.model.clone(),
-                    variant: variant.clone(),
+                    spec: previous,
+                    variant,
                     role: Role::Stable,
-                    self_test: previous.self_test.clone(),
-                    offload: None, // set by the caller from the spec in force
-                    llm: llm_run(previous, variant),
                     variant_reason: reason,
                 }),
                 format!("{why}; keeps {version}"),

@@ -41,11 +41,12 @@ pub fn site_caches(devices: &[impl Borrow<DeviceFacts>], site_label: &str) -> Si
 mod tests {
     use super::*;
     use crate::testutil::device;
+    use std::sync::Arc;
 
     fn at(name: &str, site: Option<&str>, cache: Option<&str>) -> DeviceFacts {
         let mut d = device(name);
         if let Some(site) = site {
-            d.labels.insert("site".into(), site.into());
+            Arc::make_mut(&mut d.labels).insert("site".into(), site.into());
         }
         d.site_cache_url = cache.map(String::from);
         d

@@ -273,7 +273,7 @@ fn demoted_cohorts(input: &StatusInput<'_>) -> String {
         .iter()
         .map(|key| {
             let members = input.plan.devices.iter().filter(|d| {
-                d.device_class == key.device_class
+                *d.device_class == *key.device_class
                     && d.demoted_from.as_deref() == Some(key.variant.as_str())
             });
             let (mut next_best, mut kept, mut nothing) = (BTreeMap::new(), 0, 0);

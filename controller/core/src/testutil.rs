@@ -21,7 +21,7 @@ pub fn device(name: &str) -> DeviceFacts {
         labels: Default::default(),
         arch: "aarch64".into(),
         cores: 4,
-        cpu_features: ["neon".to_string()].into(),
+        cpu_features: std::sync::Arc::new(["neon".to_string()].into()),
         memory_total_mib: 1024,
         memory_available_mib: 512,
         disk_free_mib: 4096,
@@ -91,7 +91,7 @@ pub fn record(
         version: version.into(),
         variant: variant.name.clone(),
         role,
-        reason: String::new(),
+        reason: "".into(),
         assignment: std::sync::Arc::new(Assignment {
             deployment: "ns/md".into(),
             model: ModelRef {

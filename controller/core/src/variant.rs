@@ -7,6 +7,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::sync::Arc;
 
 use edgefleet_crds::{ModelDeploymentSpec, Precision, Preference, Variant};
 
@@ -21,9 +22,10 @@ pub enum Choice {
     Fits {
         /// Index into `spec.variants`.
         index: usize,
-        name: String,
-        /// What ruled out the others and why this one ranked first.
-        reason: String,
+        name: Arc<str>,
+        /// What ruled out the others and why this one ranked first. Shared: devices alike get
+        /// the same sentence, and a plan keeps one copy of it (`plan::shared`).
+        reason: Arc<str>,
     },
     /// No variant is a candidate; one entry per variant, in spec order.
     NoFit { reasons: Vec<Rejection> },
@@ -53,7 +55,7 @@ impl Choice {
 
     pub fn variant_name(&self) -> Option<&str> {
         match self {
-            Choice::Fits { name, .. } => Some(name),
+            Choice::Fits { name, .. } => Some(name.as_ref()),
             Choice::NoFit { .. } => None,
         }
     }
@@ -313,8 +315,8 @@ pub fn next_best(device: &DeviceFacts, spec: &ModelDeploymentSpec, excluded: &[&
     };
     Choice::Fits {
         index: best,
-        name: winner.name.clone(),
-        reason,
+        name: winner.name.as_str().into(),
+        reason: reason.into(),
     }
 }
 

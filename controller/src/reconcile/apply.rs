@@ -28,11 +28,11 @@ impl Reconciler {
         let key = input.key();
         let old = store.assignments(input.namespace, input.name).await?;
         let new = planned_records(input, &key, plan, caches);
-        let online: BTreeSet<String> = plan
+        let online: BTreeSet<&str> = plan
             .devices
             .iter()
             .filter(|d| d.online)
-            .map(|d| d.device.to_string())
+            .map(|d| d.device.as_str())
             .collect();
         let budget = pacing::budget(
             input.spec.rollout.max_unavailable_percent,
@@ -73,7 +73,8 @@ impl Reconciler {
 }
 
 /// A record per device the plan assigns something to; reports are filled in by the store.
-/// Devices with the same entry (same spec, variant, role and site cache) share it.
+/// Devices with the same entry (same spec, variant, role and site cache) share it, and
+/// devices with the same reason share its sentence.
 fn planned_records(
     input: &DeploymentInput<'_>,
     key: &str,
@@ -82,6 +83,7 @@ fn planned_records(
 ) -> Records {
     type EntryKey<'a> = (Source, &'a str, Role, Option<&'a String>);
     let mut shared: HashMap<EntryKey<'_>, Arc<Assignment>> = HashMap::new();
+    let mut reasons: HashMap<(Arc<str>, Arc<str>), Arc<str>> = HashMap::new();
     plan.devices
         .iter()
         .filter_map(|device| {
@@ -107,7 +109,10 @@ fn planned_records(
                 version: assignment.model.version.clone(),
                 variant: assignment.variant.name.clone(),
                 role: assignment.role,
-                reason: format!("{}; {}", device.reason, assignment.variant_reason),
+                reason: reasons
+                    .entry((device.reason.clone(), assignment.variant_reason.clone()))
+                    .or_insert_with_key(|(why, variant)| format!("{why}; {variant}").into())
+                    .clone(),
                 assignment: wire,
                 generation: input.generation.unwrap_or(0),
                 phase: None,

@@ -185,6 +185,9 @@ impl Reconciler {
         let plan = match turn.event {
             // the stage moved: the devices' assignments follow at once
             Some(event) => {
+                // the first plan and its rows are out of date: not held beside the new ones
+                drop(plan);
+                drop(std::mem::take(&mut records));
                 load::record_event(&self.fleet.store, input, &event, now_ms).await?;
                 loaded.events.push(event);
                 let pinned = RolloutState {

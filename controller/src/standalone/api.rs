@@ -356,7 +356,7 @@ async fn describe(
             .iter()
             .find(|r| r.device_id == facts.id.as_str());
         let (chosen, choice_reason) = match choose_variant(&facts, spec) {
-            Choice::Fits { name, reason, .. } => (Some(name), reason),
+            Choice::Fits { name, reason, .. } => (Some(name.to_string()), reason.to_string()),
             Choice::NoFit { reasons } => (None, no_fit_reason(&reasons)),
         };
         devices.push(DeviceLine {
@@ -370,7 +370,7 @@ async fn describe(
             role: row.map(|r| r.role.as_str().to_string()),
             phase: row.and_then(|r| r.phase).map(|p| p.as_str().to_string()),
             phase_reason: row.and_then(|r| r.phase_reason.clone()),
-            assignment_reason: row.map(|r| r.reason.clone()),
+            assignment_reason: row.map(|r| r.reason.to_string()),
         });
     }
     let history = state

@@ -1,23 +1,27 @@
 //! `assignments`: which device runs what for each deployment, and what it last reported.
 
+use futures::TryStreamExt;
 use sqlx::Row;
 
 use super::*;
 
 impl Store {
     pub async fn assignments(&self, namespace: &str, name: &str) -> Result<Vec<AssignmentRecord>> {
-        let rows = sqlx::query(
+        // Streamed, not fetched whole: a rollout's raw rows (JSON included) would cost about
+        // a kilobyte per device on top of the records.
+        let mut rows = sqlx::query(
             "SELECT device_id, version, variant, role, reason, generation, phase, phase_reason, serving_sha256, assignment_json
              FROM assignments WHERE namespace = $1 AND name = $2 ORDER BY device_id",
         )
         .bind(namespace)
         .bind(name)
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch(&self.reader);
         let mut shared = SharedAssignments::default();
-        rows.iter()
-            .map(|row| assignment_from_row(row, &mut shared))
-            .collect()
+        let mut records = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            records.push(assignment_from_row(&row, &mut shared)?);
+        }
+        Ok(records)
     }
 
     /// Makes the deployment's assignments exactly `rows` (device reports of unchanged

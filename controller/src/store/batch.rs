@@ -144,7 +144,7 @@ pub(super) async fn upsert_assignments(
                 .bind(&row.version)
                 .bind(&row.variant)
                 .bind(row.role.as_str())
-                .bind(&row.reason)
+                .bind(&*row.reason)
                 .bind(assignment_json)
                 .bind(row.generation)
                 .bind(kept.and_then(|o| o.phase).map(ModelPhase::as_str))

@@ -227,24 +227,37 @@ fn deployment_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDeployment> {
     })
 }
 
-/// A typed record from the columns `device_id, version, variant, role, reason, generation,
-/// phase, phase_reason, serving_sha256, assignment_json`; unreadable values are corruption.
-/// Wire assignments read back from SQL, parsed once per distinct JSON: a deployment's rows
-/// hold a handful of distinct entries, shared by every device that has one.
+/// Wire assignments and reasons read back from SQL, parsed and kept once per distinct value:
+/// a deployment's rows hold a handful of distinct entries and reasons, shared by every device
+/// that has one.
 #[derive(Default)]
-pub(crate) struct SharedAssignments(HashMap<String, Arc<Assignment>>);
+pub(crate) struct SharedAssignments {
+    entries: HashMap<String, Arc<Assignment>>,
+    reasons: HashSet<Arc<str>>,
+}
 
 impl SharedAssignments {
     fn parse(&mut self, json: String) -> std::result::Result<Arc<Assignment>, serde_json::Error> {
-        if let Some(shared) = self.0.get(&json) {
+        if let Some(shared) = self.entries.get(&json) {
             return Ok(shared.clone());
         }
         let parsed = Arc::new(serde_json::from_str(&json)?);
-        self.0.insert(json, Arc::clone(&parsed));
+        self.entries.insert(json, Arc::clone(&parsed));
         Ok(parsed)
+    }
+
+    fn reason(&mut self, reason: String) -> Arc<str> {
+        if let Some(shared) = self.reasons.get(reason.as_str()) {
+            return shared.clone();
+        }
+        let kept: Arc<str> = reason.into();
+        self.reasons.insert(kept.clone());
+        kept
     }
 }
 
+/// A typed record from the columns `device_id, version, variant, role, reason, generation,
+/// phase, phase_reason, serving_sha256, assignment_json`; unreadable values are corruption.
 fn assignment_from_row(
     r: &sqlx::any::AnyRow,
     shared: &mut SharedAssignments,
@@ -261,7 +274,7 @@ fn assignment_from_row(
         variant: r.try_get(2)?,
         role: Role::parse(&role)
             .ok_or_else(|| corrupt("role", format!("unknown role {role:?}")))?,
-        reason: r.try_get(4)?,
+        reason: shared.reason(r.try_get(4)?),
         generation: r.try_get(5)?,
         phase: match phase {
             None => None,

@@ -46,14 +46,14 @@ fn facts_from_hello_copy_capabilities_and_lower_case_features() {
     };
     let facts = DeviceFacts::from(&hello);
     assert_eq!(facts.id, id("cam-1"));
-    assert_eq!(facts.labels, labels(&[("tier", "camera")]));
+    assert_eq!(*facts.labels, labels(&[("tier", "camera")]));
     assert_eq!(facts.arch, "x86_64");
     assert_eq!(facts.cores, 8);
-    assert_eq!(facts.cpu_features, ["avx2".into(), "fma".into()].into());
+    assert_eq!(*facts.cpu_features, ["avx2".into(), "fma".into()].into());
     assert_eq!(facts.memory_total_mib, 8192);
     assert_eq!(facts.memory_available_mib, 4000);
     assert_eq!(facts.disk_free_mib, 100);
-    assert_eq!(facts.accelerators, ["nvidia".into()].into());
+    assert_eq!(*facts.accelerators, ["nvidia".into()].into());
     assert_eq!(
         facts.runtimes,
         [Runtime::Tract, Runtime::Onnxruntime].into()
@@ -155,7 +155,7 @@ fn class_names_arch_primary_accelerator_and_memory_tier() {
     assert_eq!(device_class(&d), "aarch64-none-mem1g");
     d.arch = "x86_64".into();
     d.memory_total_mib = 16 * 1024;
-    d.accelerators = ["dri".into(), "nvidia".into()].into();
+    d.accelerators = Arc::new(["dri".into(), "nvidia".into()].into());
     assert_eq!(device_class(&d), "x86_64-nvidia-memgt4g");
 }
 
@@ -185,7 +185,7 @@ fn memory_tier_bounds_are_inclusive() {
 fn unknown_arch_and_accelerators_collapse_to_other() {
     let mut d = device("d");
     d.arch = "mips-weird-2000".into();
-    d.accelerators = ["quantum-annealer".into()].into();
+    d.accelerators = Arc::new(["quantum-annealer".into()].into());
     assert_eq!(device_class(&d), "other-other-mem1g");
 }
 
@@ -208,14 +208,58 @@ fn classes_stay_bounded_whatever_devices_announce() {
         } else {
             arches[(i % 7) as usize].to_string()
         };
-        d.accelerators = match i % 4 {
+        d.accelerators = Arc::new(match i % 4 {
             0 => Default::default(),
             1 => [format!("acc{i}")].into(),
             2 => ["coral".into()].into(),
             _ => ["dri".into(), format!("acc{i}")].into(),
-        };
+        });
         d.memory_total_mib = i * 7;
         classes.insert(device_class(&d));
     }
     assert!(classes.len() <= 224, "{} classes", classes.len());
+}
+
+#[test]
+fn devices_that_announce_the_same_maps_and_sets_share_one_copy() {
+    let mut shared = SharedFacts::default();
+    let announce = |name: &str, site: &str| {
+        let mut facts = device(name);
+        facts.labels = Arc::new(BTreeMap::from([("site".to_string(), site.to_string())]));
+        facts
+    };
+    let a = shared.share(announce("a", "lab"));
+    let b = shared.share(announce("b", "lab"));
+    let c = shared.share(announce("c", "field"));
+    assert!(Arc::ptr_eq(&a.labels, &b.labels));
+    assert!(!Arc::ptr_eq(&a.labels, &c.labels));
+    assert!(Arc::ptr_eq(&a.cpu_features, &c.cpu_features));
+    // sharing changes nothing a decision sees
+    assert_eq!(b, announce("b", "lab"));
+}
+
+#[test]
+fn the_pool_forgets_maps_no_device_holds_any_more() {
+    let mut shared = SharedFacts::default();
+    let mut held = Vec::new();
+    for i in 0..3000 {
+        let mut facts = device(&format!("d{i}"));
+        facts.labels = Arc::new(BTreeMap::from([("serial".to_string(), format!("{i}"))]));
+        let facts = shared.share(facts);
+        // only every tenth device stays in the inventory
+        if i % 10 == 0 {
+            held.push(facts);
+        }
+    }
+    assert!(
+        shared.labels.kept.len() < 1024 + 300,
+        "{}",
+        shared.labels.kept.len()
+    );
+    let again = {
+        let mut facts = device("d0-again");
+        facts.labels = Arc::new(BTreeMap::from([("serial".to_string(), "0".to_string())]));
+        shared.share(facts)
+    };
+    assert!(Arc::ptr_eq(&again.labels, &held[0].labels));
 }

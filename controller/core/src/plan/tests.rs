@@ -56,7 +56,7 @@ fn canary_ids(plan: &RolloutPlan) -> BTreeSet<DeviceId> {
         .collect()
 }
 
-fn assignment(plan: &RolloutPlan, name: &str) -> PlannedAssignment {
+fn assignment(plan: &RolloutPlan, name: &str) -> Arc<PlannedAssignment> {
     plan.device(&id(name))
         .and_then(|d| d.assignment.clone())
         .unwrap_or_else(|| panic!("{name} has no assignment"))
@@ -99,7 +99,7 @@ fn a_first_deployment_goes_straight_to_stable() {
         Some("first deployment: runs 2.0.0 directly")
     );
     assert_eq!(
-        plan.device(&id("dev-00")).map(|d| d.reason.as_str()),
+        plan.device(&id("dev-00")).map(|d| &*d.reason),
         Some("no variant of 2.0.0 fits")
     );
     assert_eq!(
@@ -134,12 +134,12 @@ fn a_canary_step_puts_a_share_of_each_cohort_on_the_target() {
             Role::Canary => {
                 assert_eq!(a.source, Source::Target);
                 assert_eq!(a.model.version, "2.0.0");
-                assert_eq!(d.reason, "canary for 2.0.0 at step 1 (10%)");
+                assert_eq!(&*d.reason, "canary for 2.0.0 at step 1 (10%)");
             }
             Role::Stable => {
                 assert_eq!(a.source, Source::Previous);
                 assert_eq!(a.variant.name, "fp32");
-                assert_eq!(d.reason, "not a canary yet for 2.0.0; keeps 1.0.0");
+                assert_eq!(&*d.reason, "not a canary yet for 2.0.0; keeps 1.0.0");
             }
         }
     }
@@ -191,7 +191,7 @@ fn the_plan_picks_the_same_canaries_as_canary_members() {
     );
     let population = group_by_cohort(plan.devices.iter().filter_map(|d| {
         Some((
-            CohortKey::new(&d.device_class, d.target.variant_name()?),
+            CohortKey::new(&*d.device_class, d.target.variant_name()?),
             d.device.clone(),
         ))
     }));
@@ -263,8 +263,8 @@ fn canaries_that_hold_the_target_stay_canaries_while_offline() {
     let before = canary_ids(&first);
     for d in devices.iter_mut() {
         if before.contains(&d.id) {
-            d.installed_sha256
-                .insert(target_sha256(&target, &first, &d.id));
+            let sha256 = target_sha256(&target, &first, &d.id);
+            Arc::make_mut(&mut d.installed_sha256).insert(sha256);
         }
     }
     for d in devices.iter_mut().step_by(3) {
@@ -311,7 +311,7 @@ fn a_canary_offline_before_it_got_the_target_is_replaced_by_an_online_device() {
     assert_eq!(plan_of(substitute).cohort().expect("present").key, {
         let gone = plan_of(&gone);
         CohortKey::new(
-            &gone.device_class,
+            &*gone.device_class,
             gone.target.variant_name().expect("present"),
         )
     });
@@ -340,7 +340,7 @@ fn past_the_last_step_is_promotion() {
         );
         assert_eq!(plan.counts.stable, 40);
         assert!(plan.devices.iter().all(|d| {
-            d.reason == "promoted to 2.0.0"
+            &*d.reason == "promoted to 2.0.0"
                 && d.assignment
                     .as_ref()
                     .is_some_and(|a| a.source == Source::Target)
@@ -358,7 +358,7 @@ fn rollback_returns_everyone_to_the_previous_spec_and_its_selector() {
     target.selector = DeviceSelector::default();
     let mut devices = fleet();
     for d in devices.iter_mut().take(10) {
-        d.labels.insert("tier".into(), "cam".into());
+        Arc::make_mut(&mut d.labels).insert("tier".into(), "cam".into());
     }
     let plan = plan_rollout(
         UID,
@@ -370,7 +370,7 @@ fn rollback_returns_everyone_to_the_previous_spec_and_its_selector() {
     );
     assert_eq!(plan.counts.matched, 10);
     assert!(plan.devices.iter().all(|d| {
-        d.reason == "rolled back; keeps 1.0.0"
+        &*d.reason == "rolled back; keeps 1.0.0"
             && d.assignment
                 .as_ref()
                 .is_some_and(|a| a.source == Source::Previous && a.role == Role::Stable)
@@ -399,7 +399,7 @@ fn a_device_the_previous_spec_does_not_serve_waits_for_the_rollout() {
         });
     let mut devices = fleet();
     for d in devices.iter_mut() {
-        d.labels.insert("legacy".into(), "no".into());
+        Arc::make_mut(&mut d.labels).insert("legacy".into(), "no".into());
     }
     let canaries = {
         let plan = plan_rollout(
@@ -463,7 +463,7 @@ fn a_class_with_every_variant_demoted_keeps_the_previous_version() {
     assert_eq!(small.target.variant_name(), None);
     assert_eq!(small.demoted_from.as_deref(), Some("int8"));
     assert_eq!(
-        small.reason,
+        &*small.reason,
         "2.0.0's int8 was demoted for aarch64-none-mem1g and no other variant fits; keeps 1.0.0"
     );
     assert_eq!(assignment(&plan, "dev-00").source, Source::Previous);
@@ -505,7 +505,7 @@ fn promotion_keeps_the_previous_version_on_a_class_with_every_variant_demoted() 
         ("1.0.0", "fp32")
     );
     assert_eq!(
-        small.reason,
+        &*small.reason,
         "promoted to 2.0.0, but 2.0.0's int8 was demoted for aarch64-none-mem1g and no other \
          variant fits; keeps 1.0.0"
     );
@@ -557,7 +557,7 @@ fn unselected_devices_are_not_in_the_plan() {
         .match_labels
         .insert("site".into(), "a".into());
     let mut devices = fleet();
-    devices[5].labels.insert("site".into(), "a".into());
+    Arc::make_mut(&mut devices[5].labels).insert("site".into(), "a".into());
     let plan = plan_rollout(
         UID,
         &target,
@@ -685,4 +685,42 @@ fn the_offload_policy_in_force_reaches_every_device_only_with_consent() {
             .filter_map(|d| d.assignment.as_ref())
             .all(|a| a.offload.is_none())
     );
+}
+
+#[test]
+fn devices_alike_share_one_assignment_class_and_reason() {
+    let (target, previous) = specs();
+    let plan = plan_rollout(
+        UID,
+        &target,
+        Some(&previous),
+        Stage::Canary { step: 0 },
+        &fleet(),
+        &no_demotions(),
+    );
+    let stable_small: Vec<&DevicePlan> = plan
+        .devices
+        .iter()
+        .filter(|d| &*d.device_class == SMALL)
+        .filter(|d| {
+            d.assignment
+                .as_ref()
+                .is_some_and(|a| a.role == Role::Stable)
+        })
+        .collect();
+    assert_eq!(stable_small.len(), 18);
+    let first = stable_small[0];
+    let shared = |d: &DevicePlan| d.assignment.clone().expect("assigned");
+    for d in &stable_small[1..] {
+        assert!(Arc::ptr_eq(&shared(d), &shared(first)));
+        assert!(Arc::ptr_eq(&d.reason, &first.reason));
+        assert!(Arc::ptr_eq(&d.device_class, &first.device_class));
+    }
+    // a different role is a different assignment
+    let canary = plan
+        .devices
+        .iter()
+        .find(|d| &*d.device_class == SMALL && d.cohort().is_some_and(|c| c.role == Role::Canary))
+        .expect("a small canary");
+    assert_eq!(shared(canary).role, Role::Canary);
 }

@@ -97,7 +97,7 @@ fn an_installed_artifact_needs_only_the_reserve() {
     v.artifact.size_bytes = 500 * 1024 * 1024;
     d.disk_free_mib = 120;
     assert_eq!(unmet_requirements(&d, &v).len(), 1);
-    d.installed_sha256.insert(v.artifact.sha256.clone());
+    Arc::make_mut(&mut d.installed_sha256).insert(v.artifact.sha256.clone());
     assert!(unmet_requirements(&d, &v).is_empty());
 }
 
@@ -106,9 +106,9 @@ fn missing_one_of_two_cpu_features_names_only_the_missing_one() {
     let mut v = variant("x", Precision::Fp32, None);
     let mut d = device("d");
     v.requires.cpu_features = vec!["avx2".into(), "fma".into()];
-    d.cpu_features = ["fma".into()].into();
+    d.cpu_features = Arc::new(["fma".into()].into());
     assert_eq!(unmet_requirements(&d, &v), ["lacks cpu feature avx2"]);
-    d.cpu_features.insert("avx2".into());
+    Arc::make_mut(&mut d.cpu_features).insert("avx2".into());
     assert!(unmet_requirements(&d, &v).is_empty());
 }
 
@@ -125,7 +125,7 @@ fn a_required_accelerator_must_be_present() {
     let mut d = device("d");
     v.requires.accelerators = vec!["nvidia".into()];
     assert_eq!(unmet_requirements(&d, &v), ["lacks accelerator nvidia"]);
-    d.accelerators.insert("nvidia".into());
+    Arc::make_mut(&mut d.accelerators).insert("nvidia".into());
     assert!(unmet_requirements(&d, &v).is_empty());
 }
 
@@ -424,7 +424,7 @@ proptest! {
         match choose_variant(&d, &s) {
             Choice::Fits { index, name, .. } => {
                 prop_assert!(acceptable(&s.variants[index]));
-                prop_assert_eq!(&s.variants[index].name, &name);
+                prop_assert_eq!(s.variants[index].name.as_str(), &*name);
             }
             Choice::NoFit { reasons } => {
                 prop_assert_eq!(reasons.len(), s.variants.len());

@@ -266,7 +266,7 @@ fn device_view(
             let state = record.phase.map_or("Assigned", |p| p.as_str()).to_string();
             let reason = match (&record.phase_reason, record.is_ready()) {
                 (Some(why), false) if !why.is_empty() => format!("{why} ({})", record.reason),
-                _ => record.reason.clone(),
+                _ => record.reason.to_string(),
             };
             runs.push(RunView {
                 version: Some(record.version.clone()),
