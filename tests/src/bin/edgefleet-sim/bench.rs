@@ -23,6 +23,14 @@ use crate::{Args, Output, StopAfter, mix};
 
 #[derive(Serialize, Default, Debug)]
 #[serde(rename_all = "camelCase")]
+pub struct PhasePeaks {
+    pub hello: u64,
+    pub publish: u64,
+    pub rollout: u64,
+}
+
+#[derive(Serialize, Default, Debug)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     pub devices: usize,
     pub fitting: usize,
@@ -49,6 +57,9 @@ pub struct Report {
     pub idle_rss_kib: u64,
     pub online_rss_kib: u64,
     pub peak_rss_kib: u64,
+    /// The peak (`VmHWM`) as it stood at the end of the hello, publish and rollout phases:
+    /// the highest RSS up to each.
+    pub peak_rss_kib_by_phase: PhasePeaks,
     pub peak_rss_bytes_per_device: f64,
     pub marginal_rss_bytes_per_device: f64,
     pub cpu_seconds_hello: f64,
@@ -452,6 +463,7 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
     .await?;
     let online = controller.sample();
     report.online_rss_kib = online.rss_kib;
+    report.peak_rss_kib_by_phase.hello = online.peak_rss_kib;
     report.cpu_seconds_hello = online.cpu_seconds - idle.cpu_seconds;
     observed.telemetry_on.store(true, Ordering::Relaxed);
     let windows_before = observed.telemetry_published.load(Ordering::Relaxed);
@@ -483,6 +495,7 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
     .await?;
     let after = controller.sample();
     report.cpu_seconds_plan_publish = after.cpu_seconds - before.cpu_seconds;
+    report.peak_rss_kib_by_phase.publish = after.peak_rss_kib;
     if args.stop_after == StopAfter::Publish {
         return Ok(finish(args, report, controller, &observed, &counter, idle).await);
     }
@@ -539,7 +552,9 @@ async fn phases(args: &Args, controller: &Controller) -> anyhow::Result<Report> 
             })
         })
         .await?;
-    report.cpu_seconds_rollout = controller.sample().cpu_seconds - before.cpu_seconds;
+    let rolled_out = controller.sample();
+    report.cpu_seconds_rollout = rolled_out.cpu_seconds - before.cpu_seconds;
+    report.peak_rss_kib_by_phase.rollout = rolled_out.peak_rss_kib;
     progress(
         args,
         &format!("v2 at 100 % in {:.2} s", report.rollout_to_100_seconds),
@@ -710,6 +725,14 @@ fn print_text(r: &Report) {
         r.cpu_seconds_rollout,
         r.cpu_seconds_flood,
         r.broker_cpu_seconds,
+    );
+    let per_device = |kib: u64| kib as f64 * 1024.0 / r.devices.max(1) as f64;
+    let peaks = &r.peak_rss_kib_by_phase;
+    println!(
+        "peak RSS B/device up to the end of hello / publish / rollout: {:.0} / {:.0} / {:.0}",
+        per_device(peaks.hello),
+        per_device(peaks.publish),
+        per_device(peaks.rollout),
     );
     if let (Some(windows), Some(llm)) = (r.llm_windows_published, &r.llm_sent) {
         let ms = |q: Option<f64>| q.map_or(f64::NAN, |s| s * 1000.0);
