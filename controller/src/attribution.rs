@@ -2,35 +2,25 @@
 //! once the device serves the canary artifact; until its swap completes it still serves the
 //! previous model, and those windows belong to the stable baseline.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use edgefleet_core::AssignmentRecord;
+use edgefleet_core::shared::Pool;
 use edgefleet_protocol::wire::{Assignment, Role};
 
 /// deployment key → device → value: looked up per telemetry window with borrowed names.
 type PerDevice<T> = HashMap<String, HashMap<String, T>>;
 
-/// Distinct served digests kept shared.
-const SHARED_DIGESTS: usize = 4096;
-
 #[derive(Default)]
 struct Serving {
     devices: PerDevice<Arc<str>>,
-    digests: HashSet<Arc<str>>,
+    digests: Pool<str>,
 }
 
 impl Serving {
     fn digest(&mut self, sha256: &str) -> Arc<str> {
-        if let Some(kept) = self.digests.get(sha256) {
-            return kept.clone();
-        }
-        let kept: Arc<str> = sha256.into();
-        // devices choose what they report: past the bound a digest is simply not shared
-        if self.digests.len() < SHARED_DIGESTS {
-            self.digests.insert(kept.clone());
-        }
-        kept
+        self.digests.share_ref(sha256)
     }
 }
 

@@ -1,12 +1,14 @@
 //! What the controller knows about a device, which deployments select it, and the bounded
 //! device class that cohorts, canary analysis and Prometheus labels are keyed by.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use edgefleet_crds::{DeviceSelector, Runtime, SelectorOperator};
 use edgefleet_protocol::KNOWN_ARCHES;
 use edgefleet_protocol::wire::{DeviceId, Hello};
+
+use crate::shared::Pool;
 
 /// A device's capabilities and liveness: the inventory every decision is made from. Its maps
 /// and sets are shared by devices that announce the same ones ([`SharedFacts`]).
@@ -61,8 +63,7 @@ fn lower_set(items: &[String]) -> BTreeSet<String> {
 }
 
 /// Label maps and capability sets that devices announce alike, kept once: a fleet of 100,000
-/// devices has a few hundred distinct ones. Entries no device holds any more are dropped when
-/// the pool has doubled since the last sweep, so the pool stays bounded by what devices hold.
+/// devices has a few hundred distinct ones.
 #[derive(Debug, Default)]
 pub struct SharedFacts {
     labels: Pool<BTreeMap<String, String>>,
@@ -83,35 +84,10 @@ impl SharedFacts {
     pub fn set(&mut self, set: BTreeSet<String>) -> Arc<BTreeSet<String>> {
         self.sets.share(Arc::new(set))
     }
-}
 
-#[derive(Debug)]
-struct Pool<T> {
-    kept: HashSet<Arc<T>>,
-    sweep_at: usize,
-}
-
-impl<T> Default for Pool<T> {
-    fn default() -> Self {
-        Self {
-            kept: HashSet::new(),
-            sweep_at: 1024,
-        }
-    }
-}
-
-impl<T: Eq + std::hash::Hash> Pool<T> {
-    fn share(&mut self, value: Arc<T>) -> Arc<T> {
-        if let Some(kept) = self.kept.get(&value) {
-            return kept.clone();
-        }
-        if self.kept.len() >= self.sweep_at {
-            // only the pool holds these
-            self.kept.retain(|kept| Arc::strong_count(kept) > 1);
-            self.sweep_at = (self.kept.len() * 2).max(1024);
-        }
-        self.kept.insert(value.clone());
-        value
+    /// How many distinct label maps are kept.
+    pub fn label_maps(&self) -> usize {
+        self.labels.len()
     }
 }
 

@@ -19,6 +19,7 @@
 //! - [`artifacts`]: `oci://` artifacts replaced by what their tags resolved to;
 //! - [`site`]: which site cache each device downloads through;
 //! - [`replay`]: which telemetry windows count, once each, across replicas.
+//! - [`shared`]: one copy of the values many devices hold alike.
 //!
 //! Assignments as stored ([`assignment::AssignmentRecord`]) carry typed roles and phases.
 
@@ -35,6 +36,7 @@ pub mod progress;
 pub mod progression;
 pub mod replay;
 pub mod rollout;
+pub mod shared;
 pub mod site;
 pub mod status;
 pub mod variant;

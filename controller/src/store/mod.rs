@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
 pub use edgefleet_core::AssignmentRecord;
+use edgefleet_core::shared::Pool;
 use edgefleet_protocol::wire::{Assignment, Hello, ModelPhase, Role};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -233,7 +234,7 @@ fn deployment_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDeployment> {
 #[derive(Default)]
 pub(crate) struct SharedAssignments {
     entries: HashMap<String, Arc<Assignment>>,
-    reasons: HashSet<Arc<str>>,
+    reasons: Pool<str>,
 }
 
 impl SharedAssignments {
@@ -247,12 +248,7 @@ impl SharedAssignments {
     }
 
     fn reason(&mut self, reason: String) -> Arc<str> {
-        if let Some(shared) = self.reasons.get(reason.as_str()) {
-            return shared.clone();
-        }
-        let kept: Arc<str> = reason.into();
-        self.reasons.insert(kept.clone());
-        kept
+        self.reasons.share_ref(&reason)
     }
 }
 

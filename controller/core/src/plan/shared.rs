@@ -2,7 +2,7 @@
 //! handful of device classes, reason sentences and distinct assignments; holding a copy of each
 //! per device made the plan the largest thing a reconcile pass held.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use edgefleet_crds::{ModelDeploymentSpec, OffloadPolicy, Runtime, Variant};
@@ -10,6 +10,7 @@ use edgefleet_protocol::wire::Role;
 
 use super::{PlannedAssignment, Source, llm_run};
 use crate::device::DeviceFacts;
+use crate::shared::Pool;
 use crate::variant::Choice;
 
 /// One device's pick before it is shared: which spec and variant, in which role, and why.
@@ -44,7 +45,7 @@ struct FitKey<'d> {
 
 #[derive(Default)]
 pub(super) struct Shared<'a, 'd> {
-    texts: HashSet<Arc<str>>,
+    texts: Pool<str>,
     assignments: HashMap<AssignmentKey<'a>, Arc<PlannedAssignment>>,
     choices: HashMap<FitKey<'d>, Choice>,
 }
@@ -84,12 +85,7 @@ impl<'a, 'd> Shared<'a, 'd> {
 
     /// The one copy of `text`.
     pub fn text(&mut self, text: &str) -> Arc<str> {
-        if let Some(kept) = self.texts.get(text) {
-            return kept.clone();
-        }
-        let kept: Arc<str> = text.into();
-        self.texts.insert(kept.clone());
-        kept
+        self.texts.share_ref(text)
     }
 
     /// `choice` with its name and reason replaced by their shared copies.
