@@ -44,6 +44,19 @@ fn no_demotions() -> BTreeSet<CohortKey> {
     BTreeSet::new()
 }
 
+/// The first canary step (10 %) of `specs()` over `fleet()`.
+fn first_step_of_fleet(demotions: &BTreeSet<CohortKey>) -> RolloutPlan {
+    let (target, previous) = specs();
+    plan_rollout(
+        UID,
+        &target,
+        Some(&previous),
+        Stage::Canary { step: 0 },
+        &fleet(),
+        demotions,
+    )
+}
+
 fn canary_ids(plan: &RolloutPlan) -> BTreeSet<DeviceId> {
     plan.devices
         .iter()
@@ -110,15 +123,7 @@ fn a_first_deployment_goes_straight_to_stable() {
 
 #[test]
 fn a_canary_step_puts_a_share_of_each_cohort_on_the_target() {
-    let (target, previous) = specs();
-    let plan = plan_rollout(
-        UID,
-        &target,
-        Some(&previous),
-        Stage::Canary { step: 0 },
-        &fleet(),
-        &no_demotions(),
-    );
+    let plan = first_step_of_fleet(&no_demotions());
     // 10% of 20 in each of the two cohorts.
     assert_eq!(plan.counts.canary, 4);
     assert_eq!(plan.counts.stable, 36);
@@ -427,16 +432,7 @@ fn a_device_the_previous_spec_does_not_serve_waits_for_the_rollout() {
 
 #[test]
 fn demotion_moves_only_the_failing_class_to_its_next_best_variant() {
-    let (target, previous) = specs();
-    let demoted = BTreeSet::from([CohortKey::new(LARGE, "fp16")]);
-    let plan = plan_rollout(
-        UID,
-        &target,
-        Some(&previous),
-        Stage::Canary { step: 0 },
-        &fleet(),
-        &demoted,
-    );
+    let plan = first_step_of_fleet(&BTreeSet::from([CohortKey::new(LARGE, "fp16")]));
     let cohorts = plan.canary_cohorts();
     assert_eq!(
         cohorts.keys().cloned().collect::<Vec<_>>(),
@@ -689,15 +685,7 @@ fn the_offload_policy_in_force_reaches_every_device_only_with_consent() {
 
 #[test]
 fn devices_alike_share_one_assignment_class_and_reason() {
-    let (target, previous) = specs();
-    let plan = plan_rollout(
-        UID,
-        &target,
-        Some(&previous),
-        Stage::Canary { step: 0 },
-        &fleet(),
-        &no_demotions(),
-    );
+    let plan = first_step_of_fleet(&no_demotions());
     let stable_small: Vec<&DevicePlan> = plan
         .devices
         .iter()
