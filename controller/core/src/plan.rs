@@ -171,20 +171,22 @@ impl RolloutPlan {
             .collect()
     }
 
-    /// How many stable devices of `device_class` (whatever their variant) there are and how
-    /// many are online: the baseline a canary cohort of that class is compared with.
-    pub fn stable_liveness(&self, device_class: &str) -> Liveness {
-        let mut liveness = Liveness::default();
-        for (_, devices) in self
-            .role_cohorts(Role::Stable)
-            .filter(|(key, _)| key.device_class == device_class)
-        {
-            for id in devices {
-                liveness.total += 1;
-                liveness.online += u32::from(self.device(id).is_some_and(|d| d.online));
-            }
+    /// Per device class, how many stable devices (whatever their variant) there are and how
+    /// many are online: the baseline a canary cohort of that class is compared with. One pass
+    /// over the plan for every class.
+    pub fn stable_liveness(&self) -> BTreeMap<&str, Liveness> {
+        let mut by_class: BTreeMap<&str, Liveness> = BTreeMap::new();
+        let stable = self.devices.iter().filter(|d| {
+            d.assignment
+                .as_ref()
+                .is_some_and(|a| a.role == Role::Stable)
+        });
+        for device in stable {
+            let liveness = by_class.entry(&device.device_class).or_default();
+            liveness.total += 1;
+            liveness.online += u32::from(device.online);
         }
-        liveness
+        by_class
     }
 
     fn role_cohorts(&self, role: Role) -> impl Iterator<Item = (&CohortKey, &Vec<DeviceId>)> {

@@ -75,10 +75,14 @@ pub fn step(
     if now_ms - state.last_analysis_ms >= interval_ms {
         // Evidence counts from when the step's canaries all served the new model.
         let since = state.ready_since_ms.unwrap_or(state.step_started_ms);
+        let stable_liveness = plan.stable_liveness();
         for (key, cohort) in cohorts.iter_mut() {
             let canary = evidence.canary(key, since);
             let stable = evidence.stable(&key.device_class, since);
-            let stable_devices = plan.stable_liveness(&key.device_class);
+            let stable_devices = stable_liveness
+                .get(key.device_class.as_str())
+                .copied()
+                .unwrap_or_default();
             let baseline = (stable_devices.total > 0).then_some(Baseline {
                 window: &stable,
                 devices: stable_devices,

@@ -22,7 +22,9 @@ pub(super) struct Pick<'a> {
     pub variant_reason: Arc<str>,
 }
 
-type AssignmentKey<'a> = (Source, &'a str, Role, Arc<str>);
+/// The reason is keyed by address: every pick's reason comes from a choice whose texts are
+/// already shared, so equal reasons are the same allocation (and hashing the address is cheap).
+type AssignmentKey<'a> = (Source, &'a str, Role, *const str);
 
 /// Everything variant choice reads of a device, plus its class (which decides the demoted
 /// variants it may not get). Shared sets compare by address: the same set is the same value,
@@ -111,12 +113,11 @@ impl<'a, 'd> Shared<'a, 'd> {
         pick: Pick<'a>,
         offload: &Option<OffloadPolicy>,
     ) -> Arc<PlannedAssignment> {
-        let variant_reason = self.text(&pick.variant_reason);
         let key = (
             pick.source,
             pick.variant.name.as_str(),
             pick.role,
-            variant_reason.clone(),
+            Arc::as_ptr(&pick.variant_reason),
         );
         self.assignments
             .entry(key)
@@ -129,7 +130,7 @@ impl<'a, 'd> Shared<'a, 'd> {
                     self_test: pick.spec.self_test.clone(),
                     offload: offload.clone(),
                     llm: llm_run(pick.spec, pick.variant),
-                    variant_reason,
+                    variant_reason: pick.variant_reason,
                 })
             })
             .clone()
