@@ -5,23 +5,50 @@ use sqlx::Row;
 
 use super::*;
 
+/// Reads of a deployment's rows that meet a concurrent write (see [`Store::assignments`])
+/// before giving up.
+const READ_ATTEMPTS: usize = 3;
+
 impl Store {
     pub async fn assignments(&self, namespace: &str, name: &str) -> Result<Vec<AssignmentRecord>> {
-        // Streamed, not fetched whole: a rollout's raw rows (JSON included) would cost about
-        // a kilobyte per device on top of the records.
-        let mut rows = sqlx::query(
-            "SELECT device_id, version, variant, role, reason, generation, phase, phase_reason, serving_sha256, assignment_json
-             FROM assignments WHERE namespace = $1 AND name = $2 ORDER BY device_id",
-        )
-        .bind(namespace)
-        .bind(name)
-        .fetch(&self.reader);
-        let mut shared = SharedAssignments::default();
+        // Entries first, then the rows against them. A row naming an entry the deployment's
+        // reconcile wrote between the two reads starts the read over.
+        let mut missing = String::new();
+        for _ in 0..READ_ATTEMPTS {
+            let entries = self.load_entries(namespace, name).await?;
+            match self.rows_against(namespace, name, &entries).await? {
+                Ok(records) => return Ok(records),
+                Err(key) => missing = key,
+            }
+        }
+        Err(entries::missing_entry(namespace, name, &missing))
+    }
+
+    /// The deployment's rows as records, or the first entry key `entries` lacks. Streamed,
+    /// not fetched whole: the raw rows would be held beside the records.
+    async fn rows_against(
+        &self,
+        namespace: &str,
+        name: &str,
+        entries: &entries::DeploymentEntries,
+    ) -> Result<std::result::Result<Vec<AssignmentRecord>, String>> {
+        let sql = format!(
+            "SELECT {ASSIGNMENT_COLUMNS} FROM assignments
+             WHERE namespace = $1 AND name = $2 ORDER BY device_id"
+        );
+        let mut rows = sqlx::query(&sql)
+            .bind(namespace)
+            .bind(name)
+            .fetch(&self.reader);
         let mut records = Vec::new();
         while let Some(row) = rows.try_next().await? {
-            records.push(assignment_from_row(&row, &mut shared)?);
+            let key: &str = row.try_get(8)?;
+            let Some(entry) = entries.get(key) else {
+                return Ok(Err(key.to_string()));
+            };
+            records.push(assignment_from_row(&row, entry)?);
         }
-        Ok(records)
+        Ok(Ok(records))
     }
 
     /// Makes the deployment's assignments exactly `rows` (device reports of unchanged
@@ -87,6 +114,9 @@ impl Store {
         batch::delete_assignments(&mut tx, self.placeholders, namespace, name, &gone).await?;
         batch::upsert_assignments(&mut tx, self.placeholders, namespace, name, &writes, now_ms)
             .await?;
+        if !gone.is_empty() || !writes.is_empty() {
+            entries::prune_entries(&mut tx, namespace, name, now_ms).await?;
+        }
         tx.commit().await?;
         drop(writes);
         for row in &mut rows {
@@ -107,20 +137,21 @@ impl Store {
         &self,
         device: &str,
     ) -> Result<Vec<(String, String, AssignmentRecord)>> {
-        let rows = sqlx::query(
-            "SELECT device_id, version, variant, role, reason, generation, phase, phase_reason, serving_sha256,
-                    assignment_json, namespace, name
-             FROM assignments WHERE device_id = $1 ORDER BY namespace, name",
-        )
-        .bind(device)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut shared = SharedAssignments::default();
-        rows.iter()
-            .map(|r| {
-                let row = assignment_from_row(r, &mut shared)?;
-                Ok((r.try_get(10)?, r.try_get(11)?, row))
-            })
-            .collect()
+        let sql = format!(
+            "SELECT {ASSIGNMENT_COLUMNS}, namespace, name
+             FROM assignments WHERE device_id = $1 ORDER BY namespace, name"
+        );
+        let rows = sqlx::query(&sql).bind(device).fetch_all(&self.pool).await?;
+        let mut shared = entries::SharedEntries::default();
+        let mut records = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let (key, namespace, name): (&str, String, String) =
+                (r.try_get(8)?, r.try_get(9)?, r.try_get(10)?);
+            let entry = self
+                .entry_of_row(&mut shared, &namespace, &name, key)
+                .await?;
+            records.push((namespace, name, assignment_from_row(r, &entry)?));
+        }
+        Ok(records)
     }
 }

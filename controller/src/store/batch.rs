@@ -10,7 +10,10 @@ use sqlx::Row;
 
 use edgefleet_protocol::wire::ModelPhase;
 
-use super::{AssignmentRecord, ModelReport, Result, SharedAssignments, Store, assignment_from_row};
+use super::entries::{self, EncodedEntry, SharedEntries};
+use super::{
+    ASSIGNMENT_COLUMNS, AssignmentRecord, ModelReport, Result, Store, assignment_from_row,
+};
 
 /// Devices per `IN (...)` list and rows per multi-row `INSERT`: well under SQLite's 32,766
 /// and PostgreSQL's 65,535 bind parameters.
@@ -102,6 +105,8 @@ pub(super) async fn delete_assignments(
     Ok(())
 }
 
+/// Upserts `writes` of one deployment and the entries they name (each distinct one written
+/// once).
 pub(super) async fn upsert_assignments(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     dialect: Placeholders,
@@ -110,33 +115,53 @@ pub(super) async fn upsert_assignments(
     writes: &[AssignmentWrite<'_>],
     now_ms: i64,
 ) -> Result<()> {
-    const COLUMNS: usize = 13;
-    // 13 parameters a row: stay well under the bind limits
-    // rows share their entries: serialise each distinct one once (keyed by address: every
-    // entry stays alive, borrowed by `writes`, for the whole call)
-    let mut json_of: HashMap<usize, String> = HashMap::new();
+    // Rows share their entries: each distinct (assignment, reason) pair is encoded once, found
+    // by address (every entry stays alive, borrowed by `writes`, for the whole call), and
+    // written once per key (equal entries behind different addresses have one key).
+    let mut key_of: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut encoded: Vec<EncodedEntry> = Vec::new();
+    let mut row_keys: Vec<usize> = Vec::with_capacity(writes.len());
+    for write in writes {
+        let row = write.row;
+        let address = (
+            Arc::as_ptr(&row.assignment).addr(),
+            Arc::as_ptr(&row.reason).cast::<u8>().addr(),
+        );
+        let index = match key_of.entry(address) {
+            Entry::Occupied(index) => *index.get(),
+            Entry::Vacant(slot) => {
+                encoded.push(EncodedEntry::new(&row.assignment, &row.reason)?);
+                *slot.insert(encoded.len() - 1)
+            }
+        };
+        row_keys.push(index);
+    }
+    let mut distinct: BTreeMap<&str, &EncodedEntry> = BTreeMap::new();
+    for entry in &encoded {
+        distinct.insert(entry.key.as_str(), entry);
+    }
+    let distinct: Vec<&EncodedEntry> = distinct.into_values().collect();
+    entries::put_entries(tx, namespace, name, &distinct, now_ms).await?;
+
+    const COLUMNS: usize = 12;
+    let mut keys = row_keys.iter().map(|&index| encoded[index].key.as_str());
     for chunk in writes.chunks(CHUNK / 2) {
         let values = value_rows(1, chunk.len(), COLUMNS);
         let sql = format!(
-            "INSERT INTO assignments (namespace, name, device_id, version, variant, role, reason, assignment_json,
+            "INSERT INTO assignments (namespace, name, device_id, version, variant, role, entry_key,
                generation, phase, phase_reason, serving_sha256, updated_ms)
              VALUES {values}
              ON CONFLICT (namespace, name, device_id) DO UPDATE SET version = excluded.version,
-               variant = excluded.variant, role = excluded.role, reason = excluded.reason,
-               assignment_json = excluded.assignment_json,
+               variant = excluded.variant, role = excluded.role, entry_key = excluded.entry_key,
                generation = excluded.generation, phase = excluded.phase,
                phase_reason = excluded.phase_reason, serving_sha256 = excluded.serving_sha256,
                updated_ms = excluded.updated_ms"
         );
         let sql = dialect.sql(sql);
         let mut query = sqlx::query(&sql);
-        for write in chunk {
+        for (write, key) in chunk.iter().zip(&mut keys) {
             let row = write.row;
             let kept = write.kept_report;
-            let assignment_json = match json_of.entry(Arc::as_ptr(&row.assignment).addr()) {
-                Entry::Occupied(json) => json.get().clone(),
-                Entry::Vacant(slot) => slot.insert(super::assignment_json(row)?).clone(),
-            };
             query = query
                 .bind(namespace)
                 .bind(name)
@@ -144,8 +169,7 @@ pub(super) async fn upsert_assignments(
                 .bind(&row.version)
                 .bind(&row.variant)
                 .bind(row.role.as_str())
-                .bind(&*row.reason)
-                .bind(assignment_json)
+                .bind(key)
                 .bind(row.generation)
                 .bind(kept.and_then(|o| o.phase).map(ModelPhase::as_str))
                 .bind(kept.and_then(|o| o.phase_reason.clone()))
@@ -181,7 +205,7 @@ impl Store {
         except: Option<(&str, &str)>,
     ) -> Result<DeviceAssignments> {
         let mut by_device = DeviceAssignments::new();
-        let mut shared = SharedAssignments::default();
+        let mut shared = SharedEntries::default();
         for chunk in devices.chunks(CHUNK) {
             // parameters in order of appearance (SQLite binds `?` positionally)
             let n = chunk.len();
@@ -190,8 +214,7 @@ impl Store {
                 None => String::new(),
             };
             let sql = format!(
-                "SELECT device_id, version, variant, role, reason, generation, phase, phase_reason, serving_sha256,
-                        assignment_json, namespace, name
+                "SELECT {ASSIGNMENT_COLUMNS}, namespace, name
                  FROM assignments WHERE device_id IN ({}) {excluded}
                  ORDER BY device_id, namespace, name",
                 placeholders(1, n)
@@ -205,12 +228,16 @@ impl Store {
                 query = query.bind(namespace).bind(name);
             }
             for r in query.fetch_all(&self.reader).await? {
-                let row = assignment_from_row(&r, &mut shared)?;
-                let entry = (r.try_get(10)?, r.try_get(11)?, row);
+                let (key, namespace, name): (&str, String, String) =
+                    (r.try_get(8)?, r.try_get(9)?, r.try_get(10)?);
+                let entry = self
+                    .entry_of_row(&mut shared, &namespace, &name, key)
+                    .await?;
+                let row = assignment_from_row(&r, &entry)?;
                 by_device
-                    .entry(entry.2.device_id.clone())
+                    .entry(row.device_id.clone())
                     .or_default()
-                    .push(entry);
+                    .push((namespace, name, row));
             }
         }
         Ok(by_device)

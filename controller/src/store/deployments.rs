@@ -115,6 +115,7 @@ impl Store {
         for table in [
             "deployments",
             "assignments",
+            "assignment_entries",
             "rollouts",
             "rollout_history",
             "cohort_rollups",

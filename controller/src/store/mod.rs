@@ -8,8 +8,7 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
 pub use edgefleet_core::AssignmentRecord;
-use edgefleet_core::shared::Pool;
-use edgefleet_protocol::wire::{Assignment, Hello, ModelPhase, Role};
+use edgefleet_protocol::wire::{Hello, ModelPhase, Role};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
@@ -19,6 +18,7 @@ mod batch;
 mod deployments;
 mod desired;
 mod devices;
+mod entries;
 mod pins;
 mod rollouts;
 mod rollups;
@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         20261207000003,
         "shared ingest",
         include_str!("../../../migrations/20261207000003_shared_ingest.sql"),
+    ),
+    (
+        20261208000001,
+        "assignment entries",
+        include_str!("../../../migrations/20261208000001_assignment_entries.sql"),
     ),
 ];
 
@@ -228,69 +233,38 @@ fn deployment_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDeployment> {
     })
 }
 
-/// Wire assignments and reasons read back from SQL, parsed and kept once per distinct value:
-/// a deployment's rows hold a handful of distinct entries and reasons, shared by every device
-/// that has one.
-#[derive(Default)]
-pub(crate) struct SharedAssignments {
-    entries: HashMap<String, Arc<Assignment>>,
-    reasons: Pool<str>,
-}
+/// The columns a record is read from, in this order; queries over several deployments add
+/// `namespace, name`.
+const ASSIGNMENT_COLUMNS: &str =
+    "device_id, version, variant, role, generation, phase, phase_reason, serving_sha256, entry_key";
 
-impl SharedAssignments {
-    fn parse(&mut self, json: String) -> std::result::Result<Arc<Assignment>, serde_json::Error> {
-        if let Some(shared) = self.entries.get(&json) {
-            return Ok(shared.clone());
-        }
-        let parsed = Arc::new(serde_json::from_str(&json)?);
-        self.entries.insert(json, Arc::clone(&parsed));
-        Ok(parsed)
-    }
-
-    fn reason(&mut self, reason: String) -> Arc<str> {
-        self.reasons.share_ref(&reason)
-    }
-}
-
-/// A typed record from the columns `device_id, version, variant, role, reason, generation,
-/// phase, phase_reason, serving_sha256, assignment_json`; unreadable values are corruption.
-fn assignment_from_row(
-    r: &sqlx::any::AnyRow,
-    shared: &mut SharedAssignments,
-) -> Result<AssignmentRecord> {
+/// A typed record from a row of [`ASSIGNMENT_COLUMNS`] and the entry its `entry_key` names;
+/// unreadable values are corruption.
+fn assignment_from_row(r: &sqlx::any::AnyRow, entry: &entries::Entry) -> Result<AssignmentRecord> {
     let device_id: String = r.try_get(0)?;
-    let role: String = r.try_get(3)?;
-    let phase: Option<String> = r.try_get(6)?;
-    let json: String = r.try_get(9)?;
+    let role: &str = r.try_get(3)?;
+    let phase: Option<&str> = r.try_get(5)?;
     let corrupt = |column: &str, why: String| {
         StoreError::Corrupt(format!("assignments.{column} of {device_id}: {why}"))
     };
     Ok(AssignmentRecord {
         version: r.try_get(1)?,
         variant: r.try_get(2)?,
-        role: Role::parse(&role)
-            .ok_or_else(|| corrupt("role", format!("unknown role {role:?}")))?,
-        reason: shared.reason(r.try_get(4)?),
-        generation: r.try_get(5)?,
+        role: Role::parse(role).ok_or_else(|| corrupt("role", format!("unknown role {role:?}")))?,
+        reason: Arc::clone(&entry.reason),
+        generation: r.try_get(4)?,
         phase: match phase {
             None => None,
             Some(name) => Some(
-                ModelPhase::parse(&name)
+                ModelPhase::parse(name)
                     .ok_or_else(|| corrupt("phase", format!("unknown phase {name:?}")))?,
             ),
         },
-        phase_reason: r.try_get(7)?,
-        serving_sha256: r.try_get(8)?,
-        assignment: shared
-            .parse(json)
-            .map_err(|e| corrupt("assignment_json", e.to_string()))?,
+        phase_reason: r.try_get(6)?,
+        serving_sha256: r.try_get(7)?,
+        assignment: Arc::clone(&entry.assignment),
         device_id,
     })
-}
-
-/// The JSON column of a record's wire assignment.
-fn assignment_json(record: &AssignmentRecord) -> Result<String> {
-    serde_json::to_string(&record.assignment).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Hides a password in a database URL before it reaches a log or an error.
