@@ -2,6 +2,7 @@
 //! SQL is the truth (it survives restarts); an in-memory copy serves the planners.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use edgefleet_core::device::SharedFacts;
@@ -38,6 +39,10 @@ pub struct Inventory {
     metrics: Metrics,
     /// Bumped on every fleet change; reconcilers watch it.
     changes: watch::Sender<u64>,
+    /// Bumped after any change to devices' facts or to what they reported for their
+    /// assignments is stored: a pass that began at the same revision planned and wrote from
+    /// the same inputs.
+    revision: AtomicU64,
     /// Devices online and offline, for the `edgefleet_devices` gauge.
     online: std::sync::atomic::AtomicI64,
     offline: std::sync::atomic::AtomicI64,
@@ -88,6 +93,7 @@ impl Inventory {
             store,
             metrics,
             changes,
+            revision: AtomicU64::new(0),
             downloads: Default::default(),
             site_fetches: Default::default(),
             site_label: RwLock::new("site".into()),
@@ -98,6 +104,11 @@ impl Inventory {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// See the `revision` field; read it before reading what it covers.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
     }
 
     /// The deployments whose artifact `device` is downloading, with its last reported progress.
@@ -296,10 +307,15 @@ impl Inventory {
                 );
             }
         }
+        let facts_changed = !installed.is_empty();
         for (device, digests) in installed {
             if let Some(facts) = devices.get_mut(device) {
                 Arc::make_mut(facts).installed_sha256 = digests;
             }
+        }
+        drop(devices);
+        if any || facts_changed {
+            self.revision.fetch_add(1, Ordering::AcqRel);
         }
         Ok(if any {
             Change::Progress
@@ -313,6 +329,7 @@ impl Inventory {
             return Change::Nothing;
         }
         self.update_gauges();
+        self.revision.fetch_add(1, Ordering::AcqRel);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
         change
     }

@@ -17,13 +17,16 @@ impl Reconciler {
         uid: Option<&str>,
     ) -> Result<(), ReconcileError> {
         let fleet = &self.fleet;
+        let key = format!("{namespace}/{name}");
+        // the leader writes this deployment's rows now: a pass carried from when this
+        // replica led is out of date
+        self.carried.forget(&key);
         let stored = fleet.store.rollout(namespace, name).await?;
         let Some(row) = stored.filter(|row| uid.is_none_or(|uid| row.uid == uid)) else {
             return Ok(()); // the leader has not reconciled this deployment yet
         };
         let state = rollout_state(&row)?;
         let records = fleet.store.assignments(namespace, name).await?;
-        let key = format!("{namespace}/{name}");
         fleet.attribution.set_variants(&key, state.variant_names());
         fleet.attribution.assign(&key, &records);
         Ok(())

@@ -1,10 +1,12 @@
 //! The reconcile pipeline shared by Kubernetes and standalone mode, one file per step:
 //! [`validate`] → [`load`] → plan (pure, `edgefleet-core`) → [`apply`] (assignments in SQL,
-//! desired documents through a [`Publisher`]) → [`progress`] (the canary turn, pure) →
+//! desired documents through a [`Publisher`]; both [`carry`]-ed to the next pass while
+//! nothing they read changes) → [`progress`] (the canary turn, pure) →
 //! [`status`] (pure, plus its metrics). Where `ModelDeployment`s come from and where status
 //! goes is the adapters' business. Only `load`, `apply` and `status` touch the store.
 
 mod apply;
+mod carry;
 mod load;
 mod mirror;
 mod progress;
@@ -24,6 +26,7 @@ use edgefleet_core::site::site_caches;
 use edgefleet_core::{AssignmentRecord, DeviceFacts};
 use edgefleet_crds::{ModelDeploymentSpec, ModelDeploymentStatus, Phase};
 
+use carry::{CarriedPasses, PassInputs, Planned};
 pub use publish::{PublishError, Publisher};
 
 use crate::attribution::Attribution;
@@ -110,6 +113,9 @@ pub struct Reconciler {
     /// Serialises desired-document rebuilds: two deployments touching one device must not
     /// both read generation N and publish N+1.
     publish_lock: tokio::sync::Mutex<()>,
+    /// Each deployment's last plan and records, for passes in which nothing they depend on
+    /// changed.
+    carried: CarriedPasses,
 }
 
 impl Reconciler {
@@ -119,6 +125,7 @@ impl Reconciler {
             publisher,
             distribution: Distribution::default(),
             publish_lock: tokio::sync::Mutex::new(()),
+            carried: CarriedPasses::default(),
         }
     }
 
@@ -163,31 +170,26 @@ impl Reconciler {
             Ok(pinned) => pinned,
             Err(unresolved) => return Ok(resolve::unresolved_output(input, unresolved, now_ms)),
         };
-        let devices = self.fleet.inventory.snapshot();
-        let caches = site_caches(&devices, &self.distribution.site_label);
-        let key = input.key();
         self.fleet
             .attribution
-            .set_variants(&key, loaded.state.variant_names());
+            .set_variants(&input.key(), loaded.state.variant_names());
 
-        let plan = plan(input.uid, &pinned, &devices);
-        let mut records = self.apply(input, &plan, &caches, now_ms).await?;
+        let planned = self.plan_and_apply(input, &pinned, now_ms).await?;
         let rollups = progress::load_rollups(&self.fleet, input, &loaded.state, now_ms).await?;
         let turn = progress::turn(
             &self.fleet,
             input,
             &mut loaded.state,
-            &plan,
-            &records,
+            &planned.plan,
+            &planned.records,
             &rollups,
             now_ms,
         );
-        let plan = match turn.event {
+        let planned = match turn.event {
             // the stage moved: the devices' assignments follow at once
             Some(event) => {
                 // the first plan and its rows are out of date: not held beside the new ones
-                drop(plan);
-                drop(std::mem::take(&mut records));
+                drop(planned);
                 load::record_event(&self.fleet.store, input, &event, now_ms).await?;
                 loaded.events.push(event);
                 let pinned = RolloutState {
@@ -195,11 +197,9 @@ impl Reconciler {
                     previous: pinned.previous,
                     ..loaded.state.clone()
                 };
-                let plan = self::plan(input.uid, &pinned, &devices);
-                records = self.apply(input, &plan, &caches, now_ms).await?;
-                plan
+                self.plan_and_apply(input, &pinned, now_ms).await?
             }
-            None => plan,
+            None => planned,
         };
         load::save(&self.fleet.store, input, &loaded, now_ms).await?;
 
@@ -207,8 +207,8 @@ impl Reconciler {
             &self.fleet,
             input,
             &loaded.state,
-            &plan,
-            &records,
+            &planned.plan,
+            &planned.records,
             status::Observed {
                 verdicts: &turn.verdicts,
                 rollups: &rollups,
@@ -221,6 +221,34 @@ impl Reconciler {
             requeue_after,
             events: loaded.events,
         })
+    }
+}
+
+impl Reconciler {
+    /// The plan over the fleet and the records its write stored: the last pass's when nothing
+    /// they depend on has changed since, else planned and written now.
+    async fn plan_and_apply(
+        &self,
+        input: &DeploymentInput<'_>,
+        pinned: &RolloutState,
+        now_ms: i64,
+    ) -> Result<Planned, ReconcileError> {
+        let key = input.key();
+        // read before the fleet and the rows it covers
+        let inputs = PassInputs::new(input, pinned, self.fleet.inventory.revision());
+        if let Some(planned) = self.carried.get(&key, &inputs, now_ms) {
+            return Ok(planned);
+        }
+        let devices = self.fleet.inventory.snapshot();
+        let caches = site_caches(&devices, &self.distribution.site_label);
+        let plan = plan(input.uid, pinned, &devices);
+        let records = self.apply(input, &plan, &caches, now_ms).await?;
+        let planned = Planned {
+            plan: Arc::new(plan),
+            records: Arc::new(records),
+        };
+        self.carried.put(key, inputs, planned.clone(), now_ms);
+        Ok(planned)
     }
 }
 

@@ -15,6 +15,8 @@ impl Reconciler {
         now_ms: i64,
     ) -> Result<(), ReconcileError> {
         let fleet = &self.fleet;
+        let key = format!("{namespace}/{name}");
+        self.carried.forget(&key);
         let old = fleet.store.assignments(namespace, name).await?;
         fleet
             .store
@@ -23,7 +25,6 @@ impl Reconciler {
         let devices: Vec<String> = old.into_iter().map(|row| row.device_id).collect();
         self.publish_devices(&devices, None, now_ms).await?;
         fleet.store.purge_deployment(namespace, name).await?;
-        let key = format!("{namespace}/{name}");
         fleet.attribution.assign(&key, &[]);
         fleet.attribution.set_variants(&key, BTreeSet::new());
         fleet.telemetry.forget_deployment(namespace, name);

@@ -1,0 +1,186 @@
+//! A pass's plan and stored records, carried to the deployment's next pass. Planning,
+//! reading every assignment back and pacing cost time in proportion to the fleet, while most
+//! passes of a canary step only wait for telemetry: when nothing the plan and its write read
+//! has changed, the next pass reuses them and computes only the canary turn and the status.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use edgefleet_core::CohortKey;
+use edgefleet_core::plan::{RolloutPlan, Stage};
+use edgefleet_core::rollout::RolloutState;
+use edgefleet_crds::ModelDeploymentSpec;
+
+use super::{DeploymentInput, Records};
+
+/// The longest a pass is carried. A report this replica did not receive (its link to the
+/// broker was down while another replica recorded it) is picked up within this time.
+const MAX_CARRY_MS: i64 = 30_000;
+
+/// Everything a plan and its write depend on besides the clock.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct PassInputs {
+    uid: String,
+    generation: Option<i64>,
+    spec: ModelDeploymentSpec,
+    target: ModelDeploymentSpec,
+    previous: Option<ModelDeploymentSpec>,
+    stage: Stage,
+    demotions: BTreeSet<CohortKey>,
+    /// [`crate::inventory::Inventory::revision`] when the pass began: devices and their reports.
+    fleet_revision: u64,
+}
+
+impl PassInputs {
+    /// The inputs of a pass over `input` planning from `pinned` (target artifacts resolved).
+    pub fn new(input: &DeploymentInput<'_>, pinned: &RolloutState, fleet_revision: u64) -> Self {
+        Self {
+            uid: input.uid.to_string(),
+            generation: input.generation,
+            spec: input.spec.clone(),
+            target: pinned.target.clone(),
+            previous: pinned.previous.clone(),
+            stage: pinned.stage,
+            demotions: pinned.demotions.clone(),
+            fleet_revision,
+        }
+    }
+}
+
+/// A plan and the records its write stored.
+#[derive(Clone)]
+pub(super) struct Planned {
+    pub plan: Arc<RolloutPlan>,
+    pub records: Arc<Records>,
+}
+
+struct Carried {
+    inputs: PassInputs,
+    planned: Planned,
+    at_ms: i64,
+}
+
+/// The last pass of each deployment (`namespace/name`).
+#[derive(Default)]
+pub(super) struct CarriedPasses(Mutex<HashMap<String, Carried>>);
+
+impl CarriedPasses {
+    /// The last pass of `key` if it planned from exactly `inputs` less than
+    /// [`MAX_CARRY_MS`] ago. Any other is dropped: a pass that plans again does not hold the
+    /// old plan beside the new one.
+    pub fn get(&self, key: &str, inputs: &PassInputs, now_ms: i64) -> Option<Planned> {
+        let mut passes = self.lock();
+        let carried = passes.get(key)?;
+        let fresh = now_ms.saturating_sub(carried.at_ms) < MAX_CARRY_MS;
+        if fresh && carried.inputs == *inputs {
+            return Some(carried.planned.clone());
+        }
+        passes.remove(key);
+        None
+    }
+
+    /// Keeps the pass planned at `at_ms` for the next ones.
+    pub fn put(&self, key: String, inputs: PassInputs, planned: Planned, at_ms: i64) {
+        self.lock().insert(
+            key,
+            Carried {
+                inputs,
+                planned,
+                at_ms,
+            },
+        );
+    }
+
+    /// Forgets `key`'s pass: something other than this replica's passes wrote its rows.
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Carried>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgefleet_core::plan::plan_rollout;
+    use edgefleet_core::testutil;
+    use edgefleet_crds::Precision;
+
+    use super::*;
+
+    fn spec() -> ModelDeploymentSpec {
+        testutil::spec("1", vec![testutil::variant("fp32", Precision::Fp32, None)])
+    }
+
+    fn inputs(revision: u64, stage: Stage) -> PassInputs {
+        let spec = spec();
+        let mut state = RolloutState::first(&spec, 0);
+        state.stage = stage;
+        let input = DeploymentInput {
+            namespace: "ns",
+            name: "md",
+            uid: "u1",
+            generation: Some(1),
+            spec: &spec,
+            status: None,
+        };
+        PassInputs::new(&input, &state, revision)
+    }
+
+    fn planned() -> Planned {
+        let no_devices: [edgefleet_core::DeviceFacts; 0] = [];
+        let plan = plan_rollout(
+            "u1",
+            &spec(),
+            None,
+            Stage::Promoted,
+            &no_devices,
+            &BTreeSet::new(),
+        );
+        Planned {
+            plan: Arc::new(plan),
+            records: Arc::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_pass_is_carried_only_to_a_pass_with_the_same_inputs_within_the_age_limit() {
+        let passes = CarriedPasses::default();
+        let same = inputs(7, Stage::Promoted);
+        passes.put("ns/md".into(), same.clone(), planned(), 1_000);
+        let carried = passes.get("ns/md", &same, 1_001).expect("carried");
+        assert!(
+            passes
+                .get("ns/md", &same, 1_000 + MAX_CARRY_MS - 1)
+                .is_some()
+        );
+        assert!(
+            passes.get("ns/other", &same, 1_001).is_none(),
+            "per deployment"
+        );
+        drop(carried);
+
+        for other in [
+            inputs(8, Stage::Promoted),
+            inputs(7, Stage::Canary { step: 0 }),
+        ] {
+            passes.put("ns/md".into(), same.clone(), planned(), 1_000);
+            assert!(passes.get("ns/md", &other, 1_001).is_none(), "{other:?}");
+            assert!(
+                passes.get("ns/md", &same, 1_001).is_none(),
+                "dropped on a miss"
+            );
+        }
+
+        passes.put("ns/md".into(), same.clone(), planned(), 1_000);
+        assert!(
+            passes.get("ns/md", &same, 1_000 + MAX_CARRY_MS).is_none(),
+            "too old"
+        );
+
+        passes.put("ns/md".into(), same.clone(), planned(), 1_000);
+        passes.forget("ns/md");
+        assert!(passes.get("ns/md", &same, 1_001).is_none(), "forgotten");
+    }
+}
