@@ -572,3 +572,41 @@ async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {
     check(&status, &fleet.desired());
     assert_eq!(fleet.sent.0.lock().expect("lock").len(), published);
 }
+
+#[tokio::test]
+async fn a_pass_with_nothing_new_reuses_the_last_plan_and_a_report_is_seen_at_once() {
+    let mut fleet = fleet_of_ten().await;
+    let md = spec("1", "[{percent: 20}]");
+    assert_eq!(fleet.reconcile(&md, 1_000).await.devices.ready, 0);
+    let pool = fleet.reconciler.fleet().store.pool().clone();
+    let mark_ready_behind_the_controllers_back = |device: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("UPDATE assignments SET phase = 'Ready' WHERE device_id = $1")
+                .bind(device)
+                .execute(&pool)
+                .await
+                .expect("update");
+        }
+    };
+
+    // nothing this replica heard of changed: the pass reuses its plan and rows, unread
+    mark_ready_behind_the_controllers_back("x86-0").await;
+    assert_eq!(fleet.reconcile(&md, 2_000).await.devices.ready, 0);
+
+    // a report through the inventory is seen by the very next pass, with the rows re-read
+    let doc = fleet.desired()["x86-1"].clone();
+    fleet
+        .reconciler
+        .fleet()
+        .inventory
+        .apply_state(&ready_report("x86-1", &doc), 2_500)
+        .await
+        .expect("state");
+    assert_eq!(fleet.reconcile(&md, 3_000).await.devices.ready, 2);
+
+    // and a pass is not carried for more than 30 s, whatever the replica missed
+    mark_ready_behind_the_controllers_back("x86-2").await;
+    assert_eq!(fleet.reconcile(&md, 32_000).await.devices.ready, 2);
+    assert_eq!(fleet.reconcile(&md, 33_000).await.devices.ready, 3);
+}
