@@ -165,9 +165,9 @@ pub struct RolloutPlan {
 
 impl RolloutPlan {
     /// The canary cohorts of the step, with their devices.
-    pub fn canary_cohorts(&self) -> BTreeMap<CohortKey, Vec<DeviceId>> {
+    pub fn canary_cohorts(&self) -> BTreeMap<&CohortKey, &[DeviceId]> {
         self.role_cohorts(Role::Canary)
-            .map(|(key, devices)| (key.clone(), devices.clone()))
+            .map(|(key, devices)| (key, devices.as_slice()))
             .collect()
     }
 
@@ -194,6 +194,13 @@ impl RolloutPlan {
             .iter()
             .filter(move |(c, _)| c.role == role)
             .map(|(c, devices)| (&c.key, devices))
+    }
+
+    /// Whether the plan saw `device` online (unknown devices are not).
+    pub fn is_online(&self, device: &str) -> bool {
+        self.devices
+            .binary_search_by(|d| d.device.as_str().cmp(device))
+            .is_ok_and(|i| self.devices[i].online)
     }
 
     pub fn device(&self, id: &DeviceId) -> Option<&DevicePlan> {

@@ -2,7 +2,7 @@
 //! passed, and carry out the step decision on the rollout state. Telemetry comes in through
 //! [`Evidence`], so the whole turn is pure and replayable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use edgefleet_protocol::wire::Role;
 
@@ -43,7 +43,7 @@ pub fn step(
         return StepOutcome::default();
     };
     let target_version = state.target.model.version.clone();
-    let ready: BTreeSet<&str> = records
+    let ready: HashSet<&str> = records
         .iter()
         .filter(|r| r.version == target_version && r.role == Role::Canary && r.is_ready())
         .map(|r| r.device_id.as_str())
@@ -52,20 +52,17 @@ pub fn step(
         .canary_cohorts()
         .into_iter()
         .map(|(key, members)| {
-            let online: Vec<_> = members
-                .iter()
-                .filter(|id| plan.device(id).is_some_and(|d| d.online))
-                .collect();
-            let readiness = CanaryReadiness {
+            let mut readiness = CanaryReadiness {
                 canaries: members.len() as u32,
-                online: online.len() as u32,
-                ready: online
-                    .iter()
-                    .filter(|id| ready.contains(id.as_str()))
-                    .count() as u32,
+                online: 0,
+                ready: 0,
             };
-            let record = state.cohorts.get(&key).copied().unwrap_or_default();
-            (key, StepCohort { record, readiness })
+            for id in members.iter().filter(|id| plan.is_online(id.as_str())) {
+                readiness.online += 1;
+                readiness.ready += u32::from(ready.contains(id.as_str()));
+            }
+            let record = state.cohorts.get(key).copied().unwrap_or_default();
+            (key.clone(), StepCohort { record, readiness })
         })
         .collect();
     state.ready_since_ms = ready_since(state.ready_since_ms, &cohorts, now_ms);

@@ -1,7 +1,7 @@
 //! `ModelDeployment.status` from the plan, the devices' reports and the rollout state. Pure:
 //! the same inputs give the same status, so the adapters patch only when something changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::assignment::AssignmentRecord;
 use crate::plan::{RolloutPlan, Source, Stage};
@@ -27,33 +27,25 @@ pub struct StatusInput<'a> {
 
 pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
     let target_version = &input.state.target.model.version;
-    let on_target = |r: &&AssignmentRecord| &r.version == target_version;
-    let ready = |r: &&AssignmentRecord| r.is_ready();
+    let rows = RowTally::of(input.rows, target_version);
     let counts = &input.plan.counts;
     let devices = DeviceCounts {
         matched: counts.matched,
         assigned: counts.assigned,
-        updated: input.rows.iter().filter(on_target).count() as u32,
-        ready: input.rows.iter().filter(on_target).filter(ready).count() as u32,
-        failed: input.rows.iter().filter(|r| r.is_failed()).count() as u32,
+        updated: rows.updated,
+        ready: rows.ready,
+        failed: rows.failed,
         offline: counts.offline,
         no_fit: counts.no_fit,
         demoted: counts.demoted,
         kept_previous: counts.kept_previous,
     };
-
-    let online: std::collections::HashSet<&str> = input
-        .plan
-        .devices
-        .iter()
-        .filter(|d| d.online)
-        .map(|d| d.device.as_str())
-        .collect();
+    // settled: every device online is ready (only the rows not ready need a look at the plan)
     let settled = input
         .rows
         .iter()
-        .filter(|r| online.contains(r.device_id.as_str()))
-        .all(|r| ready(&r));
+        .filter(|r| !r.is_ready())
+        .all(|r| !input.plan.is_online(&r.device_id));
     let (phase, current_step) = match input.state.stage {
         Stage::Canary { step } => (Phase::Progressing, step as u32 + 1),
         Stage::Promoted if settled => (
@@ -73,17 +65,15 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
         .variants
         .iter()
         .map(|v| {
-            let rows = || {
-                input
-                    .rows
-                    .iter()
-                    .filter(on_target)
-                    .filter(|r| r.variant == v.name)
-            };
+            let (devices, ready) = rows
+                .by_variant
+                .get(v.name.as_str())
+                .copied()
+                .unwrap_or_default();
             VariantStatus {
                 name: v.name.clone(),
-                devices: rows().count() as u32,
-                ready: rows().filter(ready).count() as u32,
+                devices,
+                ready,
                 p95_latency_ms: input.variant_p95_ms.get(&v.name).map(|p| round2(*p)),
             }
         })
@@ -94,6 +84,7 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
     let canary_cohorts = input.plan.canary_cohorts();
     let keys: std::collections::BTreeSet<&CohortKey> = canary_cohorts
         .keys()
+        .copied()
         .chain(input.state.cohorts.keys())
         .collect();
     let cohorts = keys
@@ -193,6 +184,40 @@ pub fn build_status(input: &StatusInput<'_>) -> ModelDeploymentStatus {
         variants,
         cohorts,
         conditions,
+    }
+}
+
+/// What the rows say, counted in one pass.
+struct RowTally<'a> {
+    /// Rows on the target version, and those of them ready.
+    updated: u32,
+    ready: u32,
+    failed: u32,
+    /// Per variant of the target version: (rows, ready).
+    by_variant: HashMap<&'a str, (u32, u32)>,
+}
+
+impl<'a> RowTally<'a> {
+    fn of(rows: &'a [AssignmentRecord], target_version: &str) -> Self {
+        let mut tally = Self {
+            updated: 0,
+            ready: 0,
+            failed: 0,
+            by_variant: HashMap::new(),
+        };
+        for row in rows {
+            tally.failed += u32::from(row.is_failed());
+            if row.version != target_version {
+                continue;
+            }
+            let ready = u32::from(row.is_ready());
+            tally.updated += 1;
+            tally.ready += ready;
+            let variant = tally.by_variant.entry(row.variant.as_str()).or_default();
+            variant.0 += 1;
+            variant.1 += ready;
+        }
+        tally
     }
 }
 
@@ -306,9 +331,10 @@ fn demoted_cohorts(input: &StatusInput<'_>) -> String {
 
 /// Which devices failed and why (the first few), for the Degraded condition.
 fn failed_devices(rows: &[AssignmentRecord]) -> String {
-    let failed: Vec<String> = rows
-        .iter()
-        .filter(|r| r.is_failed())
+    let mut failed = rows.iter().filter(|r| r.is_failed());
+    let named: Vec<String> = failed
+        .by_ref()
+        .take(3)
         .map(|r| {
             format!(
                 "{}: {}",
@@ -317,10 +343,10 @@ fn failed_devices(rows: &[AssignmentRecord]) -> String {
             )
         })
         .collect();
-    match failed.len() {
-        0 => "no device reports a failure".into(),
-        n if n <= 3 => failed.join("; "),
-        n => format!("{} and {} more", failed[..3].join("; "), n - 3),
+    match (named.len(), failed.count()) {
+        (0, _) => "no device reports a failure".into(),
+        (_, 0) => named.join("; "),
+        (_, more) => format!("{} and {more} more", named.join("; ")),
     }
 }
 
@@ -356,4 +382,99 @@ fn round2(value: f64) -> f64 {
 
 fn round4(value: f64) -> f64 {
     (value * 10_000.0).round() / 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use edgefleet_crds::Precision;
+    use edgefleet_protocol::wire::{ModelPhase, Role};
+
+    use super::*;
+    use crate::plan::plan_rollout;
+    use crate::testutil::{device, record, spec, variant};
+
+    fn status_of(
+        devices: &[crate::DeviceFacts],
+        rows: &[AssignmentRecord],
+    ) -> ModelDeploymentStatus {
+        let spec = spec("2", vec![variant("int8", Precision::Int8, None)]);
+        let state = RolloutState::first(&spec, 0);
+        let plan = plan_rollout("u", &spec, None, Stage::Promoted, devices, &BTreeSet::new());
+        build_status(&StatusInput {
+            generation: Some(1),
+            state: &state,
+            plan: &plan,
+            rows,
+            verdicts: &BTreeMap::new(),
+            variant_p95_ms: &BTreeMap::new(),
+            previous: None,
+            now_rfc3339: "2026-12-07T00:00:00Z",
+        })
+    }
+
+    #[test]
+    fn counts_come_from_the_rows_and_only_online_devices_hold_up_success() {
+        let mut offline = device("e");
+        offline.online = false;
+        let devices = [device("a"), device("b"), device("c"), offline];
+        let ready = Some(ModelPhase::Ready);
+        let mut rows = vec![
+            record("a", "2", Role::Stable, ready),
+            record("b", "2", Role::Stable, ready),
+            record("c", "1", Role::Stable, ready),
+            record("e", "2", Role::Stable, Some(ModelPhase::Downloading)),
+        ];
+        let status = status_of(&devices, &rows);
+        assert_eq!(
+            (status.devices.updated, status.devices.ready),
+            (3, 2),
+            "c is still on 1"
+        );
+        assert_eq!(status.variants.len(), 1);
+        assert_eq!(
+            (status.variants[0].devices, status.variants[0].ready),
+            (3, 2)
+        );
+        assert_eq!(status.phase, Phase::Succeeded, "e is offline");
+
+        rows[1].phase = Some(ModelPhase::Downloading);
+        assert_eq!(
+            status_of(&devices, &rows).phase,
+            Phase::Progressing,
+            "b is online"
+        );
+    }
+
+    #[test]
+    fn the_degraded_condition_names_three_failed_devices_and_counts_the_rest() {
+        let names = ["a", "b", "c", "d", "e"];
+        let devices: Vec<_> = names.iter().map(|n| device(n)).collect();
+        let mut rows: Vec<_> = names
+            .iter()
+            .map(|n| record(n, "2", Role::Stable, Some(ModelPhase::Failed)))
+            .collect();
+        rows[0].phase_reason = Some("disk full".into());
+        let message = |rows: &[AssignmentRecord]| {
+            let status = status_of(&devices, rows);
+            let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+            (
+                status.devices.failed,
+                degraded.expect("Degraded").message.clone(),
+            )
+        };
+        assert_eq!(
+            message(&rows),
+            (
+                5,
+                "a: disk full; b: no reason given; c: no reason given and 2 more".into()
+            )
+        );
+        assert_eq!(
+            message(&rows[..2]),
+            (2, "a: disk full; b: no reason given".into())
+        );
+        assert_eq!(message(&[]), (0, "no device reports a failure".into()));
+    }
 }

@@ -21,18 +21,35 @@ pub const CHUNK: usize = 500;
 
 /// `$first, $first+1, ...` for `count` parameters.
 pub(super) fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::with_capacity(count * 7);
+    push_placeholders(&mut out, first, count);
+    out
 }
 
-/// `($first, …), ($first+columns, …), …`: the VALUES rows of a multi-row statement.
+/// `($first, …), ($first+columns, …), …`: the VALUES rows of a multi-row statement. Written
+/// into one buffer: a chunk's statement has thousands of placeholders, and a rollout to 100k
+/// devices builds hundreds of statements.
 pub(super) fn value_rows(first: usize, rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|i| format!("({})", placeholders(first + columns * i, columns)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::with_capacity(rows * (columns * 7 + 4));
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        push_placeholders(&mut out, first + columns * row, columns);
+        out.push(')');
+    }
+    out
+}
+
+fn push_placeholders(out: &mut String, first: usize, count: usize) {
+    use std::fmt::Write as _;
+    for i in first..first + count {
+        if i > first {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "${i}"); // writing to a String cannot fail
+    }
 }
 
 /// How the database wants statement parameters written. Batch statements are built with

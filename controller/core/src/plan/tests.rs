@@ -129,7 +129,7 @@ fn a_canary_step_puts_a_share_of_each_cohort_on_the_target() {
     assert_eq!(plan.counts.stable, 36);
     let cohorts = plan.canary_cohorts();
     assert_eq!(
-        cohorts.keys().cloned().collect::<Vec<_>>(),
+        cohorts.keys().map(|k| (*k).clone()).collect::<Vec<_>>(),
         [CohortKey::new(SMALL, "int8"), CohortKey::new(LARGE, "fp16")]
     );
     assert!(cohorts.values().all(|devices| devices.len() == 2));
@@ -435,7 +435,7 @@ fn demotion_moves_only_the_failing_class_to_its_next_best_variant() {
     let plan = first_step_of_fleet(&BTreeSet::from([CohortKey::new(LARGE, "fp16")]));
     let cohorts = plan.canary_cohorts();
     assert_eq!(
-        cohorts.keys().cloned().collect::<Vec<_>>(),
+        cohorts.keys().map(|k| (*k).clone()).collect::<Vec<_>>(),
         [CohortKey::new(SMALL, "int8"), CohortKey::new(LARGE, "int8")]
     );
     let large = plan.device(&id("dev-01")).expect("planned");
