@@ -19,13 +19,17 @@ const TABLES: [&str; 9] = [
 ];
 
 /// Both databases are driven through sqlx's Any driver, as the controller does.
-async fn assert_migrated(url: &str) {
+async fn any_pool(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
+    sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
         .connect(url)
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+async fn assert_migrated(url: &str) {
+    let pool = any_pool(url).await;
     MIGRATOR.run(&pool).await.expect("migrations apply");
     for table in TABLES {
         let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
@@ -54,12 +58,7 @@ async fn migrations_apply_to_postgres() {
 /// Rows written before `assignment_entries` existed carried their JSON and reason; the
 /// migration moves each distinct pair into one entry and the rows read back unchanged.
 async fn assert_rows_survive_the_entries_migration(url: &str) {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .expect("connect");
+    let pool = any_pool(url).await;
     let before_entries = Migrator {
         migrations: MIGRATOR
             .migrations
