@@ -10,7 +10,8 @@
 #
 # Python tools, in ${EDGEFLEET_COMPRESS_VENV:-$HOME/.cache/edgefleet/tools/compress-venv}:
 #   onnxruntime + onnx + numpy, used by the tests to check that compressed models load and run in
-#   onnxruntime, and by compress-bench for onnxruntime latency and `quantize_dynamic`.
+#   onnxruntime, and by compress-bench for onnxruntime latency and `quantize_dynamic`; int8-static
+#   is made with its `quantize_static`; pillow renders the document pages it is calibrated on.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -72,5 +73,10 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c "import onnxruntime,
 else
     echo "fetch-compress-models: $venv ready"
 fi
-"$venv/bin/python" -c "import onnxruntime, onnx, numpy; print('fetch-compress-models: onnxruntime', onnxruntime.__version__, 'onnx', onnx.__version__, 'numpy', numpy.__version__)"
+# Pillow renders the document pages int8-static is calibrated and evaluated on
+# (tests/tools/render-documents.py); an existing venv gets it added.
+if ! "$venv/bin/python" -c "import PIL" 2>/dev/null; then
+    "$venv/bin/python" -m pip install --quiet "pillow==12.0.0" || "$venv/bin/python" -m pip install --quiet pillow
+fi
+"$venv/bin/python" -c "import onnxruntime, onnx, numpy, PIL; print('fetch-compress-models: onnxruntime', onnxruntime.__version__, 'onnx', onnx.__version__, 'numpy', numpy.__version__, 'pillow', PIL.__version__)"
 echo "fetch-compress-models: models in $dest, python in $venv/bin/python"

@@ -16,7 +16,8 @@ use crate::gguf::{self, GgufOptions};
 use crate::measure::{OrtOptions, OrtRunner, Task};
 use crate::quantize::{self, DEFAULT_MIN_ELEMENTS};
 use crate::report::{
-    self, CompressOptions, DEFAULT_URI_TEMPLATE, ImportOptions, MeasureOptions, VariantKind,
+    self, CompressOptions, DEFAULT_CALIBRATION_SAMPLES, DEFAULT_URI_TEMPLATE, ImportOptions,
+    MeasureOptions, VariantKind,
 };
 use crate::tensor::ShapeOptions;
 
@@ -36,7 +37,9 @@ pub struct CompressArgs {
     #[arg(long, env = "EDGEFLEET_COMPRESS_OUT", required = true)]
     pub out: Option<PathBuf>,
     /// Variants to make, comma-separated: fp16 and int8 store weights smaller (same speed as
-    /// fp32); int8-dynamic also quantizes activations at run time, for MatMul-heavy models.
+    /// fp32); int8-dynamic also quantizes activations at run time, for MatMul-heavy models;
+    /// int8-static (not by default: it wants --calibration and --ort-python) quantizes a CNN's
+    /// activations with calibrated ranges.
     #[arg(
         long,
         env = "EDGEFLEET_COMPRESS_VARIANTS",
@@ -45,6 +48,13 @@ pub struct CompressArgs {
         default_value = "fp16,int8,int8-dynamic"
     )]
     pub variants: Vec<VariantKind>,
+    /// int8-static: inputs its activation ranges are calibrated on (.npy or JSON, like
+    /// --inputs, and never the same file); default: generated, with a warning.
+    #[arg(long, env = "EDGEFLEET_COMPRESS_CALIBRATION")]
+    pub calibration: Option<PathBuf>,
+    /// int8-static: at most this many calibration inputs.
+    #[arg(long, env = "EDGEFLEET_COMPRESS_CALIBRATION_SAMPLES", default_value_t = DEFAULT_CALIBRATION_SAMPLES)]
+    pub calibration_samples: usize,
     /// Tensors with fewer elements stay fp32.
     #[arg(long, env = "EDGEFLEET_COMPRESS_MIN_ELEMENTS", default_value_t = DEFAULT_MIN_ELEMENTS)]
     pub min_elements: usize,
@@ -257,6 +267,9 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
             }
             let mut variants = args.variants;
             variants.dedup();
+            if args.calibration_samples == 0 {
+                bail!("--calibration-samples must be at least 1");
+            }
             let options = CompressOptions {
                 variants,
                 quantize: quantize::Options {
@@ -265,6 +278,8 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
                 measure: args.measure.options()?,
                 uri_template: args.artifact.uri_template,
                 model_name: args.artifact.model_name,
+                calibration: args.calibration,
+                calibration_samples: args.calibration_samples,
             };
             let report = report::compress(&model, &out, &options)?;
             eprintln!(
@@ -339,6 +354,26 @@ mod tests {
         .expect("compress");
         assert_eq!(cli.args.variants, vec![VariantKind::Int8]);
         assert!(cli.args.command.is_none());
+        assert_eq!(cli.args.calibration_samples, DEFAULT_CALIBRATION_SAMPLES);
+        let calibrated = Cli::try_parse_from([
+            "compress",
+            "m.onnx",
+            "--out",
+            "d",
+            "--variants",
+            "int8-static",
+            "--calibration",
+            "pages.npy",
+            "--calibration-samples",
+            "8",
+        ])
+        .expect("int8-static");
+        assert_eq!(calibrated.args.variants, vec![VariantKind::Int8Static]);
+        assert_eq!(
+            calibrated.args.calibration,
+            Some(PathBuf::from("pages.npy"))
+        );
+        assert_eq!(calibrated.args.calibration_samples, 8);
         let opts = cli.args.measure.options().expect("options");
         assert_eq!(opts.shapes.shapes["x"], vec![1, 3, 48, 192]);
 

@@ -7,12 +7,14 @@
 //!
 //! Library entry points:
 //! - [`quantize_int8`], [`convert_fp16`]: bytes → bytes rewrites of the ONNX protobuf;
+//! - [`calibrated::quantize_static`]: static int8 through onnxruntime's `quantize_static`;
 //! - [`rehydrate`]: the agent-side inverse that folds the int8/fp16 weights back to fp32;
 //! - [`compress`], [`measure_import`]: the measured pipelines behind the CLI, returning a
 //!   [`Report`]; [`variants_yaml`] turns a report into CRD variants;
 //! - [`compress_gguf`]: the GGUF pipeline, returning a [`GgufReport`];
 //! - [`run`] with [`CompressArgs`]: the CLI.
 
+pub mod calibrated;
 mod cli;
 pub mod dynamic;
 #[cfg(feature = "gguf")]

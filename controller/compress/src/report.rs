@@ -4,7 +4,8 @@
 mod options;
 mod render;
 pub use options::{
-    CompressOptions, DEFAULT_URI_TEMPLATE, ImportOptions, MeasureOptions, VariantKind,
+    CompressOptions, DEFAULT_CALIBRATION_SAMPLES, DEFAULT_URI_TEMPLATE, ImportOptions,
+    MeasureOptions, VariantKind,
 };
 pub use render::{markdown, min_memory_mib, variants, variants_yaml};
 
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::pb::ModelProto;
 use tract_onnx::pb::tensor_proto::DataType;
 
+use crate::calibrated::{self, Calibration};
 use crate::measure::{self, Drift, Outputs, TractRunner};
 use crate::quantize::{self, RewriteSummary};
 use crate::tensor::{self, InputSpec, Sample};
@@ -361,6 +363,18 @@ pub fn compress(
             VariantKind::Fp16 => quantize::convert_fp16(&bytes, options.quantize),
             VariantKind::Int8 => quantize::quantize_int8(&bytes, options.quantize),
             VariantKind::Int8Dynamic => dynamic::quantize_dynamic(&bytes, options.quantize),
+            VariantKind::Int8Static => calibrated::make(
+                model_path,
+                &model,
+                &base.specs,
+                &Calibration {
+                    file: options.calibration.as_deref(),
+                    samples: options.calibration_samples,
+                    drift_inputs: options.measure.inputs.as_deref(),
+                    drift_seed: options.measure.seed,
+                },
+                options.measure.ort.as_ref(),
+            )?,
         };
         let (out, summary) = match made {
             Ok(made) => made,

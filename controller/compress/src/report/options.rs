@@ -22,6 +22,11 @@ pub enum VariantKind {
     #[value(name = "int8-dynamic")]
     #[serde(rename = "int8-dynamic")]
     Int8Dynamic,
+    /// Activations quantized ahead of time with ranges calibrated on inputs: convolutions on
+    /// integer kernels (ONNX Runtime's `quantize_static`, see `calibrated`).
+    #[value(name = "int8-static")]
+    #[serde(rename = "int8-static")]
+    Int8Static,
 }
 
 impl VariantKind {
@@ -30,13 +35,22 @@ impl VariantKind {
             VariantKind::Fp16 => "fp16",
             VariantKind::Int8 => "int8",
             VariantKind::Int8Dynamic => "int8-dynamic",
+            VariantKind::Int8Static => "int8-static",
         }
+    }
+
+    /// Activations quantized too: the variant exists for speed, so it is not offered where it
+    /// was measured slower than fp32.
+    pub fn quantizes_activations(self) -> bool {
+        matches!(self, VariantKind::Int8Dynamic | VariantKind::Int8Static)
     }
 
     pub fn precision(self) -> Precision {
         match self {
             VariantKind::Fp16 => Precision::Fp16,
-            VariantKind::Int8 | VariantKind::Int8Dynamic => Precision::Int8,
+            VariantKind::Int8 | VariantKind::Int8Dynamic | VariantKind::Int8Static => {
+                Precision::Int8
+            }
         }
     }
 }
@@ -84,7 +98,15 @@ pub struct CompressOptions {
     pub uri_template: String,
     /// `{model}` in the template; default: the file stem, lower-cased.
     pub model_name: Option<String>,
+    /// Inputs `int8-static` is calibrated on (`.npy` or JSON, like `measure.inputs`); default:
+    /// generated ones, with a warning in the report.
+    pub calibration: Option<PathBuf>,
+    /// At most this many calibration inputs are used.
+    pub calibration_samples: usize,
 }
+
+/// Calibration inputs used when none are given.
+pub const DEFAULT_CALIBRATION_SAMPLES: usize = 32;
 
 impl Default for CompressOptions {
     fn default() -> Self {
@@ -98,6 +120,8 @@ impl Default for CompressOptions {
             measure: MeasureOptions::default(),
             uri_template: DEFAULT_URI_TEMPLATE.into(),
             model_name: None,
+            calibration: None,
+            calibration_samples: DEFAULT_CALIBRATION_SAMPLES,
         }
     }
 }

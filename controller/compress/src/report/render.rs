@@ -47,7 +47,10 @@ pub fn slower_than_fp32(
     v: &VariantReport,
     runtime: Runtime,
 ) -> Option<(f64, f64)> {
-    if v.name != VariantKind::Int8Dynamic.name() {
+    let activation_quantized = <VariantKind as clap::ValueEnum>::value_variants()
+        .iter()
+        .any(|kind| kind.quantizes_activations() && kind.name() == v.name);
+    if !activation_quantized {
         return None;
     }
     let latency = |v: &VariantReport| match runtime {
@@ -178,8 +181,14 @@ pub fn markdown(report: &Report) -> String {
                 let _ = writeln!(s, "\n- {}: {note}", v.name);
             }
         }
-        if let Some(e) = v.tract.error.as_ref().filter(|_| v.tract.loaded) {
-            let _ = writeln!(s, "\n- {}: tract drift not measured: {e}", v.name);
+        match (&v.tract.error, v.tract.loaded) {
+            (Some(e), true) => {
+                let _ = writeln!(s, "\n- {}: tract drift not measured: {e}", v.name);
+            }
+            (Some(e), false) => {
+                let _ = writeln!(s, "\n- {}: tract cannot run it: {e}", v.name);
+            }
+            (None, _) => {}
         }
         if let Some(o) = &v.onnxruntime
             && let Some(e) = &o.error
