@@ -368,6 +368,8 @@ pub struct OrtRunner {
 pub struct OrtResult {
     pub outputs: Vec<Outputs>,
     pub latency_ms: f64,
+    /// The reference's median latency, timed alternately with this model ([`OrtRunner::run_paired`]).
+    pub paired_latency_ms: Option<f64>,
     pub version: String,
 }
 
@@ -375,6 +377,7 @@ pub struct OrtResult {
 struct OrtJson {
     error: Option<String>,
     latency_ms: Option<f64>,
+    paired_latency_ms: Option<f64>,
     outputs: Option<usize>,
     version: Option<String>,
 }
@@ -422,6 +425,19 @@ impl OrtRunner {
         runs: usize,
         options: OrtOptions,
     ) -> anyhow::Result<OrtResult> {
+        self.run_paired(model, None, samples, runs, options)
+    }
+
+    /// [`OrtRunner::run`], timing `reference` too, alternately run for run in the same
+    /// process, so that a variant and fp32 are compared under the same load of the machine.
+    pub fn run_paired(
+        &self,
+        model: &Path,
+        reference: Option<&Path>,
+        samples: &[Sample],
+        runs: usize,
+        options: OrtOptions,
+    ) -> anyhow::Result<OrtResult> {
         ensure!(!samples.is_empty(), "no samples");
         let dir = tempfile::tempdir()?;
         let script = dir.path().join("ort_run.py");
@@ -437,6 +453,7 @@ impl OrtRunner {
             "runs": runs.max(1),
             "threads": self.threads,
             "disable_quant_qdq": options.disable_quant_qdq,
+            "paired_with": reference,
         });
         std::fs::write(dir.path().join("spec.json"), serde_json::to_vec(&spec)?)?;
         let out = Command::new(&self.python)
@@ -471,6 +488,7 @@ impl OrtRunner {
         Ok(OrtResult {
             outputs,
             latency_ms: result.latency_ms.unwrap_or(f64::NAN),
+            paired_latency_ms: result.paired_latency_ms,
             version: result.version.unwrap_or_default(),
         })
     }

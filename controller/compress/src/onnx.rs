@@ -9,6 +9,8 @@ use tract_onnx::pb::{
     AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, attribute_proto,
 };
 
+use edgefleet_crds::Precision;
+
 use crate::CompressError;
 
 /// Decodes and sanity-checks an ONNX model. Refuses models whose tensors live in external
@@ -285,5 +287,46 @@ impl Namer {
         }
         self.used.insert(name.clone());
         name
+    }
+}
+
+/// The precision a model's graph suggests: quantized operators → int8 (int4 when its
+/// quantized weights are 4-bit), fp16 initializers → fp16, else fp32.
+pub fn detect_precision(model: &ModelProto) -> Precision {
+    let Some(graph) = model.graph.as_ref() else {
+        return Precision::Fp32;
+    };
+    const QUANT_OPS: [&str; 8] = [
+        "DequantizeLinear",
+        "QuantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulNBits",
+    ];
+    let quantized = graph
+        .node
+        .iter()
+        .any(|n| QUANT_OPS.contains(&n.op_type.as_str()));
+    let int4 = graph
+        .initializer
+        .iter()
+        .any(|t| t.data_type == DataType::Int4 as i32 || t.data_type == DataType::Uint4 as i32)
+        || graph
+            .node
+            .iter()
+            .any(|n| n.op_type == "MatMulNBits" && get_attr_int(n, "bits").unwrap_or(4) == 4);
+    let fp16 = graph
+        .initializer
+        .iter()
+        .any(|t| t.data_type == DataType::Float16 as i32);
+    match (quantized, int4, fp16) {
+        (true, true, _) => Precision::Int4,
+        (true, false, true) => Precision::Mixed,
+        (true, false, false) => Precision::Int8,
+        (false, _, true) => Precision::Fp16,
+        _ => Precision::Fp32,
     }
 }

@@ -2,8 +2,13 @@
 
 usage: ort_run.py MODEL WORKDIR
 WORKDIR holds spec.json {"inputs": [names], "samples": n, "runs": r, "threads": t,
-"disable_quant_qdq": bool} and in_{sample}_{input}.npy; this writes out_{sample}_{output}.npy and
-result.json {"outputs": count, "latency_ms": median, "version"} or {"error": message}.
+"disable_quant_qdq": bool, "paired_with": optional model path} and in_{sample}_{input}.npy; this
+writes out_{sample}_{output}.npy and result.json {"outputs": count, "latency_ms": median,
+"paired_latency_ms": median or null, "version"} or {"error": message}.
+
+With "paired_with" (the fp32 reference), both models are timed alternately, run for run, in this
+one process: a close call between a variant and fp32 is then decided on the same machine state,
+not on two moments of a shared machine.
 """
 
 import json
@@ -37,6 +42,13 @@ def main():
     except Exception as e:  # noqa: BLE001 - reported to the caller
         done({"error": f"load failed: {e}".strip()})
         return
+    paired = None
+    if spec.get("paired_with"):
+        try:
+            paired = ort.InferenceSession(spec["paired_with"], so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001
+            done({"error": f"loading the reference failed: {e}".strip()})
+            return
     names = spec["inputs"]
     feeds = []
     for s in range(int(spec["samples"])):
@@ -50,17 +62,25 @@ def main():
             count = len(outs)
             for k, o in enumerate(outs):
                 np.save(os.path.join(workdir, f"out_{s}_{k}.npy"), np.ascontiguousarray(o))
+        sessions = [sess] if paired is None else [sess, paired]
         for _ in range(2):
-            sess.run(None, feeds[0])
-        times = []
+            for session in sessions:
+                session.run(None, feeds[0])
+        times = [[] for _ in sessions]
         for _ in range(int(spec["runs"])):
-            start = time.perf_counter()
-            sess.run(None, feeds[0])
-            times.append((time.perf_counter() - start) * 1000.0)
+            for session, timed in zip(sessions, times):
+                start = time.perf_counter()
+                session.run(None, feeds[0])
+                timed.append((time.perf_counter() - start) * 1000.0)
     except Exception as e:  # noqa: BLE001
         done({"error": f"run failed: {e}".strip()})
         return
-    done({"outputs": count, "latency_ms": statistics.median(times), "version": ort.__version__})
+    done({
+        "outputs": count,
+        "latency_ms": statistics.median(times[0]),
+        "paired_latency_ms": statistics.median(times[1]) if paired is not None else None,
+        "version": ort.__version__,
+    })
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ use edgefleet_crds::{Artifact, ModelFormat, Precision, Quality, Requirements, Ru
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tract_onnx::pb::ModelProto;
-use tract_onnx::pb::tensor_proto::DataType;
 
 use crate::calibrated::{self, Calibration};
 use crate::measure::{self, Drift, Outputs, TractRunner};
+pub use crate::onnx::detect_precision;
 use crate::quantize::{self, RewriteSummary};
 use crate::tensor::{self, InputSpec, Sample};
 use crate::{CompressError, dynamic, onnx};
@@ -39,6 +39,10 @@ pub struct RuntimeMeasurement {
     pub drift: Option<Drift>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// fp32's latency timed alternately with this variant in the same process (onnxruntime):
+    /// what "faster than fp32" is decided on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp32_latency_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -124,6 +128,7 @@ type OrtBaseline = (Vec<Outputs>, f64, String);
 
 /// What the reference produced, shared by every variant's measurement.
 struct Baseline {
+    reference: PathBuf,
     specs: Vec<InputSpec>,
     classifier: Vec<bool>,
     samples: Vec<Sample>,
@@ -165,6 +170,7 @@ fn baseline(
         .map(|o| measure::classifier_outputs(reference, &o, options.task))
         .unwrap_or_default();
     Ok(Baseline {
+        reference: reference_path.to_path_buf(),
         specs,
         classifier,
         samples,
@@ -211,6 +217,7 @@ fn measure_tract(bytes: &[u8], base: &Baseline, options: &MeasureOptions) -> Run
                 latency_ms: Some(latency),
                 drift,
                 version: Some("tract-onnx 0.23".into()),
+                fp32_latency_ms: None,
             }
         }
     }
@@ -223,7 +230,13 @@ fn measure_ort(
 ) -> Option<RuntimeMeasurement> {
     let runner = options.ort.as_ref()?;
     Some(
-        match runner.run(path, &base.samples, options.runs, options.ort_options) {
+        match runner.run_paired(
+            path,
+            Some(&base.reference),
+            &base.samples,
+            options.runs,
+            options.ort_options,
+        ) {
             Err(e) => RuntimeMeasurement {
                 loaded: false,
                 error: Some(format!("{e:#}")),
@@ -246,6 +259,7 @@ fn measure_ort(
                     latency_ms: Some(r.latency_ms),
                     drift,
                     version: Some(format!("onnxruntime {}", r.version)),
+                    fp32_latency_ms: r.paired_latency_ms,
                 }
             }
         },
@@ -266,6 +280,7 @@ fn reference_report(
             latency_ms: Some(*latency),
             drift: measure::drift(outputs, outputs, &base.classifier).ok(),
             version: Some("tract-onnx 0.23".into()),
+            fp32_latency_ms: None,
         },
         Err(e) => RuntimeMeasurement {
             loaded: false,
@@ -280,6 +295,7 @@ fn reference_report(
             latency_ms: Some(*latency),
             drift: measure::drift(outputs, outputs, &base.classifier).ok(),
             version: Some(format!("onnxruntime {version}")),
+            fp32_latency_ms: None,
         },
         Err(e) => RuntimeMeasurement {
             loaded: false,
@@ -431,47 +447,6 @@ pub fn compress(
     };
     write_outputs(&report, out_dir)?;
     Ok(report)
-}
-
-/// The precision a model's graph suggests: quantized operators → int8 (int4 when its
-/// quantized weights are 4-bit), fp16 initializers → fp16, else fp32.
-pub fn detect_precision(model: &ModelProto) -> Precision {
-    let Some(graph) = model.graph.as_ref() else {
-        return Precision::Fp32;
-    };
-    const QUANT_OPS: [&str; 8] = [
-        "DequantizeLinear",
-        "QuantizeLinear",
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "QLinearConv",
-        "QLinearMatMul",
-        "MatMulNBits",
-    ];
-    let quantized = graph
-        .node
-        .iter()
-        .any(|n| QUANT_OPS.contains(&n.op_type.as_str()));
-    let int4 = graph
-        .initializer
-        .iter()
-        .any(|t| t.data_type == DataType::Int4 as i32 || t.data_type == DataType::Uint4 as i32)
-        || graph
-            .node
-            .iter()
-            .any(|n| n.op_type == "MatMulNBits" && onnx::get_attr_int(n, "bits").unwrap_or(4) == 4);
-    let fp16 = graph
-        .initializer
-        .iter()
-        .any(|t| t.data_type == DataType::Float16 as i32);
-    match (quantized, int4, fp16) {
-        (true, true, _) => Precision::Int4,
-        (true, false, true) => Precision::Mixed,
-        (true, false, false) => Precision::Int8,
-        (false, _, true) => Precision::Fp16,
-        _ => Precision::Fp32,
-    }
 }
 
 /// Measures a variant made elsewhere against its fp32 reference. A variant tract cannot load is

@@ -116,10 +116,9 @@ fn orientation_int8_static_calibrated_on_pages_agrees_with_fp32_on_other_pages()
         (Some(mine), Some(reference)) => mine >= reference,
         _ => false,
     };
-    let ort_slower = slower(
-        ort.latency_ms,
-        fp32.onnxruntime.as_ref().and_then(|o| o.latency_ms),
-    );
+    // on onnxruntime, against fp32 timed alternately with it in the same process
+    assert!(ort.fp32_latency_ms.is_some(), "no paired fp32 run");
+    let ort_slower = slower(ort.latency_ms, ort.fp32_latency_ms);
     assert_eq!(offered("int8-static-ort"), !ort_slower, "{yaml}");
     let tract_slower = slower(v.tract.latency_ms, fp32.tract.latency_ms);
     assert_eq!(
@@ -140,10 +139,7 @@ fn orientation_int8_static_calibrated_on_pages_agrees_with_fp32_on_other_pages()
         v.size_ratio * 100.0,
         agreement * 100.0,
         ort.latency_ms.unwrap_or(f64::NAN),
-        fp32.onnxruntime
-            .as_ref()
-            .and_then(|o| o.latency_ms)
-            .unwrap_or(f64::NAN),
+        ort.fp32_latency_ms.unwrap_or(f64::NAN),
         v.tract.latency_ms,
         fp32.tract.latency_ms
     );

@@ -58,8 +58,16 @@ pub fn slower_than_fp32(
         Runtime::Onnxruntime => v.onnxruntime.as_ref().and_then(|o| o.latency_ms),
         Runtime::Llamacpp => None,
     };
-    let fp32 = all.iter().find(|r| r.name == "fp32")?;
-    let (mine, reference) = (latency(v)?, latency(fp32)?);
+    // fp32 timed alternately with the variant where there is such a run, else fp32's own
+    let paired = match runtime {
+        Runtime::Onnxruntime => v.onnxruntime.as_ref().and_then(|o| o.fp32_latency_ms),
+        Runtime::Tract | Runtime::Llamacpp => None,
+    };
+    let reference = match paired {
+        Some(paired) => paired,
+        None => latency(all.iter().find(|r| r.name == "fp32")?)?,
+    };
+    let mine = latency(v)?;
     (mine >= reference).then_some((mine, reference))
 }
 
@@ -197,4 +205,82 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(latency_ms: f64, fp32_latency_ms: Option<f64>) -> RuntimeMeasurement {
+        RuntimeMeasurement {
+            loaded: true,
+            latency_ms: Some(latency_ms),
+            fp32_latency_ms,
+            ..Default::default()
+        }
+    }
+
+    fn variant(name: &str, tract_ms: f64, ort: RuntimeMeasurement) -> VariantReport {
+        VariantReport {
+            name: name.into(),
+            precision: Precision::Int8,
+            runtime: Runtime::Tract,
+            file: PathBuf::from(format!("{name}.onnx")),
+            uri: format!("https://models.example/m/{name}.onnx"),
+            size_bytes: 1,
+            sha256: "00".into(),
+            size_ratio: 1.0,
+            rewrite: None,
+            tract: measured(tract_ms, None),
+            onnxruntime: Some(ort),
+            accuracy_drift: Some(0.0),
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn faster_than_fp32_is_decided_on_the_paired_run_where_there_is_one() {
+        let fp32 = variant("fp32", 10.0, measured(6.0, None));
+        // slower than fp32's own (earlier) run, faster than fp32 timed alternately with it
+        let paired_faster = variant("int8-static", 12.0, measured(6.5, Some(7.0)));
+        let all = [fp32.clone(), paired_faster.clone()];
+        assert_eq!(
+            slower_than_fp32(&all, &paired_faster, Runtime::Onnxruntime),
+            None
+        );
+        // tract has no paired run: fp32's own is the reference
+        assert_eq!(
+            slower_than_fp32(&all, &paired_faster, Runtime::Tract),
+            Some((12.0, 10.0))
+        );
+        let paired_slower = variant("int8-static", 9.0, measured(6.5, Some(6.2)));
+        let all = [fp32.clone(), paired_slower.clone()];
+        assert_eq!(
+            slower_than_fp32(&all, &paired_slower, Runtime::Onnxruntime),
+            Some((6.5, 6.2))
+        );
+        let offered: Vec<String> = variants(&Report {
+            model: "m".into(),
+            reference: PathBuf::from("m.onnx"),
+            opset: 13,
+            ir_version: 7,
+            inputs: serde_json::Value::Null,
+            input_source: "generated".into(),
+            samples: 1,
+            latency_runs: 1,
+            threads: 1,
+            host: "test".into(),
+            variants: all.to_vec(),
+        })
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+        assert_eq!(offered, ["fp32", "fp32-ort", "int8-static"]);
+        // weight-only variants are offered whatever their speed
+        let int8 = variant("int8", 50.0, measured(60.0, Some(6.0)));
+        assert_eq!(
+            slower_than_fp32(&[fp32, int8.clone()], &int8, Runtime::Onnxruntime),
+            None
+        );
+    }
 }
