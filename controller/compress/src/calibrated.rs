@@ -10,14 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 use tract_onnx::pb::ModelProto;
 
 use crate::CompressError;
-use crate::measure::OrtRunner;
+use crate::measure::{OrtRunner, run_script};
 use crate::quantize::RewriteSummary;
 use crate::tensor::{self, InputSpec, Sample};
 
@@ -184,36 +183,17 @@ fn run_tool(
     calibration: &[Sample],
     runner: &OrtRunner,
 ) -> anyhow::Result<ToolOutput> {
-    let dir = tempfile::tempdir()?;
-    let script = dir.path().join("ort_quantize.py");
-    std::fs::write(&script, QUANTIZE_SCRIPT)?;
-    for (s, sample) in calibration.iter().enumerate() {
-        for (k, (_, t)) in sample.iter().enumerate() {
-            std::fs::write(dir.path().join(format!("cal_{s}_{k}.npy")), t.to_npy())?;
-        }
-    }
-    let spec = serde_json::json!({
-        "inputs": calibration[0].iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-        "samples": calibration.len(),
-    });
-    std::fs::write(dir.path().join("spec.json"), serde_json::to_vec(&spec)?)?;
-    let out_path = dir.path().join("int8-static.onnx");
-    let out = Command::new(&runner.python)
-        .arg(&script)
-        .arg(model_path)
-        .arg(dir.path())
-        .arg(&out_path)
-        .output()
-        .with_context(|| format!("running {}", runner.python.display()))?;
-    let result_path = dir.path().join("result.json");
-    if !result_path.exists() {
-        bail!(
-            "onnxruntime quantizer failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let result: QuantizeJson = serde_json::from_slice(&std::fs::read(&result_path)?)?;
+    let spec = serde_json::json!({});
+    let (dir, result) = run_script(
+        &runner.python,
+        ("ort_quantize.py", QUANTIZE_SCRIPT),
+        model_path,
+        calibration,
+        "cal",
+        spec,
+    )?;
+    let out_path = dir.path().join("quantized.onnx");
+    let result: QuantizeJson = serde_json::from_slice(&result)?;
     if let Some(error) = result.error {
         bail!("onnxruntime quantizer: {error}");
     }

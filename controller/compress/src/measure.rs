@@ -438,39 +438,22 @@ impl OrtRunner {
         runs: usize,
         options: OrtOptions,
     ) -> anyhow::Result<OrtResult> {
-        ensure!(!samples.is_empty(), "no samples");
-        let dir = tempfile::tempdir()?;
-        let script = dir.path().join("ort_run.py");
-        std::fs::write(&script, ORT_SCRIPT)?;
-        for (s, sample) in samples.iter().enumerate() {
-            for (k, (_, t)) in sample.iter().enumerate() {
-                std::fs::write(dir.path().join(format!("in_{s}_{k}.npy")), t.to_npy())?;
-            }
-        }
         let spec = serde_json::json!({
-            "inputs": samples[0].iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-            "samples": samples.len(),
             "runs": runs.max(1),
             "threads": self.threads,
             "disable_quant_qdq": options.disable_quant_qdq,
             "paired_with": reference,
         });
-        std::fs::write(dir.path().join("spec.json"), serde_json::to_vec(&spec)?)?;
-        let out = Command::new(&self.python)
-            .arg(&script)
-            .arg(model)
-            .arg(dir.path())
-            .output()
-            .with_context(|| format!("running {}", self.python.display()))?;
-        let result_path = dir.path().join("result.json");
-        if !result_path.exists() {
-            bail!(
-                "onnxruntime runner failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let result: OrtJson = serde_json::from_slice(&std::fs::read(&result_path)?)?;
+        let (dir, result) = run_script(
+            &self.python,
+            ("ort_run.py", ORT_SCRIPT),
+            model,
+            samples,
+            "in",
+            spec,
+        )
+        .context("onnxruntime runner")?;
+        let result: OrtJson = serde_json::from_slice(&result)?;
         if let Some(error) = result.error {
             bail!("onnxruntime: {error}");
         }
@@ -492,6 +475,49 @@ impl OrtRunner {
             version: result.version.unwrap_or_default(),
         })
     }
+}
+
+/// Runs one of our Python scripts with the `--ort-python` interpreter in a fresh work
+/// directory, as `SCRIPT MODEL WORKDIR`: `samples` are written there as
+/// `{prefix}_{sample}_{input}.npy` and `spec` (plus the input names and the sample count) as
+/// `spec.json`. Returns the directory (what the script wrote there lives until it is dropped)
+/// and the `result.json` the script must write; without one, an error with its stderr.
+pub(crate) fn run_script(
+    python: &Path,
+    (name, text): (&str, &str),
+    model: &Path,
+    samples: &[Sample],
+    prefix: &str,
+    mut spec: serde_json::Value,
+) -> anyhow::Result<(tempfile::TempDir, Vec<u8>)> {
+    ensure!(!samples.is_empty(), "no samples");
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join(name);
+    std::fs::write(&script, text)?;
+    for (s, sample) in samples.iter().enumerate() {
+        for (k, (_, t)) in sample.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("{prefix}_{s}_{k}.npy")), t.to_npy())?;
+        }
+    }
+    spec["inputs"] = samples[0].iter().map(|(n, _)| n.clone()).collect();
+    spec["samples"] = samples.len().into();
+    std::fs::write(dir.path().join("spec.json"), serde_json::to_vec(&spec)?)?;
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(model)
+        .arg(dir.path())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    let result_path = dir.path().join("result.json");
+    if !result_path.exists() {
+        bail!(
+            "{name} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let result = std::fs::read(&result_path)?;
+    Ok((dir, result))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 """Static int8 quantization with onnxruntime's own tool, for edgefleet-compress (calibrated.rs).
 
-usage: ort_quantize.py MODEL WORKDIR OUT
+usage: ort_quantize.py MODEL WORKDIR
 WORKDIR holds spec.json {"inputs": [names], "samples": n} and cal_{sample}_{input}.npy; this writes
-the quantized model to OUT and result.json {"version", "operators": {op: count}} or {"error"}.
+WORKDIR/quantized.onnx and result.json {"version", "operators": {op: count}} or {"error"}.
 
 QOperator format (QLinearConv and friends: what ONNX Runtime's CPU provider runs on integer
 kernels, also with session.disable_quant_qdq=1, which the agent sets), per-channel int8 weights,
@@ -19,7 +19,8 @@ import numpy as np
 
 
 def main():
-    model, workdir, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    model, workdir = sys.argv[1], sys.argv[2]
+    out = os.path.join(workdir, "quantized.onnx")
     with open(os.path.join(workdir, "spec.json")) as f:
         spec = json.load(f)
 
