@@ -22,6 +22,9 @@ use crate::tensor::{self, InputSpec, Sample};
 
 const QUANTIZE_SCRIPT: &str = include_str!("ort_quantize.py");
 
+const GENERATED_WARNING: &str = "warning: generated inputs may not span the activation ranges \
+     of real data, pass --calibration with representative inputs";
+
 /// Where the calibration inputs came from, for the report.
 #[derive(Clone, Debug)]
 pub enum CalibrationSource {
@@ -35,11 +38,9 @@ impl CalibrationSource {
     fn describe(&self, count: usize) -> String {
         match self {
             CalibrationSource::File(path) => format!("{count} calibration inputs from {path}"),
-            CalibrationSource::Generated { seed } => format!(
-                "{count} generated calibration inputs (seed {seed}); warning: generated inputs \
-                 may not span the activation ranges of real data, pass --calibration with \
-                 representative inputs"
-            ),
+            CalibrationSource::Generated { seed } => {
+                format!("{count} generated calibration inputs (seed {seed}); {GENERATED_WARNING}")
+            }
         }
     }
 }
@@ -98,10 +99,7 @@ pub fn make(
             // not the drift inputs' seed: calibration never sees the evaluation inputs
             let seed = calibration.drift_seed ^ 0xCA1B_4A7E;
             let n = calibration.samples.max(1);
-            eprintln!(
-                "compress: warning: int8-static is calibrated on generated inputs; pass \
-                 --calibration with representative inputs"
-            );
+            eprintln!("compress: int8-static calibrated on generated inputs; {GENERATED_WARNING}");
             (
                 tensor::generate(specs, n, seed),
                 CalibrationSource::Generated { seed },
@@ -130,13 +128,12 @@ pub fn quantize_static(
     source: &CalibrationSource,
     runner: &OrtRunner,
 ) -> Result<(Vec<u8>, RewriteSummary), CompressError> {
-    let convolutions = model
+    let has_conv = model
         .graph
         .iter()
         .flat_map(|g| &g.node)
-        .filter(|n| n.op_type == "Conv")
-        .count();
-    if convolutions == 0 {
+        .any(|n| n.op_type == "Conv");
+    if !has_conv {
         return Err(CompressError::Unsupported(
             "static int8 is for convolutional models and this one has no Conv (int8-dynamic \
              quantizes MatMul models)"
