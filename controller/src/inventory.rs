@@ -2,7 +2,6 @@
 //! SQL is the truth (it survives restarts); an in-memory copy serves the planners.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use edgefleet_core::device::SharedFacts;
@@ -13,9 +12,11 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::store::{DeviceWrite, ModelReport, Store, StoreError};
 
+mod changelog;
 mod downloads;
 mod presence;
 mod sites;
+pub use changelog::{ChangeKind, DeviceChange};
 pub use downloads::Progress;
 pub use presence::Presence;
 
@@ -39,10 +40,10 @@ pub struct Inventory {
     metrics: Metrics,
     /// Bumped on every fleet change; reconcilers watch it.
     changes: watch::Sender<u64>,
-    /// Bumped after any change to devices' facts or to what they reported for their
-    /// assignments is stored: a pass that began at the same revision planned and wrote from
-    /// the same inputs.
-    revision: AtomicU64,
+    /// Each change to devices' facts or to what they reported for their assignments, logged
+    /// once it is stored: a pass that began at the same position planned and wrote from the
+    /// same inputs, and a later pass needs to look only at what was logged since.
+    log: Mutex<changelog::ChangeLog>,
     /// Devices online and offline, for the `edgefleet_devices` gauge.
     online: std::sync::atomic::AtomicI64,
     offline: std::sync::atomic::AtomicI64,
@@ -93,7 +94,7 @@ impl Inventory {
             store,
             metrics,
             changes,
-            revision: AtomicU64::new(0),
+            log: Default::default(),
             downloads: Default::default(),
             site_fetches: Default::default(),
             site_label: RwLock::new("site".into()),
@@ -106,9 +107,40 @@ impl Inventory {
         self.changes.subscribe()
     }
 
-    /// See the `revision` field; read it before reading what it covers.
+    /// The position in the change log (see the `log` field); read it before reading what
+    /// it covers.
     pub fn revision(&self) -> u64 {
-        self.revision.load(Ordering::Acquire)
+        self.log().end()
+    }
+
+    /// The devices that changed after position `since`, in order, and the position after
+    /// them; `None` when the log no longer reaches back that far. Read before what they cover.
+    pub fn changes_since(&self, since: u64) -> Option<(Vec<DeviceChange>, u64)> {
+        let log = self.log();
+        Some((log.since(since)?, log.end()))
+    }
+
+    /// The current facts of `ids`, or `None` if one is not known.
+    pub fn devices_of<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a DeviceId>,
+    ) -> Option<Vec<Arc<DeviceFacts>>> {
+        let devices = self.read();
+        ids.into_iter().map(|id| devices.get(id).cloned()).collect()
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, changelog::ChangeLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logs changes after they are stored and applied in memory.
+    fn log_changes(&self, changes: impl IntoIterator<Item = DeviceChange>) {
+        // a pass that falls a whole fleet of changes behind is cheaper done in full
+        let capacity = self.len().max(4096);
+        let mut log = self.log();
+        for change in changes {
+            log.push(change, capacity);
+        }
     }
 
     /// The deployments whose artifact `device` is downloading, with its last reported progress.
@@ -182,7 +214,7 @@ impl Inventory {
             })
             .collect();
         self.store.record_presence(&writes, now_ms).await?;
-        let mut changed = false;
+        let mut changed = Vec::new();
         let mut devices = self.write();
         for (outcome, announced) in outcomes.iter().zip(facts) {
             let before = devices.get(outcome.device).map(|p| p.online);
@@ -212,12 +244,17 @@ impl Inventory {
                 (None, None) => false, // the fold drops these
             };
             if device_changed {
-                changed = true;
+                changed.push(DeviceChange {
+                    device: outcome.device.clone(),
+                    kind: ChangeKind::Presence,
+                });
                 self.count_online(before, Some(online));
             }
         }
         drop(devices);
-        Ok(self.changed_if(changed, Change::Fleet))
+        let any = !changed.is_empty();
+        self.log_changes(changed);
+        Ok(self.changed_if(any, Change::Fleet))
     }
 
     /// Records each model's phase against its assignment; reports for assignments the
@@ -307,15 +344,21 @@ impl Inventory {
                 );
             }
         }
-        let facts_changed = !installed.is_empty();
+        let facts_changed: BTreeSet<&DeviceId> = installed.iter().map(|(d, _)| *d).collect();
         for (device, digests) in installed {
             if let Some(facts) = devices.get_mut(device) {
                 Arc::make_mut(facts).installed_sha256 = digests;
             }
         }
         drop(devices);
-        if any || facts_changed {
-            self.revision.fetch_add(1, Ordering::AcqRel);
+        if any || !facts_changed.is_empty() {
+            let reported: BTreeSet<&DeviceId> = reports.iter().map(|r| &r.device_id).collect();
+            self.log_changes(reported.into_iter().map(|device| DeviceChange {
+                device: device.clone(),
+                kind: ChangeKind::Reported {
+                    installed: facts_changed.contains(device),
+                },
+            }));
         }
         Ok(if any {
             Change::Progress
@@ -329,7 +372,6 @@ impl Inventory {
             return Change::Nothing;
         }
         self.update_gauges();
-        self.revision.fetch_add(1, Ordering::AcqRel);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
         change
     }

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub reconcile_duration: Histogram,
     pub reconcile_errors: IntCounterVec,
+    pub reconcile_plans: IntCounterVec,
     pub mqtt_received: IntCounterVec,
     pub mqtt_rejected: IntCounterVec,
     pub mqtt_published: IntCounterVec,
@@ -48,6 +49,12 @@ impl Metrics {
                 "edgefleet_reconcile_errors_total",
                 "Reconcile failures by bounded category",
                 &["category"],
+            ),
+            reconcile_plans: counter_vec(
+                "edgefleet_reconcile_plans_total",
+                "Plans a reconcile pass worked from: `planned` over the whole fleet, or \
+                 `followed` (the last pass's, brought up to date with the devices that changed)",
+                &["how"],
             ),
             mqtt_received: counter_vec(
                 "edgefleet_mqtt_messages_received_total",
@@ -144,6 +151,9 @@ impl Metrics {
         ] {
             metrics.artifact_resolutions.with_label_values(&[result]);
         }
+        for how in ["planned", "followed"] {
+            metrics.reconcile_plans.with_label_values(&[how]);
+        }
         for category in ["store", "publish", "kube"] {
             metrics.reconcile_errors.with_label_values(&[category]);
         }
@@ -180,6 +190,7 @@ impl Metrics {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.reconcile_duration.clone()),
             Box::new(self.reconcile_errors.clone()),
+            Box::new(self.reconcile_plans.clone()),
             Box::new(self.mqtt_received.clone()),
             Box::new(self.mqtt_rejected.clone()),
             Box::new(self.mqtt_published.clone()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::fleet::{RecordingPublisher, fleet_state, fleet_state_over, hello, ready_report};
 use edgefleet_controller::ingest;
-use edgefleet_controller::inventory::Inventory;
+use edgefleet_controller::inventory::{ChangeKind, Inventory};
 use edgefleet_controller::metrics::Metrics;
 use edgefleet_controller::mqtt::DeviceMessage;
 use edgefleet_controller::reconcile::{DeploymentInput, Reconciler};
@@ -574,27 +574,32 @@ async fn a_demoted_class_keeps_serving_after_promotion_and_after_a_restart() {
 }
 
 #[tokio::test]
-async fn a_pass_with_nothing_new_reuses_the_last_plan_and_a_report_is_seen_at_once() {
+async fn a_pass_follows_the_devices_that_reported_and_reads_everything_again_within_30_s() {
     let mut fleet = fleet_of_ten().await;
     let md = spec("1", "[{percent: 20}]");
     assert_eq!(fleet.reconcile(&md, 1_000).await.devices.ready, 0);
     let pool = fleet.reconciler.fleet().store.pool().clone();
-    let mark_ready_behind_the_controllers_back = |device: &'static str| {
+    let behind_the_controllers_back = |device: &'static str, phase: &'static str| {
         let pool = pool.clone();
         async move {
-            sqlx::query("UPDATE assignments SET phase = 'Ready' WHERE device_id = $1")
+            sqlx::query("UPDATE assignments SET phase = $1 WHERE device_id = $2")
+                .bind(phase)
                 .bind(device)
                 .execute(&pool)
                 .await
                 .expect("update");
         }
     };
+    let plans = |fleet: &Fleet, how: &str| {
+        let metrics = &fleet.reconciler.fleet().metrics;
+        metrics.reconcile_plans.with_label_values(&[how]).get()
+    };
 
     // nothing this replica heard of changed: the pass reuses its plan and rows, unread
-    mark_ready_behind_the_controllers_back("x86-0").await;
+    behind_the_controllers_back("x86-0", "Ready").await;
     assert_eq!(fleet.reconcile(&md, 2_000).await.devices.ready, 0);
 
-    // a report through the inventory is seen by the very next pass, with the rows re-read
+    // a report through the inventory is seen by the very next pass: that device's row re-read
     let doc = fleet.desired()["x86-1"].clone();
     fleet
         .reconciler
@@ -603,10 +608,74 @@ async fn a_pass_with_nothing_new_reuses_the_last_plan_and_a_report_is_seen_at_on
         .apply_state(&ready_report("x86-1", &doc), 2_500)
         .await
         .expect("state");
-    assert_eq!(fleet.reconcile(&md, 3_000).await.devices.ready, 2);
+    assert_eq!(fleet.reconcile(&md, 3_000).await.devices.ready, 1);
 
-    // and a pass is not carried for more than 30 s, whatever the replica missed
-    mark_ready_behind_the_controllers_back("x86-2").await;
-    assert_eq!(fleet.reconcile(&md, 32_000).await.devices.ready, 2);
-    assert_eq!(fleet.reconcile(&md, 33_000).await.devices.ready, 3);
+    // every device reports its model Ready and installed: followed, not planned again
+    fleet.devices_become_ready(3_500).await;
+    let status = fleet.reconcile(&md, 4_000).await;
+    assert_eq!(status.devices.ready, status.devices.assigned);
+    assert!(status.devices.assigned > 0);
+    assert_eq!(
+        (plans(&fleet, "planned"), plans(&fleet, "followed")),
+        (1, 3)
+    );
+
+    // what this replica did not hear of is read within 30 s of the last whole read
+    behind_the_controllers_back("x86-2", "Failed").await;
+    assert_eq!(fleet.reconcile(&md, 30_500).await.devices.failed, 0);
+    assert_eq!(fleet.reconcile(&md, 31_000).await.devices.failed, 1);
+    assert_eq!(plans(&fleet, "planned"), 2);
+
+    // a device announcing itself is planned over the whole fleet
+    fleet
+        .reconciler
+        .fleet()
+        .inventory
+        .apply_hello(&hello("x86-9", "x86_64", 8192), 31_500)
+        .await
+        .expect("hello");
+    let status = fleet.reconcile(&md, 32_000).await;
+    assert_eq!(plans(&fleet, "planned"), 3);
+    assert!(fleet.desired().contains_key("x86-9"));
+    assert_eq!(
+        status.devices.ready + 2,
+        status.devices.assigned,
+        "x86-2 failed, x86-9 new"
+    );
+}
+
+#[tokio::test]
+async fn the_inventory_logs_which_devices_changed_and_how() {
+    let mut fleet = fleet_of_ten().await;
+    let md = spec("1", "[{percent: 20}]");
+    fleet.reconcile(&md, 1_000).await;
+    let inventory = &fleet.reconciler.fleet().inventory;
+    let (hellos, end) = inventory.changes_since(0).expect("the log reaches back");
+    assert_eq!(hellos.len(), 11);
+    assert!(hellos.iter().all(|c| c.kind == ChangeKind::Presence));
+    assert_eq!(end, inventory.revision());
+
+    // a hello that changes nothing is not a change
+    inventory
+        .apply_hello(&hello("pi-0", "aarch64", 512), 1_500)
+        .await
+        .expect("hello");
+    assert_eq!(inventory.revision(), end);
+
+    // a report: its device, and whether the digests it holds moved
+    let report = ready_report("pi-0", &fleet.desired()["pi-0"]);
+    inventory.apply_state(&report, 2_000).await.expect("state");
+    inventory.apply_state(&report, 2_500).await.expect("state");
+    let (reports, _) = inventory.changes_since(end).expect("the log reaches back");
+    let kinds: Vec<_> = reports
+        .iter()
+        .map(|c| (c.device.as_str(), c.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("pi-0", ChangeKind::Reported { installed: true }),
+            ("pi-0", ChangeKind::Reported { installed: false }),
+        ]
+    );
 }

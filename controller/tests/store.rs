@@ -174,6 +174,22 @@ async fn exercise(store: Store) {
         "the last of d1's reports wins"
     );
     assert_eq!(rows[1].phase, Some(ModelPhase::Loading));
+    // the rows of the devices that reported, read back alone, are the same rows
+    let reread = store
+        .assignments_of("ns", "md", &["d2", "nobody", "d1"])
+        .await
+        .expect("rows of d1 and d2");
+    assert_eq!(
+        reread, rows,
+        "sorted by device, devices without a row left out"
+    );
+    assert_eq!(
+        store
+            .assignments_of("ns", "other", &["d1"])
+            .await
+            .expect("no rows"),
+        vec![]
+    );
     assert_eq!(
         store
             .record_model_states(&[stale], 6)

@@ -16,6 +16,15 @@ pub fn budget(max_unavailable_percent: u32, matched: u32) -> usize {
         .max(1) as usize
 }
 
+/// The rows to write, and how many of the planned replacements wait.
+#[derive(Debug)]
+pub struct Paced {
+    pub rows: Vec<AssignmentRecord>,
+    /// Replacements kept at their current row for now: while any wait, a device finishing
+    /// its switch changes what to write.
+    pub held_back: usize,
+}
+
 /// The rows to write: `planned`, except that replacements beyond the budget keep their
 /// current row until earlier switches complete. Canaries go first, then by device id.
 pub fn pace(
@@ -23,7 +32,7 @@ pub fn pace(
     planned: Vec<AssignmentRecord>,
     online: &BTreeSet<&str>,
     budget: usize,
-) -> Vec<AssignmentRecord> {
+) -> Paced {
     let current: BTreeMap<&str, &AssignmentRecord> =
         current.iter().map(|r| (r.device_id.as_str(), r)).collect();
     let switching = |row: &AssignmentRecord| {
@@ -63,13 +72,17 @@ pub fn pace(
         }
     }
     let keep_current: BTreeSet<String> = keep_current.into_iter().map(str::to_string).collect();
-    planned
+    let rows = planned
         .into_iter()
         .map(|row| match current.get(row.device_id.as_str()) {
             Some(old) if keep_current.contains(&row.device_id) => (*old).clone(),
             _ => row,
         })
-        .collect()
+        .collect();
+    Paced {
+        rows,
+        held_back: keep_current.len(),
+    }
 }
 
 #[cfg(test)]
@@ -116,10 +129,11 @@ mod tests {
         ];
         let paced = pace(&current, planned, &online(&["a", "b", "c", "d"]), 2);
         assert_eq!(
-            versions(&paced),
+            versions(&paced.rows),
             ["v2", "v1", "v2", "v1"],
             "the canary c and then a switch; b waits"
         );
+        assert_eq!(paced.held_back, 1);
     }
 
     #[test]
@@ -133,14 +147,16 @@ mod tests {
             row("b", "v2", "stable", None),
         ];
         let paced = pace(&current, planned.clone(), &online(&["a", "b"]), 1);
-        assert_eq!(versions(&paced)[1], "v1", "b waits for a");
+        assert_eq!(versions(&paced.rows)[1], "v1", "b waits for a");
+        assert_eq!(paced.held_back, 1);
         // once a is ready, b may go
         let current = vec![
             row("a", "v2", "stable", Some("Ready")),
             row("b", "v1", "stable", Some("Ready")),
         ];
         let paced = pace(&current, planned, &online(&["a", "b"]), 1);
-        assert_eq!(versions(&paced)[1], "v2");
+        assert_eq!(versions(&paced.rows)[1], "v2");
+        assert_eq!(paced.held_back, 0);
     }
 
     #[test]
@@ -157,6 +173,7 @@ mod tests {
             row("new", "v2", "stable", None),
         ];
         let paced = pace(&current, planned, &online(&["bad", "b", "new"]), 1);
-        assert_eq!(versions(&paced), ["v2", "v2", "v2", "v2"]);
+        assert_eq!(versions(&paced.rows), ["v2", "v2", "v2", "v2"]);
+        assert_eq!(paced.held_back, 0);
     }
 }

@@ -17,6 +17,7 @@
 //!
 //! Devices the selector in force does not select are not in the plan at all.
 
+mod delta;
 mod shared;
 
 use std::borrow::Borrow;
@@ -24,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use edgefleet_crds::{
-    ModelDeploymentSpec, ModelFormat, ModelRef, OffloadPolicy, SelfTest, Variant,
+    DeviceSelector, ModelDeploymentSpec, ModelFormat, ModelRef, OffloadPolicy, SelfTest, Variant,
 };
 use edgefleet_protocol::llm::LlmRun;
 use edgefleet_protocol::wire::{Assignment, DeviceId, Role};
@@ -36,6 +37,7 @@ use crate::cohort::{Cohort, CohortKey, group_by_cohort};
 use crate::device::{DeviceFacts, device_class};
 use crate::progression::step_percent;
 use crate::variant::{Choice, choose_variant, next_best};
+pub use delta::follow_installed;
 use shared::{Pick, Shared};
 
 /// Where the rollout of the target spec stands. `status.currentStep` is `step + 1` during the
@@ -120,6 +122,9 @@ pub struct DevicePlan {
     pub assignment: Option<Arc<PlannedAssignment>>,
     /// Why this role and version (or why nothing), in one line.
     pub reason: Arc<str>,
+    /// How suitable the device was to fill a canary place (it decides membership only during
+    /// a canary step); kept so that a later change to the device can be checked against it.
+    pub tier: Tier,
 }
 
 impl DevicePlan {
@@ -231,14 +236,8 @@ pub fn plan_rollout(
     devices: &[impl Borrow<DeviceFacts>],
     demotions: &BTreeSet<CohortKey>,
 ) -> RolloutPlan {
-    let stage = match stage {
-        Stage::Canary { step } if step >= spec.rollout.steps.len() => Stage::Promoted,
-        other => other,
-    };
-    let selector = match (stage, previous) {
-        (Stage::RolledBack, Some(p)) => &p.selector,
-        _ => &spec.selector,
-    };
+    let stage = effective_stage(spec, stage);
+    let selector = selector_in_force(spec, previous, stage);
     let mut selected: Vec<&DeviceFacts> = devices
         .iter()
         .map(Borrow::borrow)
@@ -250,34 +249,7 @@ pub fn plan_rollout(
     let mut shared = Shared::default();
     let classified: Vec<Classified> = selected
         .into_iter()
-        .map(|device| {
-            let class = shared.text(&device_class(device));
-            let excluded: Vec<&str> = demotions
-                .iter()
-                .filter(|k| *k.device_class == *class)
-                .map(|k| k.variant.as_str())
-                .collect();
-            let target = shared.choose((Source::Target, true), device, &class, || {
-                next_best(device, spec, &excluded)
-            });
-            let demoted_from = if excluded.is_empty() {
-                None
-            } else {
-                shared
-                    .choose((Source::Target, false), device, &class, || {
-                        next_best(device, spec, &[])
-                    })
-                    .variant_name()
-                    .filter(|first| Some(*first) != target.variant_name())
-                    .map(str::to_string)
-            };
-            Classified {
-                device,
-                class,
-                target,
-                demoted_from,
-            }
-        })
+        .map(|device| classify(spec, demotions, device, &mut shared))
         .collect();
 
     let canaries = match (stage, previous) {
@@ -288,7 +260,7 @@ pub fn plan_rollout(
             }));
             let tiers: BTreeMap<&DeviceId, Tier> = classified
                 .iter()
-                .map(|c| (&c.device.id, canary_tier(spec, c.device, &c.target)))
+                .map(|c| (&c.device.id, c.tier(spec)))
                 .collect();
             canary_members_by_tier(uid, step_percent(&spec.rollout, step), &population, |d| {
                 tiers.get(d).copied().unwrap_or(Tier::Offline)
@@ -305,6 +277,7 @@ pub fn plan_rollout(
         .map(|classified| {
             let (pick, reason) =
                 assign((spec, previous), stage, &classified, &canaries, &mut shared);
+            let tier = classified.tier(spec);
             let Classified {
                 device,
                 class,
@@ -319,6 +292,7 @@ pub fn plan_rollout(
                 demoted_from,
                 assignment: pick.map(|pick| shared.assignment(pick, &offload)),
                 reason: shared.text(&reason),
+                tier,
             }
         })
         .collect();
@@ -342,6 +316,61 @@ fn canary_tier(spec: &ModelDeploymentSpec, device: &DeviceFacts, target: &Choice
     }
 }
 
+/// The stage as planned: a canary step past the last one is promotion.
+fn effective_stage(spec: &ModelDeploymentSpec, stage: Stage) -> Stage {
+    match stage {
+        Stage::Canary { step } if step >= spec.rollout.steps.len() => Stage::Promoted,
+        other => other,
+    }
+}
+
+/// Which spec's selector decides the devices of the plan.
+fn selector_in_force<'a>(
+    spec: &'a ModelDeploymentSpec,
+    previous: Option<&'a ModelDeploymentSpec>,
+    stage: Stage,
+) -> &'a DeviceSelector {
+    match (stage, previous) {
+        (Stage::RolledBack, Some(p)) => &p.selector,
+        _ => &spec.selector,
+    }
+}
+
+/// `device` with its class and its target choice after `demotions`.
+fn classify<'a, 'd>(
+    spec: &ModelDeploymentSpec,
+    demotions: &BTreeSet<CohortKey>,
+    device: &'d DeviceFacts,
+    shared: &mut Shared<'a, 'd>,
+) -> Classified<'d> {
+    let class = shared.text(&device_class(device));
+    let excluded: Vec<&str> = demotions
+        .iter()
+        .filter(|k| *k.device_class == *class)
+        .map(|k| k.variant.as_str())
+        .collect();
+    let target = shared.choose((Source::Target, true), device, &class, || {
+        next_best(device, spec, &excluded)
+    });
+    let demoted_from = if excluded.is_empty() {
+        None
+    } else {
+        shared
+            .choose((Source::Target, false), device, &class, || {
+                next_best(device, spec, &[])
+            })
+            .variant_name()
+            .filter(|first| Some(*first) != target.variant_name())
+            .map(str::to_string)
+    };
+    Classified {
+        device,
+        class,
+        target,
+        demoted_from,
+    }
+}
+
 /// A selected device with its class and its target choice after demotions.
 struct Classified<'a> {
     device: &'a DeviceFacts,
@@ -351,6 +380,10 @@ struct Classified<'a> {
 }
 
 impl Classified<'_> {
+    fn tier(&self, spec: &ModelDeploymentSpec) -> Tier {
+        canary_tier(spec, self.device, &self.target)
+    }
+
     /// Every target variant that fits this device was demoted for its class.
     fn only_demoted_fit(&self) -> bool {
         self.demoted_from.is_some() && self.target.variant_index().is_none()

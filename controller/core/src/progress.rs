@@ -2,7 +2,7 @@
 //! passed, and carry out the step decision on the rollout state. Telemetry comes in through
 //! [`Evidence`], so the whole turn is pure and replayable.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use edgefleet_protocol::wire::Role;
 
@@ -42,29 +42,14 @@ pub fn step(
     let Stage::Canary { step } = state.stage else {
         return StepOutcome::default();
     };
-    let target_version = state.target.model.version.clone();
-    let ready: HashSet<&str> = records
-        .iter()
-        .filter(|r| r.version == target_version && r.role == Role::Canary && r.is_ready())
-        .map(|r| r.device_id.as_str())
-        .collect();
-    let mut cohorts: BTreeMap<CohortKey, StepCohort> = plan
-        .canary_cohorts()
-        .into_iter()
-        .map(|(key, members)| {
-            let mut readiness = CanaryReadiness {
-                canaries: members.len() as u32,
-                online: 0,
-                ready: 0,
-            };
-            for id in members.iter().filter(|id| plan.is_online(id.as_str())) {
-                readiness.online += 1;
-                readiness.ready += u32::from(ready.contains(id.as_str()));
-            }
-            let record = state.cohorts.get(key).copied().unwrap_or_default();
-            (key.clone(), StepCohort { record, readiness })
-        })
-        .collect();
+    let mut cohorts: BTreeMap<CohortKey, StepCohort> =
+        canary_readiness(plan, records, &state.target.model.version)
+            .into_iter()
+            .map(|(key, readiness)| {
+                let record = state.cohorts.get(key).copied().unwrap_or_default();
+                (key.clone(), StepCohort { record, readiness })
+            })
+            .collect();
     state.ready_since_ms = ready_since(state.ready_since_ms, &cohorts, now_ms);
 
     let analysis = &state.target.rollout.analysis;
@@ -139,6 +124,59 @@ pub fn step(
         warning,
     });
     StepOutcome { event, verdicts }
+}
+
+/// Per canary cohort of the plan, its canaries, those online, and those online that report
+/// the target `Ready`: one walk over the plan beside the records (both in device order), where
+/// looking every canary up by id cost more than the rest of the turn.
+fn canary_readiness<'p>(
+    plan: &'p RolloutPlan,
+    records: &[AssignmentRecord],
+    target_version: &str,
+) -> BTreeMap<&'p CohortKey, CanaryReadiness> {
+    let mut by_cohort: BTreeMap<(&str, &str), (&CohortKey, CanaryReadiness)> = plan
+        .canary_cohorts()
+        .into_iter()
+        .map(|(key, members)| {
+            let readiness = CanaryReadiness {
+                canaries: members.len() as u32,
+                online: 0,
+                ready: 0,
+            };
+            (
+                (key.device_class.as_str(), key.variant.as_str()),
+                (key, readiness),
+            )
+        })
+        .collect();
+    let mut sorted: Vec<&AssignmentRecord> = records.iter().collect();
+    if !sorted.is_sorted_by(|a, b| a.device_id <= b.device_id) {
+        sorted.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    }
+    let mut rows = sorted.into_iter().peekable();
+    for device in plan.devices.iter().filter(|d| d.online) {
+        let Some(assignment) = device.assignment.as_ref() else {
+            continue;
+        };
+        if assignment.role != Role::Canary {
+            continue;
+        }
+        let cohort = (&*device.device_class, assignment.variant.name.as_str());
+        let Some((_, readiness)) = by_cohort.get_mut(&cohort) else {
+            continue;
+        };
+        readiness.online += 1;
+        let id = device.device.as_str();
+        while rows.next_if(|r| r.device_id.as_str() < id).is_some() {}
+        let ready = rows.peek().is_some_and(|r| {
+            r.device_id == id
+                && r.version == target_version
+                && r.role == Role::Canary
+                && r.is_ready()
+        });
+        readiness.ready += u32::from(ready);
+    }
+    by_cohort.into_values().collect()
 }
 
 fn restart_step(state: &mut RolloutState, now_ms: i64) {

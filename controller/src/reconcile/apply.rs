@@ -16,17 +16,38 @@ use super::{DeploymentInput, ReconcileError, Reconciler, Records};
 
 impl Reconciler {
     /// Writes the plan's assignments, republishes the documents of devices whose assignment
-    /// for this deployment changed, and returns the deployment's records as stored.
+    /// for this deployment changed, and returns the deployment's records as stored (sorted by
+    /// device id) with the number of replacements pacing kept back.
     pub(super) async fn apply(
         &self,
         input: &DeploymentInput<'_>,
         plan: &RolloutPlan,
         caches: &SiteCaches,
         now_ms: i64,
-    ) -> Result<Records, ReconcileError> {
+    ) -> Result<(Records, usize), ReconcileError> {
+        let mut old = self
+            .fleet
+            .store
+            .assignments(input.namespace, input.name)
+            .await?;
+        // a database's collation may order ids otherwise; later steps look records up by id
+        if !old.is_sorted_by(|a, b| a.device_id <= b.device_id) {
+            old.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        }
+        self.apply_over(input, plan, caches, old, now_ms).await
+    }
+
+    /// [`Reconciler::apply`] over the deployment's rows as the caller holds them.
+    pub(super) async fn apply_over(
+        &self,
+        input: &DeploymentInput<'_>,
+        plan: &RolloutPlan,
+        caches: &SiteCaches,
+        old: Records,
+        now_ms: i64,
+    ) -> Result<(Records, usize), ReconcileError> {
         let store = &self.fleet.store;
         let key = input.key();
-        let old = store.assignments(input.namespace, input.name).await?;
         let new = planned_records(input, &key, plan, caches);
         let online: BTreeSet<&str> = plan
             .devices
@@ -38,7 +59,10 @@ impl Reconciler {
             input.spec.rollout.max_unavailable_percent,
             plan.counts.matched,
         );
-        let new = pacing::pace(&old, new, &online, budget);
+        let pacing::Paced {
+            rows: new,
+            held_back,
+        } = pacing::pace(&old, new, &online, budget);
         let changed = changed_devices(&old, &new);
         // unchanged documents may still carry new reasons or generations to keep in SQL
         let unchanged = changed.is_empty()
@@ -68,7 +92,7 @@ impl Reconciler {
         };
         self.publish_devices(&changed, Some(&written), now_ms)
             .await?;
-        Ok(stored)
+        Ok((stored, held_back))
     }
 }
 

@@ -1,7 +1,8 @@
 //! A pass's plan and stored records, carried to the deployment's next pass. Planning,
 //! reading every assignment back and pacing cost time in proportion to the fleet, while most
-//! passes of a canary step only wait for telemetry: when nothing the plan and its write read
-//! has changed, the next pass reuses them and computes only the canary turn and the status.
+//! passes of a canary step only wait for telemetry or for a few devices' reports: when the
+//! specs and stage are the same, the next pass reuses them, brought up to date with the
+//! devices that changed since (see `follow`), and computes only the canary turn and the status.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use super::{DeploymentInput, Records};
 /// broker was down while another replica recorded it) is picked up within this time.
 const MAX_CARRY_MS: i64 = 30_000;
 
-/// Everything a plan and its write depend on besides the clock.
+/// Everything a plan and its write depend on besides the clock and the fleet.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct PassInputs {
     uid: String,
@@ -27,13 +28,11 @@ pub(super) struct PassInputs {
     previous: Option<ModelDeploymentSpec>,
     stage: Stage,
     demotions: BTreeSet<CohortKey>,
-    /// [`crate::inventory::Inventory::revision`] when the pass began: devices and their reports.
-    fleet_revision: u64,
 }
 
 impl PassInputs {
     /// The inputs of a pass over `input` planning from `pinned` (target artifacts resolved).
-    pub fn new(input: &DeploymentInput<'_>, pinned: &RolloutState, fleet_revision: u64) -> Self {
+    pub fn new(input: &DeploymentInput<'_>, pinned: &RolloutState) -> Self {
         Self {
             uid: input.uid.to_string(),
             generation: input.generation,
@@ -42,7 +41,6 @@ impl PassInputs {
             previous: pinned.previous.clone(),
             stage: pinned.stage,
             demotions: pinned.demotions.clone(),
-            fleet_revision,
         }
     }
 }
@@ -52,12 +50,18 @@ impl PassInputs {
 pub(super) struct Planned {
     pub plan: Arc<RolloutPlan>,
     pub records: Arc<Records>,
+    /// Replacements pacing kept back when the records were written.
+    pub held_back: usize,
 }
 
-struct Carried {
+/// A carried pass: its plan and records, as of a position in the inventory's change log.
+pub(super) struct Carried {
     inputs: PassInputs,
-    planned: Planned,
-    at_ms: i64,
+    pub planned: Planned,
+    /// [`crate::inventory::Inventory::revision`] the plan and records are up to date with.
+    pub position: u64,
+    /// When the records were last read or written whole.
+    pub whole_at_ms: i64,
 }
 
 /// The last pass of each deployment (`namespace/name`).
@@ -65,28 +69,32 @@ struct Carried {
 pub(super) struct CarriedPasses(Mutex<HashMap<String, Carried>>);
 
 impl CarriedPasses {
-    /// The last pass of `key` if it planned from exactly `inputs` less than
-    /// [`MAX_CARRY_MS`] ago. Any other is dropped: a pass that plans again does not hold the
-    /// old plan beside the new one.
-    pub fn get(&self, key: &str, inputs: &PassInputs, now_ms: i64) -> Option<Planned> {
-        let mut passes = self.lock();
-        let carried = passes.get(key)?;
-        let fresh = now_ms.saturating_sub(carried.at_ms) < MAX_CARRY_MS;
-        if fresh && carried.inputs == *inputs {
-            return Some(carried.planned.clone());
-        }
-        passes.remove(key);
-        None
+    /// Takes the last pass of `key` out if it planned from exactly `inputs` and read its
+    /// records whole less than [`MAX_CARRY_MS`] ago; any other is dropped. Taken, not
+    /// copied: the caller updates it in place and puts it back, and a pass that plans again
+    /// does not hold the old plan beside the new one.
+    pub fn take(&self, key: &str, inputs: &PassInputs, now_ms: i64) -> Option<Carried> {
+        let carried = self.lock().remove(key)?;
+        let fresh = now_ms.saturating_sub(carried.whole_at_ms) < MAX_CARRY_MS;
+        (fresh && carried.inputs == *inputs).then_some(carried)
     }
 
-    /// Keeps the pass planned at `at_ms` for the next ones.
-    pub fn put(&self, key: String, inputs: PassInputs, planned: Planned, at_ms: i64) {
+    /// Keeps a pass for the next ones: its plan and records are up to date with the change
+    /// log at `position` and were read or written whole at `whole_at_ms`.
+    pub fn put(
+        &self,
+        key: String,
+        inputs: PassInputs,
+        planned: Planned,
+        (position, whole_at_ms): (u64, i64),
+    ) {
         self.lock().insert(
             key,
             Carried {
                 inputs,
                 planned,
-                at_ms,
+                position,
+                whole_at_ms,
             },
         );
     }
@@ -113,7 +121,7 @@ mod tests {
         testutil::spec("1", vec![testutil::variant("fp32", Precision::Fp32, None)])
     }
 
-    fn inputs(revision: u64, stage: Stage) -> PassInputs {
+    fn inputs(stage: Stage) -> PassInputs {
         let spec = spec();
         let mut state = RolloutState::first(&spec, 0);
         state.stage = stage;
@@ -125,7 +133,7 @@ mod tests {
             spec: &spec,
             status: None,
         };
-        PassInputs::new(&input, &state, revision)
+        PassInputs::new(&input, &state)
     }
 
     fn planned() -> Planned {
@@ -141,46 +149,46 @@ mod tests {
         Planned {
             plan: Arc::new(plan),
             records: Arc::new(Vec::new()),
+            held_back: 0,
         }
     }
 
     #[test]
     fn a_pass_is_carried_only_to_a_pass_with_the_same_inputs_within_the_age_limit() {
         let passes = CarriedPasses::default();
-        let same = inputs(7, Stage::Promoted);
-        passes.put("ns/md".into(), same.clone(), planned(), 1_000);
-        let carried = passes.get("ns/md", &same, 1_001).expect("carried");
+        let same = inputs(Stage::Promoted);
+        passes.put("ns/md".into(), same.clone(), planned(), (7, 1_000));
+        let carried = passes.take("ns/md", &same, 1_001).expect("carried");
+        assert_eq!((carried.position, carried.whole_at_ms), (7, 1_000));
+        assert!(passes.take("ns/md", &same, 1_001).is_none(), "taken out");
+
+        passes.put("ns/md".into(), same.clone(), planned(), (7, 1_000));
         assert!(
-            passes
-                .get("ns/md", &same, 1_000 + MAX_CARRY_MS - 1)
-                .is_some()
-        );
-        assert!(
-            passes.get("ns/other", &same, 1_001).is_none(),
+            passes.take("ns/other", &same, 1_001).is_none(),
             "per deployment"
         );
-        drop(carried);
-
-        for other in [
-            inputs(8, Stage::Promoted),
-            inputs(7, Stage::Canary { step: 0 }),
-        ] {
-            passes.put("ns/md".into(), same.clone(), planned(), 1_000);
-            assert!(passes.get("ns/md", &other, 1_001).is_none(), "{other:?}");
-            assert!(
-                passes.get("ns/md", &same, 1_001).is_none(),
-                "dropped on a miss"
-            );
-        }
-
-        passes.put("ns/md".into(), same.clone(), planned(), 1_000);
         assert!(
-            passes.get("ns/md", &same, 1_000 + MAX_CARRY_MS).is_none(),
+            passes
+                .take("ns/md", &same, 1_000 + MAX_CARRY_MS - 1)
+                .is_some()
+        );
+
+        let other = inputs(Stage::Canary { step: 0 });
+        passes.put("ns/md".into(), same.clone(), planned(), (7, 1_000));
+        assert!(passes.take("ns/md", &other, 1_001).is_none());
+        assert!(
+            passes.take("ns/md", &same, 1_001).is_none(),
+            "dropped on a miss"
+        );
+
+        passes.put("ns/md".into(), same.clone(), planned(), (7, 1_000));
+        assert!(
+            passes.take("ns/md", &same, 1_000 + MAX_CARRY_MS).is_none(),
             "too old"
         );
 
-        passes.put("ns/md".into(), same.clone(), planned(), 1_000);
+        passes.put("ns/md".into(), same.clone(), planned(), (7, 1_000));
         passes.forget("ns/md");
-        assert!(passes.get("ns/md", &same, 1_001).is_none(), "forgotten");
+        assert!(passes.take("ns/md", &same, 1_001).is_none(), "forgotten");
     }
 }

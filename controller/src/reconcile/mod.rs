@@ -7,6 +7,7 @@
 
 mod apply;
 mod carry;
+mod follow;
 mod load;
 mod mirror;
 mod progress;
@@ -234,21 +235,37 @@ impl Reconciler {
         now_ms: i64,
     ) -> Result<Planned, ReconcileError> {
         let key = input.key();
-        // read before the fleet and the rows it covers
-        let inputs = PassInputs::new(input, pinned, self.fleet.inventory.revision());
-        if let Some(planned) = self.carried.get(&key, &inputs, now_ms) {
-            return Ok(planned);
+        let inputs = PassInputs::new(input, pinned);
+        if let Some(carried) = self.carried.take(&key, &inputs, now_ms) {
+            let whole_at_ms = carried.whole_at_ms;
+            if let Some((planned, position)) = self.follow(input, pinned, carried, now_ms).await? {
+                self.count_plan("followed");
+                let carry = (position, whole_at_ms);
+                self.carried.put(key, inputs, planned.clone(), carry);
+                return Ok(planned);
+            }
         }
+        // read before the fleet and the rows it covers
+        let position = self.fleet.inventory.revision();
         let devices = self.fleet.inventory.snapshot();
         let caches = site_caches(&devices, &self.distribution.site_label);
         let plan = plan(input.uid, pinned, &devices);
-        let records = self.apply(input, &plan, &caches, now_ms).await?;
+        drop(devices);
+        let (records, held_back) = self.apply(input, &plan, &caches, now_ms).await?;
         let planned = Planned {
             plan: Arc::new(plan),
             records: Arc::new(records),
+            held_back,
         };
-        self.carried.put(key, inputs, planned.clone(), now_ms);
+        self.carried
+            .put(key, inputs, planned.clone(), (position, now_ms));
+        self.count_plan("planned");
         Ok(planned)
+    }
+
+    fn count_plan(&self, how: &str) {
+        let plans = &self.fleet.metrics.reconcile_plans;
+        plans.with_label_values(&[how]).inc();
     }
 }
 

@@ -24,6 +24,43 @@ impl Store {
         Err(entries::missing_entry(namespace, name, &missing))
     }
 
+    /// The deployment's rows of `devices` (sorted by device id; devices without a row are
+    /// left out): what a pass re-reads for the devices that reported since the last one.
+    pub async fn assignments_of(
+        &self,
+        namespace: &str,
+        name: &str,
+        devices: &[&str],
+    ) -> Result<Vec<AssignmentRecord>> {
+        let mut missing = String::new();
+        'attempt: for _ in 0..READ_ATTEMPTS {
+            let entries = self.load_entries(namespace, name).await?;
+            let mut records = Vec::with_capacity(devices.len());
+            for chunk in devices.chunks(batch::CHUNK) {
+                let sql = self.placeholders.sql(format!(
+                    "SELECT {ASSIGNMENT_COLUMNS} FROM assignments
+                     WHERE namespace = $1 AND name = $2 AND device_id IN ({})",
+                    batch::placeholders(3, chunk.len())
+                ));
+                let mut query = sqlx::query(&sql).bind(namespace).bind(name);
+                for device in chunk {
+                    query = query.bind(*device);
+                }
+                for row in query.fetch_all(&self.reader).await? {
+                    let key: &str = row.try_get(8)?;
+                    let Some(entry) = entries.get(key) else {
+                        missing = key.to_string();
+                        continue 'attempt;
+                    };
+                    records.push(assignment_from_row(&row, entry)?);
+                }
+            }
+            records.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+            return Ok(records);
+        }
+        Err(entries::missing_entry(namespace, name, &missing))
+    }
+
     /// The deployment's rows as records, or the first entry key `entries` lacks. Streamed,
     /// not fetched whole: the raw rows would be held beside the records.
     async fn rows_against(
