@@ -87,9 +87,9 @@ async fn assert_rows_survive_the_entries_migration(url: &str) {
              VALUES ('ns', 'md', $1, $2, $3, $4, $5, $6, 1, 'Ready', NULL, 'abc', 7)",
         )
         .bind(&r.device_id)
-        .bind(&r.version)
-        .bind(&r.variant)
-        .bind(r.role.as_str())
+        .bind(r.version())
+        .bind(r.variant())
+        .bind(r.role().as_str())
         .bind(&*r.reason)
         .bind(serde_json::to_string(&*r.assignment).expect("json"))
         .execute(&pool)

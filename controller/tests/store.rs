@@ -26,7 +26,6 @@ fn hello(id: &str) -> Hello {
 
 fn assignment(device: &str, variant: &str, generation: i64) -> AssignmentRecord {
     let mut record = edgefleet_core::testutil::record(device, "1", Role::Stable, None);
-    record.variant = variant.into();
     std::sync::Arc::make_mut(&mut record.assignment).variant = variant.into();
     record.reason = "fits".into();
     record.generation = generation;
@@ -208,7 +207,7 @@ async fn exercise(store: Store) {
         .expect("reassign");
     let rows = store.assignments("ns", "md").await.expect("rows");
     assert_eq!(rows[0].phase, Some(ModelPhase::Ready));
-    assert_eq!(rows[1].variant, "fp16");
+    assert_eq!(rows[1].variant(), "fp16");
     assert_eq!(rows[1].phase, None);
     store
         .replace_assignments("ns", "md", &[assignment("d2", "fp16", 2)], 8)

@@ -8,14 +8,12 @@ use edgefleet_protocol::wire::{Assignment, ModelPhase, Role};
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssignmentRecord {
     pub device_id: String,
-    pub version: String,
-    pub variant: String,
-    pub role: Role,
     /// Why the device runs this: selection, canary membership and variant choice. Shared by
     /// the records with the same sentence.
     pub reason: Arc<str>,
-    /// The document entry sent to the device; shared by the records of devices whose entries
-    /// are identical (a rollout has a handful of distinct entries for any number of devices).
+    /// The document entry sent to the device, with its version, variant and role; shared by
+    /// the records of devices whose entries are identical (a rollout has a handful of
+    /// distinct entries for any number of devices).
     pub assignment: Arc<Assignment>,
     /// The deployment generation the assignment was planned from.
     pub generation: i64,
@@ -28,6 +26,20 @@ pub struct AssignmentRecord {
 }
 
 impl AssignmentRecord {
+    /// The model version the device was told to run (the entry's: rows with the same entry
+    /// share it instead of holding a copy each).
+    pub fn version(&self) -> &str {
+        &self.assignment.model.version
+    }
+
+    pub fn variant(&self) -> &str {
+        &self.assignment.variant
+    }
+
+    pub fn role(&self) -> Role {
+        self.assignment.role
+    }
+
     pub fn is_ready(&self) -> bool {
         self.phase == Some(ModelPhase::Ready)
     }

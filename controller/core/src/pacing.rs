@@ -51,7 +51,7 @@ pub fn pace(
     let mut order: Vec<usize> = (0..planned.len()).collect();
     let order_key = |i: usize| {
         (
-            planned[i].role != Role::Canary,
+            planned[i].role() != Role::Canary,
             planned[i].device_id.as_str(),
         )
     };

@@ -170,8 +170,8 @@ fn canary_readiness<'p>(
         while rows.next_if(|r| r.device_id.as_str() < id).is_some() {}
         let ready = rows.peek().is_some_and(|r| {
             r.device_id == id
-                && r.version == target_version
-                && r.role == Role::Canary
+                && r.version() == target_version
+                && r.role() == Role::Canary
                 && r.is_ready()
         });
         readiness.ready += u32::from(ready);

@@ -207,13 +207,13 @@ impl<'a> RowTally<'a> {
         };
         for row in rows {
             tally.failed += u32::from(row.is_failed());
-            if row.version != target_version {
+            if row.version() != target_version {
                 continue;
             }
             let ready = u32::from(row.is_ready());
             tally.updated += 1;
             tally.ready += ready;
-            let variant = tally.by_variant.entry(row.variant.as_str()).or_default();
+            let variant = tally.by_variant.entry(row.variant()).or_default();
             variant.0 += 1;
             variant.1 += ready;
         }

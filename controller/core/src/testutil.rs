@@ -88,9 +88,6 @@ pub fn record(
     let variant = variant("int8", Precision::Int8, None);
     AssignmentRecord {
         device_id: device.into(),
-        version: version.into(),
-        variant: variant.name.clone(),
-        role,
         reason: "".into(),
         assignment: std::sync::Arc::new(Assignment {
             deployment: "ns/md".into(),

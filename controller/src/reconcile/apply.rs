@@ -130,9 +130,6 @@ fn planned_records(
                 .clone();
             Some(AssignmentRecord {
                 device_id: device.device.to_string(),
-                version: assignment.model.version.clone(),
-                variant: assignment.variant.name.clone(),
-                role: assignment.role,
                 reason: reasons
                     .entry((device.reason.clone(), assignment.variant_reason.clone()))
                     .or_insert_with_key(|(why, variant)| format!("{why}; {variant}").into())

@@ -365,9 +365,9 @@ async fn describe(
             online: facts.online,
             chosen,
             choice_reason,
-            assigned_version: row.map(|r| r.version.clone()),
-            assigned_variant: row.map(|r| r.variant.clone()),
-            role: row.map(|r| r.role.as_str().to_string()),
+            assigned_version: row.map(|r| r.version().to_string()),
+            assigned_variant: row.map(|r| r.variant().to_string()),
+            role: row.map(|r| r.role().as_str().to_string()),
             phase: row.and_then(|r| r.phase).map(|p| p.as_str().to_string()),
             phase_reason: row.and_then(|r| r.phase_reason.clone()),
             assignment_reason: row.map(|r| r.reason.to_string()),
@@ -429,7 +429,7 @@ async fn device_row(state: &ApiState, facts: &DeviceFacts) -> Result<DeviceRow, 
         .into_iter()
         .map(|(ns, name, row)| {
             let phase = row.phase.map_or("Pending", |p| p.as_str());
-            let mut run = format!("{ns}/{name} {} {} {phase}", row.version, row.variant);
+            let mut run = format!("{ns}/{name} {} {} {phase}", row.version(), row.variant());
             // Large models take a while: say how far along the download is.
             if row.phase == Some(ModelPhase::Downloading)
                 && let Some(progress) = downloads.get(&format!("{ns}/{name}"))

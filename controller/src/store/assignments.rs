@@ -47,7 +47,7 @@ impl Store {
                     query = query.bind(*device);
                 }
                 for row in query.fetch_all(&self.reader).await? {
-                    let key: &str = row.try_get(8)?;
+                    let key: &str = row.try_get(ENTRY_KEY_COLUMN)?;
                     let Some(entry) = entries.get(key) else {
                         missing = key.to_string();
                         continue 'attempt;
@@ -79,7 +79,7 @@ impl Store {
             .fetch(&self.reader);
         let mut records = Vec::new();
         while let Some(row) = rows.try_next().await? {
-            let key: &str = row.try_get(8)?;
+            let key: &str = row.try_get(ENTRY_KEY_COLUMN)?;
             let Some(entry) = entries.get(key) else {
                 return Ok(Err(key.to_string()));
             };
@@ -127,17 +127,14 @@ impl Store {
             current
                 .get(row.device_id.as_str())
                 .copied()
-                .filter(|old| old.version == row.version && old.variant == row.variant)
+                .filter(|old| old.version() == row.version() && old.variant() == row.variant())
         };
         let writes: Vec<batch::AssignmentWrite> = rows
             .iter()
             .filter(|row| {
                 let old = current.get(row.device_id.as_str());
                 !old.is_some_and(|old| {
-                    old.version == row.version
-                        && old.variant == row.variant
-                        && old.role == row.role
-                        && old.reason == row.reason
+                    old.reason == row.reason
                         && old.assignment == row.assignment
                         && old.generation == row.generation
                 })
@@ -182,8 +179,11 @@ impl Store {
         let mut shared = entries::SharedEntries::default();
         let mut records = Vec::with_capacity(rows.len());
         for r in &rows {
-            let (key, namespace, name): (&str, String, String) =
-                (r.try_get(8)?, r.try_get(9)?, r.try_get(10)?);
+            let (key, namespace, name): (&str, String, String) = (
+                r.try_get(ENTRY_KEY_COLUMN)?,
+                r.try_get(ENTRY_KEY_COLUMN + 1)?,
+                r.try_get(ENTRY_KEY_COLUMN + 2)?,
+            );
             let entry = self
                 .entry_of_row(&mut shared, &namespace, &name, key)
                 .await?;

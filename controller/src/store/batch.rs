@@ -12,7 +12,8 @@ use edgefleet_protocol::wire::ModelPhase;
 
 use super::entries::{self, EncodedEntry, SharedEntries};
 use super::{
-    ASSIGNMENT_COLUMNS, AssignmentRecord, ModelReport, Result, Store, assignment_from_row,
+    ASSIGNMENT_COLUMNS, AssignmentRecord, ENTRY_KEY_COLUMN, ModelReport, Result, Store,
+    assignment_from_row,
 };
 
 /// Devices per `IN (...)` list and rows per multi-row `INSERT`: well under SQLite's 32,766
@@ -183,9 +184,9 @@ pub(super) async fn upsert_assignments(
                 .bind(namespace)
                 .bind(name)
                 .bind(&row.device_id)
-                .bind(&row.version)
-                .bind(&row.variant)
-                .bind(row.role.as_str())
+                .bind(row.version())
+                .bind(row.variant())
+                .bind(row.role().as_str())
                 .bind(key)
                 .bind(row.generation)
                 .bind(kept.and_then(|o| o.phase).map(ModelPhase::as_str))
@@ -245,8 +246,11 @@ impl Store {
                 query = query.bind(namespace).bind(name);
             }
             for r in query.fetch_all(&self.reader).await? {
-                let (key, namespace, name): (&str, String, String) =
-                    (r.try_get(8)?, r.try_get(9)?, r.try_get(10)?);
+                let (key, namespace, name): (&str, String, String) = (
+                    r.try_get(ENTRY_KEY_COLUMN)?,
+                    r.try_get(ENTRY_KEY_COLUMN + 1)?,
+                    r.try_get(ENTRY_KEY_COLUMN + 2)?,
+                );
                 let entry = self
                     .entry_of_row(&mut shared, &namespace, &name, key)
                     .await?;

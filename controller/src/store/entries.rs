@@ -185,7 +185,6 @@ mod tests {
 
     fn record(device: &str, variant: &str, reason: &str) -> AssignmentRecord {
         let mut record = edgefleet_core::testutil::record(device, "1", Role::Stable, None);
-        record.variant = variant.into();
         Arc::make_mut(&mut record.assignment).variant = variant.into();
         record.reason = reason.into();
         record

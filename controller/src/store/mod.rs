@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
 pub use edgefleet_core::AssignmentRecord;
-use edgefleet_protocol::wire::{Hello, ModelPhase, Role};
+use edgefleet_protocol::wire::{Hello, ModelPhase};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
@@ -233,26 +233,25 @@ fn deployment_from_row(r: &sqlx::any::AnyRow) -> Result<StoredDeployment> {
     })
 }
 
-/// The columns a record is read from, in this order; queries over several deployments add
-/// `namespace, name`.
+/// The columns a record is read from, in this order (version, variant and role come with
+/// the entry); queries over several deployments add `namespace, name`.
 const ASSIGNMENT_COLUMNS: &str =
-    "device_id, version, variant, role, generation, phase, phase_reason, serving_sha256, entry_key";
+    "device_id, generation, phase, phase_reason, serving_sha256, entry_key";
+
+/// Where `entry_key` is in [`ASSIGNMENT_COLUMNS`]; `namespace, name` follow it.
+const ENTRY_KEY_COLUMN: usize = 5;
 
 /// A typed record from a row of [`ASSIGNMENT_COLUMNS`] and the entry its `entry_key` names;
 /// unreadable values are corruption.
 fn assignment_from_row(r: &sqlx::any::AnyRow, entry: &entries::Entry) -> Result<AssignmentRecord> {
     let device_id: String = r.try_get(0)?;
-    let role: &str = r.try_get(3)?;
-    let phase: Option<&str> = r.try_get(5)?;
+    let phase: Option<&str> = r.try_get(2)?;
     let corrupt = |column: &str, why: String| {
         StoreError::Corrupt(format!("assignments.{column} of {device_id}: {why}"))
     };
     Ok(AssignmentRecord {
-        version: r.try_get(1)?,
-        variant: r.try_get(2)?,
-        role: Role::parse(role).ok_or_else(|| corrupt("role", format!("unknown role {role:?}")))?,
         reason: Arc::clone(&entry.reason),
-        generation: r.try_get(4)?,
+        generation: r.try_get(1)?,
         phase: match phase {
             None => None,
             Some(name) => Some(
@@ -260,8 +259,8 @@ fn assignment_from_row(r: &sqlx::any::AnyRow, entry: &entries::Entry) -> Result<
                     .ok_or_else(|| corrupt("phase", format!("unknown phase {name:?}")))?,
             ),
         },
-        phase_reason: r.try_get(6)?,
-        serving_sha256: r.try_get(7)?,
+        phase_reason: r.try_get(3)?,
+        serving_sha256: r.try_get(4)?,
         assignment: Arc::clone(&entry.assignment),
         device_id,
     })

@@ -65,8 +65,8 @@ impl Observation {
                     .find(|r| r.device_id == agent.spec.id)
                     .map(|r| {
                         (
-                            r.version.clone(),
-                            r.variant.clone(),
+                            r.version().to_string(),
+                            r.variant().to_string(),
                             r.phase.map_or("Assigned", |p| p.as_str()).to_string(),
                         )
                     }),

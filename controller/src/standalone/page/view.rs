@@ -269,9 +269,9 @@ fn device_view(
                 _ => record.reason.to_string(),
             };
             runs.push(RunView {
-                version: Some(record.version.clone()),
-                variant: Some(record.variant.clone()),
-                role: Some(record.role.as_str().to_string()),
+                version: Some(record.version().to_string()),
+                variant: Some(record.variant().to_string()),
+                role: Some(record.role().as_str().to_string()),
                 progress: device.downloads.get(&name).map(Progress::describe),
                 state,
                 reason,
