@@ -99,6 +99,11 @@ impl CarriedPasses {
         );
     }
 
+    /// Takes `key`'s pass out, whatever it planned from.
+    pub fn remove(&self, key: &str) -> Option<Carried> {
+        self.lock().remove(key)
+    }
+
     /// Forgets `key`'s pass: something other than this replica's passes wrote its rows.
     pub fn forget(&self, key: &str) {
         self.lock().remove(key);

@@ -27,7 +27,7 @@ use edgefleet_core::site::site_caches;
 use edgefleet_core::{AssignmentRecord, DeviceFacts};
 use edgefleet_crds::{ModelDeploymentSpec, ModelDeploymentStatus, Phase};
 
-use carry::{CarriedPasses, PassInputs, Planned};
+use carry::{Carried, CarriedPasses, PassInputs, Planned};
 pub use publish::{PublishError, Publisher};
 
 use crate::attribution::Attribution;
@@ -175,7 +175,7 @@ impl Reconciler {
             .attribution
             .set_variants(&input.key(), loaded.state.variant_names());
 
-        let planned = self.plan_and_apply(input, &pinned, now_ms).await?;
+        let planned = self.plan_and_apply(input, &pinned, None, now_ms).await?;
         let rollups = progress::load_rollups(&self.fleet, input, &loaded.state, now_ms).await?;
         let turn = progress::turn(
             &self.fleet,
@@ -189,7 +189,9 @@ impl Reconciler {
         let planned = match turn.event {
             // the stage moved: the devices' assignments follow at once
             Some(event) => {
-                // the first plan and its rows are out of date: not held beside the new ones
+                // the first plan is out of date: not held beside the new one; its rows are
+                // what the new plan is written over (up to date as the pass followed them)
+                let rows = self.carried.remove(&input.key());
                 drop(planned);
                 load::record_event(&self.fleet.store, input, &event, now_ms).await?;
                 loaded.events.push(event);
@@ -198,7 +200,7 @@ impl Reconciler {
                     previous: pinned.previous,
                     ..loaded.state.clone()
                 };
-                self.plan_and_apply(input, &pinned, now_ms).await?
+                self.plan_and_apply(input, &pinned, rows, now_ms).await?
             }
             None => planned,
         };
@@ -226,17 +228,21 @@ impl Reconciler {
 }
 
 impl Reconciler {
-    /// The plan over the fleet and the records its write stored: the last pass's when nothing
-    /// they depend on has changed since, else planned and written now.
+    /// The plan over the fleet and the records its write stored: the last pass's brought up
+    /// to date when it planned from the same specs and stage, else planned now and written over
+    /// `rows` (this pass's, when its stage moved) or over the rows as stored.
     async fn plan_and_apply(
         &self,
         input: &DeploymentInput<'_>,
         pinned: &RolloutState,
+        rows: Option<Carried>,
         now_ms: i64,
     ) -> Result<Planned, ReconcileError> {
         let key = input.key();
         let inputs = PassInputs::new(input, pinned);
-        if let Some(carried) = self.carried.take(&key, &inputs, now_ms) {
+        if rows.is_none()
+            && let Some(carried) = self.carried.take(&key, &inputs, now_ms)
+        {
             let whole_at_ms = carried.whole_at_ms;
             if let Some((planned, position)) = self.follow(input, pinned, carried, now_ms).await? {
                 self.count_plan("followed");
@@ -245,20 +251,30 @@ impl Reconciler {
                 return Ok(planned);
             }
         }
-        // read before the fleet and the rows it covers
-        let position = self.fleet.inventory.revision();
+        let (position, whole_at_ms, old) = match rows {
+            // rows up to date at `position`: the next pass follows what came after
+            Some(rows) => {
+                let old = Arc::unwrap_or_clone(rows.planned.records);
+                (rows.position, rows.whole_at_ms, Some(old))
+            }
+            // read before the fleet and the rows it covers
+            None => (self.fleet.inventory.revision(), now_ms, None),
+        };
         let devices = self.fleet.inventory.snapshot();
         let caches = site_caches(&devices, &self.distribution.site_label);
         let plan = plan(input.uid, pinned, &devices);
         drop(devices);
-        let (records, held_back) = self.apply(input, &plan, &caches, now_ms).await?;
+        let (records, held_back) = match old {
+            Some(old) => self.apply_over(input, &plan, &caches, old, now_ms).await?,
+            None => self.apply(input, &plan, &caches, now_ms).await?,
+        };
         let planned = Planned {
             plan: Arc::new(plan),
             records: Arc::new(records),
             held_back,
         };
         self.carried
-            .put(key, inputs, planned.clone(), (position, now_ms));
+            .put(key, inputs, planned.clone(), (position, whole_at_ms));
         self.count_plan("planned");
         Ok(planned)
     }
