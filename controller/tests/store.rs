@@ -330,3 +330,39 @@ async fn store_on_postgres() {
     exercise(Store::connect(&db.url).await.expect("postgres store")).await;
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_bulk_write_on_postgres_refreshes_the_planner_statistics_at_once() {
+    let db = common::TempPostgres::create("analyze").await;
+    let store = Store::connect(&db.url).await.expect("postgres store");
+    let analyzed = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'assignments'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("table statistics")
+    };
+    let before = analyzed().await;
+    let few: Vec<_> = (0..10)
+        .map(|i| assignment(&format!("d{i}"), "int8", 1))
+        .collect();
+    store
+        .replace_assignments("ns", "md", &few, 1)
+        .await
+        .expect("a few rows");
+    assert_eq!(
+        analyzed().await,
+        before,
+        "a small write leaves it to autovacuum"
+    );
+    let many: Vec<_> = (0..10_000)
+        .map(|i| assignment(&format!("d{i:05}"), "int8", 1))
+        .collect();
+    store
+        .replace_assignments("ns", "md", &many, 2)
+        .await
+        .expect("a rollout's rows");
+    assert_eq!(analyzed().await, before + 1);
+    db.drop().await;
+}

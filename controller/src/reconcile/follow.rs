@@ -68,11 +68,17 @@ impl Reconciler {
             }
         }
         let ids: Vec<&str> = reported.iter().map(|id| id.as_str()).collect();
-        let rows = self
-            .fleet
-            .store
-            .assignments_of(input.namespace, input.name, &ids)
-            .await?;
+        let store = &self.fleet.store;
+        // one pass over every row costs less than looking a quarter of them up by id
+        let rows = if ids.len().saturating_mul(4) > planned.records.len() {
+            let mut rows = store.assignments(input.namespace, input.name).await?;
+            rows.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+            rows
+        } else {
+            store
+                .assignments_of(input.namespace, input.name, &ids)
+                .await?
+        };
         let records: &mut Records = Arc::make_mut(&mut planned.records);
         if !patch_reports(records, &ids, &rows) {
             return Ok(None);

@@ -5,6 +5,9 @@ use sqlx::Row;
 
 use super::*;
 
+/// A write of this many rows refreshes PostgreSQL's statistics of the table at once.
+const BULK_WRITE_ROWS: usize = 10_000;
+
 /// Reads of a deployment's rows that meet a concurrent write (see [`Store::assignments`])
 /// before giving up.
 const READ_ATTEMPTS: usize = 3;
@@ -152,6 +155,15 @@ impl Store {
             entries::prune_entries(&mut tx, namespace, name, now_ms).await?;
         }
         tx.commit().await?;
+        // PostgreSQL plans from statistics that autovacuum refreshes only a minute or so after
+        // a bulk write; until then it takes a deployment for a few rows and scans all of them
+        // for each chunk of devices a later read names
+        let postgres = self.placeholders == batch::Placeholders::Numbered;
+        if postgres && writes.len() >= BULK_WRITE_ROWS {
+            sqlx::query("ANALYZE assignments")
+                .execute(&self.pool)
+                .await?;
+        }
         drop(writes);
         for row in &mut rows {
             let kept = kept_report(row);
