@@ -149,11 +149,17 @@ fn canary_readiness<'p>(
             )
         })
         .collect();
-    let mut sorted: Vec<&AssignmentRecord> = records.iter().collect();
-    if !sorted.is_sorted_by(|a, b| a.device_id <= b.device_id) {
-        sorted.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-    }
-    let mut rows = sorted.into_iter().peekable();
+    // records come sorted from the store; a copy in order only for callers that did not
+    let sorted_copy;
+    let records: &[AssignmentRecord] = if records.is_sorted_by(|a, b| a.device_id <= b.device_id) {
+        records
+    } else {
+        let mut copy = records.to_vec();
+        copy.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        sorted_copy = copy;
+        &sorted_copy
+    };
+    let mut rows = records.iter().peekable();
     for device in plan.devices.iter().filter(|d| d.online) {
         let Some(assignment) = device.assignment.as_ref() else {
             continue;

@@ -25,15 +25,11 @@ impl Reconciler {
         caches: &SiteCaches,
         now_ms: i64,
     ) -> Result<(Records, usize), ReconcileError> {
-        let mut old = self
+        let old = self
             .fleet
             .store
             .assignments(input.namespace, input.name)
             .await?;
-        // a database's collation may order ids otherwise; later steps look records up by id
-        if !old.is_sorted_by(|a, b| a.device_id <= b.device_id) {
-            old.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        }
         self.apply_over(input, plan, caches, old, now_ms).await
     }
 

@@ -71,9 +71,7 @@ impl Reconciler {
         let store = &self.fleet.store;
         // one pass over every row costs less than looking a quarter of them up by id
         let rows = if ids.len().saturating_mul(4) > planned.records.len() {
-            let mut rows = store.assignments(input.namespace, input.name).await?;
-            rows.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-            rows
+            store.assignments(input.namespace, input.name).await?
         } else {
             store
                 .assignments_of(input.namespace, input.name, &ids)

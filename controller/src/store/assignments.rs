@@ -13,6 +13,8 @@ const BULK_WRITE_ROWS: usize = 10_000;
 const READ_ATTEMPTS: usize = 3;
 
 impl Store {
+    /// The deployment's rows, sorted by device id in byte order (callers look records up by
+    /// id, whatever the database's collation).
     pub async fn assignments(&self, namespace: &str, name: &str) -> Result<Vec<AssignmentRecord>> {
         // Entries first, then the rows against them. A row naming an entry the deployment's
         // reconcile wrote between the two reads starts the read over.
@@ -20,7 +22,10 @@ impl Store {
         for _ in 0..READ_ATTEMPTS {
             let entries = self.load_entries(namespace, name).await?;
             match self.rows_against(namespace, name, &entries).await? {
-                Ok(records) => return Ok(records),
+                Ok(mut records) => {
+                    sort_by_device(&mut records);
+                    return Ok(records);
+                }
                 Err(key) => missing = key,
             }
         }
@@ -58,7 +63,7 @@ impl Store {
                     records.push(assignment_from_row(&row, entry)?);
                 }
             }
-            records.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+            sort_by_device(&mut records);
             return Ok(records);
         }
         Err(entries::missing_entry(namespace, name, &missing))
@@ -172,9 +177,7 @@ impl Store {
             row.serving_sha256 = kept.and_then(|o| o.serving_sha256.clone());
         }
         // the order of a read: callers compare against one
-        if !rows.is_sorted_by(|a, b| a.device_id <= b.device_id) {
-            rows.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        }
+        sort_by_device(&mut rows);
         Ok(rows)
     }
 
@@ -202,5 +205,12 @@ impl Store {
             records.push((namespace, name, assignment_from_row(r, &entry)?));
         }
         Ok(records)
+    }
+}
+
+/// Records in device-id byte order; rows read in that order already cost one pass.
+fn sort_by_device(records: &mut [AssignmentRecord]) {
+    if !records.is_sorted_by(|a, b| a.device_id <= b.device_id) {
+        records.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     }
 }
